@@ -1,0 +1,150 @@
+"""The evidence bundle on disk: private folders, files, and ``manifest.json`` with digests.
+
+Layout::
+
+    OUT/manifest.json                 what was run, per-host outcome, SHA-256 of every file
+    OUT/<host>/<iface>.pcap           the capture, as tcpdump wrote it
+    OUT/<host>/before/*.txt           snapshot before the capture (ss, nstat, ip, conntrack...)
+    OUT/<host>/after/*.txt            the same after
+    OUT/<host>/<iface>.tcpdump.txt    tcpdump's stderr (its packet and kernel-drop counts)
+    OUT/<host>/commands.jsonl         every remote command: exact line, exit status, stderr, times
+    OUT/<host>/reproduce.txt          output of --reproduce (on the host it ran on)
+    OUT/debug.log                     only when something unexpected happened
+
+Everything is created 0700 (folders) and 0600 (files).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from orchestrator.errors import BundleError
+
+MANIFEST = "manifest.json"
+SCHEMA = "capture-all/manifest/1"
+
+
+class CaptureFile(BaseModel):
+    interface: str
+    path: str
+    bytes: int
+    packets: int | None = None
+    received_by_filter: int | None = None
+    kernel_drops: int | None = None
+    tcpdump_exit: int | None = None
+
+
+class HostRecord(BaseModel):
+    name: str
+    role: str
+    ssh_address: str
+    status: str = "pending"  # ok | failed | partial
+    error: str | None = None
+    error_kind: str | None = None
+    failed_phase: str | None = None
+    interfaces: list[str] = []
+    bpf_filter: str | None = None
+    remote_dir: str | None = None
+    remote_dir_removed: bool = False
+    connected_ns: int | None = None
+    armed_ns: int | None = None  # controller clock, when the host reported "listening"
+    remote_armed_ns: int | None = None  # the host's own clock at that moment
+    stopped_ns: int | None = None
+    stop_reason: str | None = None
+    captures: list[CaptureFile] = []
+    notes: list[str] = []
+
+
+class Manifest(BaseModel):
+    schema_: str = Field(SCHEMA, alias="schema")
+    tool: str = "capture-all"
+    version: str
+    created_utc: str
+    inventory: str
+    inventory_sha256: str
+    flow: str
+    legs: list[str]
+    options: dict[str, Any]
+    start_skew_ms: float | None = None
+    hosts: list[HostRecord]
+    exit_status: int | None = None
+    files: dict[str, str] = {}
+
+    model_config = {"populate_by_name": True}
+
+
+class Bundle:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def create(cls, root: Path) -> Bundle:
+        try:
+            if root.exists() and any(root.iterdir()):
+                raise BundleError(f"--out {root}: folder exists and is not empty")
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(root, 0o700)
+        except OSError as exc:
+            raise BundleError(f"--out {root}: cannot create: {exc.strerror}") from None
+        return cls(root)
+
+    def folder(self, *parts: str) -> Path:
+        path = self.root.joinpath(*parts)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return path
+
+    def write(self, rel: str, data: str | bytes) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def append_jsonl(self, rel: str, record: dict[str, Any]) -> None:
+        path = self.root / rel
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def digests(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for path in sorted(self.root.rglob("*")):
+            if path.is_file() and path.name != MANIFEST and not path.name.endswith(".part"):
+                out[str(path.relative_to(self.root))] = sha256_file(path)
+        return out
+
+    def write_manifest(self, manifest: Manifest) -> Path:
+        manifest.files = self.digests()
+        return self.write(MANIFEST, manifest.model_dump_json(by_alias=True, indent=2) + "\n")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(root: Path) -> list[str]:
+    """Problems with a bundle's digests (empty list: every file matches its manifest entry)."""
+    try:
+        data = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError) as exc:
+        return [f"{root / MANIFEST}: unreadable ({exc})"]
+    problems = []
+    for rel, digest in data.get("files", {}).items():
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{rel}: SHA-256 differs from the manifest")
+    return problems

@@ -1,0 +1,42 @@
+"""Per-host progress: a live table on a terminal, plain timestamped lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    def __init__(self, hosts: list[str], stream: TextIO | None = None, live: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self.hosts = hosts
+        self.state = {h: ("waiting", "") for h in hosts}
+        self.run_line = ""
+        self._drawn = 0
+        self._width = max([len(h) for h in hosts] + [4])
+
+    def __call__(self, host: str, state: str, detail: str) -> None:
+        if host == "*":
+            self.run_line = f"{state} {detail}".strip()
+        else:
+            self.state[host] = (state, detail)
+        if self.live:
+            self._draw()
+        elif not (host == "*" and state == "capturing"):
+            who = "run" if host == "*" else host
+            stamp = time.strftime("%H:%M:%S")
+            self.stream.write(f"{stamp} [{who}] {state}{': ' + detail if detail else ''}\n")
+            self.stream.flush()
+
+    def _draw(self) -> None:
+        lines = [f"  {h:<{self._width}}  {s:<12} {d}"[:160] for h, (s, d) in self.state.items()]
+        lines.append(f"  {self.run_line}"[:160])
+        out = ("\x1b[F" * self._drawn) + "".join(f"\x1b[2K{ln}\n" for ln in lines)
+        self._drawn = len(lines)
+        self.stream.write(out)
+        self.stream.flush()
+
+    def close(self) -> None:
+        self._drawn = 0

@@ -1,0 +1,314 @@
+"""What runs on a host, as data: one shell line per phase.
+
+Rules of this module (everything that reaches a remote shell is built here):
+
+- The scripts below are constants. No user-supplied text is ever spliced into a script; values
+  travel as positional parameters (``sh -c SCRIPT capture-all ARG...``) and every word of the
+  final line is ``shlex.quote``d. Values are also validated before they get here
+  (``validate_interface``, ``validate_remote_dir``), so a hostile name fails early and loudly.
+- Every line runs under ``timeout`` on the host, so it dies even if the controller vanishes.
+- The capture itself runs detached (``setsid``) under its own ``timeout``: it stops at
+  duration + grace whatever happens to SSH or the controller, and a reaper deletes its private
+  directory if nobody collected it within ``keep`` seconds of the end.
+- One round trip per phase: a shell start costs ~100 ms on real hosts, so phases are batched.
+
+Output is line-oriented: ``@@section NAME`` opens a block, ``@@rc N`` closes a snapshot command,
+``@@fail CODE TEXT`` explains a refusal. ``remote.parse`` reads it back.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+# Linux IFNAMSIZ is 16 including the NUL; allow what `ip link` accepts in practice.
+_IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_DIR_RE = re.compile(r"^/[A-Za-z0-9_./-]*/capture-all\.[A-Za-z0-9]{8}$")
+_TMPBASE_RE = re.compile(r"^/[A-Za-z0-9_./-]{0,200}$")
+
+# Exit statuses our scripts use for their own refusals (>= 10 so they never look like sudo's 1).
+EXIT_NO_TOOL = 11
+EXIT_NO_INTERFACE = 12
+EXIT_LOW_DISK = 13
+EXIT_NO_DIR = 14
+EXIT_NOT_ARMED = 15
+EXIT_TIMEOUT = 124  # GNU timeout's own status when it had to stop the command
+
+
+class UnsafeValue(ValueError):
+    """A value that must not reach a remote shell (raised before anything is sent)."""
+
+
+def validate_interface(name: str) -> str:
+    if name == "any" or (_IFACE_RE.match(name) and name not in (".", "..")):
+        return name
+    raise UnsafeValue(f"interface name {name!r} is not a valid Linux interface name")
+
+
+def validate_tmpbase(path: str) -> str:
+    if _TMPBASE_RE.match(path) and ".." not in path.split("/"):
+        return path.rstrip("/") or "/"
+    raise UnsafeValue(f"remote temp directory {path!r} must be an absolute plain path")
+
+
+def validate_remote_dir(path: str) -> str:
+    """Only ever act on a directory our own ``mktemp`` made (``.../capture-all.XXXXXXXX``)."""
+    if _DIR_RE.match(path) and ".." not in path.split("/"):
+        return path
+    raise UnsafeValue(f"refusing to touch remote path {path!r}: not a capture-all directory")
+
+
+@dataclass(frozen=True)
+class RemoteCommand:
+    """One remote invocation: ``phase`` names it (tests and the fake dispatch on it),
+    ``args`` are the validated values, ``line`` is exactly what the SSH server is given."""
+
+    phase: str
+    args: tuple[str, ...]
+    line: str
+    timeout: float  # seconds, enforced on the host by `timeout` and on the controller
+    privileged: bool = field(default=True)
+
+
+# A snapshot: socket table, counters, addresses, links. Each command is optional on the host
+# (a missing tool shows as a non-zero @@rc in its own section, never as a failed phase).
+_SNAPSHOT = r"""
+snap() { name=$1; shift; echo "@@section $name"; "$@" 2>&1; echo "@@rc $?"; }
+snapfile() { echo "@@section $1"; cat "$2" 2>&1; echo "@@rc $?"; }
+snap clock_ns date +%s%N
+snap uname uname -r
+snap ip_addr ip -j addr
+snap ip_link ip -j link
+snap ip_s_link ip -s link
+snap ss_tnpi ss -tnpi
+snap ss_s ss -s
+snap nstat nstat -asz
+snapfile conntrack_count /proc/sys/net/netfilter/nf_conntrack_count
+snapfile conntrack_max /proc/sys/net/netfilter/nf_conntrack_max
+snapfile port_range /proc/sys/net/ipv4/ip_local_port_range
+"""
+
+# Phase 1: preflight, the private directory, the "before" snapshot.
+# Args: tmpbase min_free_kb iface...
+PREPARE_SCRIPT = (
+    r"""
+set -u
+base=$1; minfree=$2; shift 2
+echo "@@section preflight"
+echo "uid=$(id -u)"
+owner=${SUDO_USER:-$(id -un)}
+echo "owner=$owner"
+tcpdump=$(command -v tcpdump 2>/dev/null || true)
+for p in /usr/sbin/tcpdump /usr/bin/tcpdump /sbin/tcpdump; do
+  [ -n "$tcpdump" ] && break; [ -x "$p" ] && tcpdump=$p
+done
+[ -n "$tcpdump" ] || { echo "@@fail no_tcpdump tcpdump is not installed (not in PATH nor /usr/sbin)"; exit 11; }
+echo "tcpdump=$tcpdump"
+echo "tcpdump_version=$("$tcpdump" --version 2>&1 | head -n 1)"
+for t in timeout setsid mktemp stat sha256sum; do
+  command -v "$t" >/dev/null 2>&1 || { echo "@@fail no_tool $t is not installed"; exit 11; }
+done
+for i in "$@"; do
+  [ "$i" = any ] || [ -e "/sys/class/net/$i" ] || { echo "@@fail no_interface interface $i does not exist"; exit 12; }
+done
+[ -d "$base" ] || { echo "@@fail no_tmpdir $base does not exist"; exit 14; }
+free=$(df -Pk "$base" | awk 'NR==2 {print $4}')
+echo "free_kb=$free"
+[ "$free" -ge "$minfree" ] || { echo "@@fail low_disk only $free KiB free in $base, need $minfree KiB"; exit 13; }
+umask 077
+dir=$(mktemp -d "$base/capture-all.XXXXXXXX") || { echo "@@fail no_tmpdir cannot create a directory in $base"; exit 14; }
+chown "$owner" "$dir" 2>/dev/null || true
+echo "dir=$dir"
+"""
+    + _SNAPSHOT
+)
+
+# The detached capture job. Args: dir limit maxpk maxbytes snaplen keep filter tcpdump owner iface...
+# Runs in its own session so neither the SSH channel nor `timeout` on the arm line can kill it;
+# it is bounded by its own `timeout`, a size watchdog, and the reaper at the end.
+JOB_SCRIPT = r"""
+dir=$1 limit=$2 maxpk=$3 maxbytes=$4 snaplen=$5 keep=$6 filter=$7 tcpdump=$8 owner=$9
+shift 9
+zuser=""
+[ "$(id -u)" = 0 ] && zuser=$owner
+echo $$ > "$dir/job.pid"
+pids=""
+for i in "$@"; do
+  timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" \
+    ${zuser:+-Z "$zuser"} --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" \
+    2> "$dir/$i.tcpdump.err" < /dev/null &
+  echo "$!" > "$dir/$i.pid"
+  pids="$pids $!"
+done
+# Size cap over all our files, checked every 0.2 s; bounded by the capture limit itself.
+(
+  n=$(( (limit + 10) * 5 ))
+  while [ "$n" -gt 0 ]; do
+    [ -f "$dir/done" ] && exit 0
+    total=0
+    for f in "$dir"/*.pcap; do [ -f "$f" ] && total=$((total + $(stat -c %s "$f"))); done
+    if [ "$total" -ge "$maxbytes" ]; then
+      echo size > "$dir/stop.reason"
+      for p in $pids; do kill -INT "$p" 2>/dev/null; done
+      exit 0
+    fi
+    sleep 0.2; n=$((n - 1))
+  done
+) &
+wd=$!
+for i in "$@"; do wait "$(cat "$dir/$i.pid")"; echo "$?" > "$dir/$i.rc"; done
+kill "$wd" 2>/dev/null
+date +%s%N > "$dir/done"
+# Reaper: whatever the controller does, nothing of ours stays on the disk beyond `keep` seconds
+# after the capture ended (the controller renews the lease while it collects).
+while [ -d "$dir" ]; do
+  now=$(date +%s)
+  last=$(stat -c %Y "$dir/lease" 2>/dev/null || stat -c %Y "$dir/done" 2>/dev/null || echo "$now")
+  if [ $((now - last)) -ge "$keep" ]; then rm -rf -- "$dir"; break; fi
+  sleep 1
+done
+"""
+
+# Phase 2: start the job and return once every tcpdump says "listening on" (or failed).
+# Args: job dir limit maxpk maxbytes snaplen keep filter iface...
+ARM_SCRIPT = r"""
+set -u
+job=$1; dir=$2; limit=$3; maxpk=$4; maxbytes=$5; snaplen=$6; keep=$7; filter=$8
+shift 8
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit 14;; esac
+[ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit 14; }
+owner=$(stat -c %U "$dir")
+umask 077
+tcpdump=$(command -v tcpdump 2>/dev/null || echo /usr/sbin/tcpdump)
+setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" \
+  "$filter" "$tcpdump" "$owner" "$@" < /dev/null > /dev/null 2>&1 &
+n=0; ready=0
+while [ "$n" -lt 200 ]; do
+  ready=1
+  for i in "$@"; do grep -q 'listening on' "$dir/$i.tcpdump.err" 2>/dev/null || ready=0; done
+  [ "$ready" = 1 ] && break
+  [ -f "$dir/done" ] && break
+  sleep 0.05; n=$((n + 1))
+done
+echo "@@section arm"
+echo "armed_ns=$(date +%s%N)"
+echo "job_pid=$(cat "$dir/job.pid" 2>/dev/null)"
+for i in "$@"; do echo "pid $i $(cat "$dir/$i.pid" 2>/dev/null)"; done
+if [ "$ready" != 1 ]; then
+  for i in "$@"; do echo "@@section tcpdump_err $i"; cat "$dir/$i.tcpdump.err" 2>/dev/null; done
+  echo "@@fail not_armed tcpdump did not start listening"
+  exit 15
+fi
+"""
+
+# Phase 3: stop (if still running), wait for the job, report, then the "after" snapshot.
+# Args: dir wait_s iface...
+FINISH_SCRIPT = (
+    r"""
+set -u
+dir=$1; wait_s=$2; shift 2
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit 14;; esac
+[ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit 14; }
+touch "$dir/lease"
+echo "@@section finish"
+if [ -f "$dir/done" ]; then echo "already_done=1"; else
+  echo "already_done=0"
+  for i in "$@"; do
+    p=$(cat "$dir/$i.pid" 2>/dev/null || true)
+    # Only signal a PID that is still our own `timeout` for this directory (PIDs get reused).
+    if [ -n "$p" ] && tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF -- "$dir/"; then
+      kill -INT "$p" 2>/dev/null
+    fi
+  done
+fi
+n=0
+while [ ! -f "$dir/done" ] && [ "$n" -lt $((wait_s * 10)) ]; do sleep 0.1; n=$((n + 1)); done
+echo "done_ns=$(cat "$dir/done" 2>/dev/null)"
+echo "stop_reason=$(cat "$dir/stop.reason" 2>/dev/null)"
+for i in "$@"; do
+  echo "rc $i $(cat "$dir/$i.rc" 2>/dev/null)"
+  f="$dir/$i.pcap"
+  [ -f "$f" ] && echo "file $i.pcap $(stat -c %s "$f") $(sha256sum < "$f" | cut -d' ' -f1)"
+done
+for i in "$@"; do echo "@@section tcpdump_err $i"; cat "$dir/$i.tcpdump.err" 2>/dev/null; done
+"""
+    + _SNAPSHOT
+)
+
+# Phase 4: remove our directory (the reaper then exits by itself). Args: dir
+CLEANUP_SCRIPT = r"""
+set -u
+dir=$1
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit 14;; esac
+rm -rf -- "$dir"
+[ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit 14; }
+echo "@@section cleanup"
+echo "removed=$dir"
+"""
+
+
+def _line(script: str, args: tuple[str, ...], *, timeout: float, sudo: bool, prefix: str = "") -> str:
+    argv = ["timeout", "-k", "5", str(int(timeout)), "sh", "-c", script, "capture-all", *args]
+    if sudo:
+        argv = ["sudo", "-n", "--", *argv]
+    return prefix + " ".join(shlex.quote(a) for a in argv)
+
+
+def prepare(tmpbase: str, interfaces: list[str], *, min_free_kb: int, sudo: bool) -> RemoteCommand:
+    args = (validate_tmpbase(tmpbase), str(int(min_free_kb)), *map(validate_interface, interfaces))
+    # SSH_CONNECTION is read before sudo (which clears it): it is how the host sees our session,
+    # and the capture filter excludes exactly that 4-tuple.
+    prefix = "echo \"@@ssh $SSH_CONNECTION\"; "
+    return RemoteCommand("prepare", args, _line(PREPARE_SCRIPT, args, timeout=60, sudo=sudo, prefix=prefix), 60)
+
+
+def arm(
+    remote_dir: str,
+    interfaces: list[str],
+    bpf_filter: str,
+    *,
+    limit_s: int,
+    max_packets: int,
+    max_bytes: int,
+    snaplen: int,
+    keep_s: int,
+    sudo: bool,
+) -> RemoteCommand:
+    args = (
+        JOB_SCRIPT,
+        validate_remote_dir(remote_dir),
+        str(int(limit_s)),
+        str(int(max_packets)),
+        str(int(max_bytes)),
+        str(int(snaplen)),
+        str(int(keep_s)),
+        bpf_filter,
+        *map(validate_interface, interfaces),
+    )
+    return RemoteCommand("arm", args, _line(ARM_SCRIPT, args, timeout=30, sudo=sudo), 30)
+
+
+def finish(remote_dir: str, interfaces: list[str], *, wait_s: int, sudo: bool) -> RemoteCommand:
+    args = (validate_remote_dir(remote_dir), str(int(wait_s)), *map(validate_interface, interfaces))
+    timeout = wait_s + 60
+    return RemoteCommand("finish", args, _line(FINISH_SCRIPT, args, timeout=timeout, sudo=sudo), timeout)
+
+
+def cleanup(remote_dir: str, *, sudo: bool) -> RemoteCommand:
+    args = (validate_remote_dir(remote_dir),)
+    return RemoteCommand("cleanup", args, _line(CLEANUP_SCRIPT, args, timeout=30, sudo=sudo), 30)
+
+
+def reproduce(command: str, *, timeout_s: int) -> RemoteCommand:
+    """The user's own reproduction command, run on purpose by a shell on the client host.
+
+    It is the one place a user string is meant to be a shell command: it is passed as a single
+    quoted argument to ``sh -c`` (never spliced into our scripts), bounded by ``timeout``, and
+    run without sudo."""
+    if "\x00" in command or not command.strip():
+        raise UnsafeValue("--reproduce needs a non-empty command without NUL bytes")
+    args = (command,)
+    argv = ["timeout", "-k", "2", str(int(timeout_s)), "sh", "-c", command]
+    line = " ".join(shlex.quote(a) for a in argv)
+    return RemoteCommand("reproduce", args, line, timeout_s + 5, privileged=False)

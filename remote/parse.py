@@ -1,0 +1,255 @@
+"""Pure parsers for what the scripts in ``remote.commands`` print.
+
+Each phase's stdout is a series of ``@@section NAME`` blocks; ``parse_sections`` splits them and
+the phase parsers below turn the blocks into small dataclasses. Nothing here does IO.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+# The names of the snapshot blocks, in the order the script prints them; each becomes a file.
+SNAPSHOT_SECTIONS = (
+    "clock_ns",
+    "uname",
+    "ip_addr",
+    "ip_link",
+    "ip_s_link",
+    "ss_tnpi",
+    "ss_s",
+    "nstat",
+    "conntrack_count",
+    "conntrack_max",
+    "port_range",
+)
+
+_STATS = {
+    "captured": re.compile(r"^(\d+) packets? captured", re.M),
+    "received": re.compile(r"^(\d+) packets? received by filter", re.M),
+    "dropped": re.compile(r"^(\d+) packets? dropped by kernel", re.M),
+}
+
+
+@dataclass
+class Section:
+    name: str
+    body: str
+    rc: int | None = None
+
+
+@dataclass
+class Failure:
+    code: str
+    text: str
+
+
+@dataclass
+class Parsed:
+    sections: dict[str, Section] = field(default_factory=dict)
+    failure: Failure | None = None
+    ssh_connection: str = ""
+
+    def kv(self, name: str) -> dict[str, str]:
+        """``key=value`` lines of a section (first ``=`` splits)."""
+        out: dict[str, str] = {}
+        sec = self.sections.get(name)
+        if sec is None:
+            return out
+        for line in sec.body.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                out[key.strip()] = value.strip()
+        return out
+
+    def words(self, name: str, first: str) -> list[list[str]]:
+        """Lines of a section that start with the word ``first``, split on spaces."""
+        sec = self.sections.get(name)
+        if sec is None:
+            return []
+        return [ln.split()[1:] for ln in sec.body.splitlines() if ln.split()[:1] == [first]]
+
+
+def parse_sections(stdout: str) -> Parsed:
+    parsed = Parsed()
+    current: Section | None = None
+    lines: list[str] = []
+
+    def close() -> None:
+        if current is not None:
+            current.body = "\n".join(lines) + ("\n" if lines else "")
+            parsed.sections[current.name] = current
+
+    for line in stdout.splitlines():
+        if line.startswith("@@section "):
+            close()
+            current, lines = Section(line[len("@@section ") :].strip(), ""), []
+        elif line.startswith("@@rc ") and current is not None:
+            try:
+                current.rc = int(line[5:].strip())
+            except ValueError:
+                current.rc = None
+        elif line.startswith("@@fail "):
+            code, _, text = line[len("@@fail ") :].partition(" ")
+            parsed.failure = Failure(code, text.strip())
+        elif line.startswith("@@ssh"):
+            parsed.ssh_connection = line[len("@@ssh") :].strip()
+        elif current is not None:
+            lines.append(line)
+    close()
+    return parsed
+
+
+@dataclass
+class SshEndpoints:
+    """The host's view of our SSH session: SSH_CONNECTION = 'client_ip client_port server_ip server_port'."""
+
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+
+
+def parse_ssh_connection(value: str) -> SshEndpoints | None:
+    parts = value.split()
+    if len(parts) != 4:
+        return None
+    try:
+        return SshEndpoints(parts[0], int(parts[1]), parts[2], int(parts[3]))
+    except ValueError:
+        return None
+
+
+@dataclass
+class Preflight:
+    uid: int
+    owner: str
+    tcpdump: str
+    tcpdump_version: str
+    free_kb: int
+    remote_dir: str
+    ssh: SshEndpoints | None
+
+
+def parse_preflight(parsed: Parsed) -> Preflight:
+    kv = parsed.kv("preflight")
+    return Preflight(
+        uid=int(kv.get("uid", "-1") or -1),
+        owner=kv.get("owner", ""),
+        tcpdump=kv.get("tcpdump", ""),
+        tcpdump_version=kv.get("tcpdump_version", ""),
+        free_kb=int(kv.get("free_kb", "0") or 0),
+        remote_dir=kv.get("dir", ""),
+        ssh=parse_ssh_connection(parsed.ssh_connection),
+    )
+
+
+@dataclass
+class Armed:
+    armed_ns: int
+    job_pid: int | None
+    pids: dict[str, int]
+
+
+def parse_arm(parsed: Parsed) -> Armed:
+    kv = parsed.kv("arm")
+    pids = {w[0]: int(w[1]) for w in parsed.words("arm", "pid") if len(w) == 2 and w[1].isdigit()}
+    job = kv.get("job_pid", "")
+    return Armed(int(kv.get("armed_ns", "0") or 0), int(job) if job.isdigit() else None, pids)
+
+
+@dataclass
+class TcpdumpStats:
+    captured: int | None = None
+    received: int | None = None
+    dropped: int | None = None
+
+
+def parse_tcpdump_stats(stderr: str) -> TcpdumpStats:
+    """tcpdump prints 'N packets captured / received by filter / dropped by kernel' on exit."""
+    values: dict[str, int | None] = {}
+    for key, rx in _STATS.items():
+        m = rx.search(stderr)
+        values[key] = int(m.group(1)) if m else None
+    return TcpdumpStats(**values)
+
+
+@dataclass
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class Finished:
+    already_done: bool
+    done_ns: int | None
+    stop_reason: str
+    exit_codes: dict[str, int | None]
+    files: list[RemoteFile]
+    tcpdump_stderr: dict[str, str]
+    stats: dict[str, TcpdumpStats]
+
+
+def parse_finish(parsed: Parsed) -> Finished:
+    kv = parsed.kv("finish")
+    codes: dict[str, int | None] = {}
+    for w in parsed.words("finish", "rc"):
+        if w:
+            codes[w[0]] = int(w[1]) if len(w) > 1 and w[1].lstrip("-").isdigit() else None
+    files = [
+        RemoteFile(w[0], int(w[1]), w[2])
+        for w in parsed.words("finish", "file")
+        if len(w) == 3 and w[1].isdigit() and re.fullmatch(r"[0-9a-f]{64}", w[2])
+    ]
+    errs = {
+        name[len("tcpdump_err ") :]: sec.body
+        for name, sec in parsed.sections.items()
+        if name.startswith("tcpdump_err ")
+    }
+    done = kv.get("done_ns", "")
+    return Finished(
+        already_done=kv.get("already_done") == "1",
+        done_ns=int(done) if done.isdigit() else None,
+        stop_reason=kv.get("stop_reason", ""),
+        exit_codes=codes,
+        files=files,
+        tcpdump_stderr=errs,
+        stats={iface: parse_tcpdump_stats(text) for iface, text in errs.items()},
+    )
+
+
+def snapshot_files(parsed: Parsed) -> dict[str, str]:
+    """The snapshot blocks of a phase's output, as file name -> text (with the exit status
+    appended when a command failed, so a missing tool is visible in the bundle)."""
+    out: dict[str, str] = {}
+    for name in SNAPSHOT_SECTIONS:
+        sec = parsed.sections.get(name)
+        if sec is None:
+            continue
+        body = sec.body
+        if sec.rc not in (0, None):
+            body += f"# exit status {sec.rc}\n"
+        out[f"{name}.txt"] = body
+    return out
+
+
+def host_addresses(ip_addr_json: str, ip_link_json: str = "") -> tuple[set[str], set[bytes]]:
+    """The host's own IPs (from ``ip -j addr``) and MACs (from ``ip -j link`` or addr)."""
+    ips: set[str] = set()
+    macs: set[bytes] = set()
+    for text in (ip_addr_json, ip_link_json):
+        try:
+            data = json.loads(text) if text.strip() else []
+        except ValueError:
+            continue
+        for link in data if isinstance(data, list) else []:
+            mac = link.get("address") if isinstance(link, dict) else None
+            if isinstance(mac, str) and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac) and mac != "00:00:00:00:00:00":
+                macs.add(bytes.fromhex(mac.replace(":", "")))
+            for a in link.get("addr_info", []) if isinstance(link, dict) else []:
+                if isinstance(a, dict) and isinstance(a.get("local"), str):
+                    ips.add(a["local"])
+    return ips, macs

@@ -1,0 +1,191 @@
+"""The one module that imports asyncssh. Its exceptions become ``remote.errors`` here.
+
+Host keys are verified against known_hosts by default. With ``accept_new_host_key`` a host that
+has *no* entry yet is trusted on first use and its key appended (OpenSSH's ``accept-new``); a host
+whose entry exists but does not match is always refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncssh
+
+from remote.commands import RemoteCommand
+from remote.errors import (
+    AuthError,
+    CommandTimeout,
+    ConnectError,
+    ConnectionLost,
+    HostKeyError,
+    RemoteError,
+    TransferError,
+)
+from remote.transport import CommandResult, SshTarget
+
+_known_hosts_lock = asyncio.Lock()
+
+
+def _known_hosts_path(target: SshTarget) -> Path:
+    return Path(os.path.expanduser(target.known_hosts or "~/.ssh/known_hosts"))
+
+
+def _known_hosts_name(target: SshTarget) -> str:
+    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+
+
+def _has_entry(target: SshTarget) -> bool:
+    path = _known_hosts_path(target)
+    if not path.exists():
+        return False
+    try:
+        known = asyncssh.read_known_hosts(str(path))
+    except (OSError, ValueError):
+        return False
+    trusted, _revoked, *_ = known.match(target.host, "", target.port)
+    return bool(trusted)
+
+
+@contextmanager
+def _mapped(name: str, what: str) -> Iterator[None]:
+    """Translate asyncssh/OS exceptions raised while connecting into ours."""
+    try:
+        yield
+    except RemoteError:
+        raise
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise HostKeyError(name, f"host key not verified ({exc.reason})") from exc
+    except asyncssh.PermissionDenied as exc:
+        raise AuthError(name, f"authentication refused ({exc.reason})") from exc
+    except asyncssh.ConnectionLost as exc:
+        raise ConnectionLost(name, f"connection lost during {what}: {exc.reason}") from exc
+    except asyncssh.DisconnectError as exc:
+        raise ConnectError(name, f"disconnected during {what}: {exc.reason}") from exc
+    except (asyncio.TimeoutError, TimeoutError) as exc:
+        raise ConnectError(name, f"timed out during {what}") from exc
+    except socket.gaierror as exc:
+        raise ConnectError(name, f"cannot resolve address ({exc.strerror})") from exc
+    except ConnectionRefusedError as exc:
+        raise ConnectError(name, "connection refused (is sshd running on that port?)") from exc
+    except OSError as exc:
+        raise ConnectError(name, f"{what} failed: {exc.strerror or exc}") from exc
+    except asyncssh.Error as exc:
+        raise ConnectError(name, f"{what} failed: {exc.reason}") from exc
+
+
+class SshTransport:
+    def __init__(self, name: str, conn: asyncssh.SSHClientConnection, jump: Any = None) -> None:
+        self.name = name
+        self._conn = conn
+        self._jump = jump
+
+    async def run(self, command: RemoteCommand) -> CommandResult:
+        started = time.time_ns()
+        try:
+            # The host enforces command.timeout with `timeout`; this is the controller's end,
+            # a little later so the host's own exit status normally wins.
+            with anyio.fail_after(command.timeout + 10):
+                proc = await self._conn.run(command.line, check=False, encoding="utf-8", errors="replace")
+        except TimeoutError as exc:
+            raise CommandTimeout(self.name, f"{command.phase} did not answer within {command.timeout + 10:.0f} s") from exc
+        except (asyncssh.Error, OSError) as exc:
+            raise ConnectionLost(self.name, f"connection lost during {command.phase}: {exc}") from exc
+        return CommandResult(
+            command,
+            proc.exit_status,
+            str(proc.stdout or ""),
+            str(proc.stderr or ""),
+            started,
+            time.time_ns(),
+        )
+
+    async def get(self, remote_path: str, local_path: Path) -> None:
+        tmp = local_path.with_name(local_path.name + ".part")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+            async with self._conn.start_sftp_client() as sftp:
+                await sftp.get(remote_path, str(tmp))
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, local_path)
+        except (asyncssh.Error, OSError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise TransferError(self.name, f"cannot pull {remote_path}: {exc}") from exc
+
+    async def close(self) -> None:
+        self._conn.close()
+        if self._jump is not None:
+            self._jump.close()
+
+
+async def _open(target: SshTarget, known_hosts: Any) -> tuple[asyncssh.SSHClientConnection, Any]:
+    options: dict[str, Any] = {
+        "port": target.port,
+        "known_hosts": known_hosts,
+        "connect_timeout": target.connect_timeout,
+        "login_timeout": target.connect_timeout,
+    }
+    if target.user:
+        options["username"] = target.user
+    if target.identity_files:
+        options["client_keys"] = [os.path.expanduser(p) for p in target.identity_files]
+    config: Any = [os.path.expanduser(p) for p in target.config_files] or ()
+    jump = None
+    if target.jump is not None:
+        jump = await asyncssh.connect(
+            target.jump.host,
+            port=target.jump.port,
+            username=target.jump.user or target.user or (),
+            known_hosts=options["known_hosts"],
+            connect_timeout=target.connect_timeout,
+            config=config,
+        )
+        options["tunnel"] = jump
+    conn = await asyncssh.connect(target.host, config=config, **options)
+    return conn, jump
+
+
+class SshConnector:
+    async def connect(self, target: SshTarget) -> SshTransport:
+        path = _known_hosts_path(target)
+        # A missing known_hosts file means "nothing is trusted", never "trust everything".
+        known: Any = str(path) if path.exists() else asyncssh.import_known_hosts("")
+        with _mapped(target.name, "connect"):
+            try:
+                conn, jump = await _open(target, known)
+            except asyncssh.HostKeyNotVerifiable as exc:
+                if _has_entry(target):
+                    raise HostKeyError(
+                        target.name,
+                        f"host key for {_known_hosts_name(target)} does NOT match {path}: "
+                        "refusing (possible man-in-the-middle; fix known_hosts by hand if the key changed)",
+                    ) from exc
+                if not target.accept_new_host_key:
+                    raise HostKeyError(
+                        target.name,
+                        f"unknown host key for {_known_hosts_name(target)} (not in {path}); "
+                        "verify it and add it with ssh-keyscan, or re-run with --accept-new-host-keys",
+                    ) from exc
+                conn, jump = await _open(target, None)
+                await self._remember(target, conn, path)
+        return SshTransport(target.name, conn, jump)
+
+    @staticmethod
+    async def _remember(target: SshTarget, conn: asyncssh.SSHClientConnection, path: Path) -> None:
+        key = conn.get_server_host_key()
+        if key is None:
+            return
+        line = f"{_known_hosts_name(target)} {key.export_public_key('openssh').decode().strip()}\n"
+        async with _known_hosts_lock:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a") as fh:
+                fh.write(line)

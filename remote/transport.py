@@ -1,0 +1,69 @@
+"""The transport interface the orchestrator talks to, and what it returns.
+
+``remote.ssh`` implements it with asyncssh; ``remote.fake`` implements it from a script, for
+fast tests of the orchestrator's fan-out, failures and deadlines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from remote.commands import RemoteCommand
+
+
+@dataclass(frozen=True)
+class JumpHost:
+    host: str
+    port: int = 22
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class SshTarget:
+    """Everything needed to open one SSH connection (built from the inventory)."""
+
+    name: str
+    host: str
+    port: int = 22
+    user: str | None = None
+    identity_files: tuple[str, ...] = ()
+    known_hosts: str | None = None  # None: the user's ~/.ssh/known_hosts
+    config_files: tuple[str, ...] = ()  # empty: the user's ~/.ssh/config, if any
+    jump: JumpHost | None = None
+    connect_timeout: float = 10.0
+    accept_new_host_key: bool = False
+
+
+@dataclass
+class CommandResult:
+    command: RemoteCommand
+    exit_status: int | None
+    stdout: str
+    stderr: str
+    started_ns: int = 0
+    ended_ns: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Transport(Protocol):
+    """One open connection to one host."""
+
+    name: str
+
+    async def run(self, command: RemoteCommand) -> CommandResult:
+        """Run one command. Raises ConnectionLost, CommandTimeout (see ``remote.errors``)."""
+        ...
+
+    async def get(self, remote_path: str, local_path: Path) -> None:
+        """Copy one remote file to ``local_path`` (created 0600). Raises TransferError."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Connector(Protocol):
+    async def connect(self, target: SshTarget) -> Transport:
+        """Open a connection. Raises ConnectError, AuthError, HostKeyError."""
+        ...

@@ -1,0 +1,324 @@
+"""The lab: four real hosts (network namespaces) with real sshd, HAProxy, a backend and nftables.
+
+Must run inside ``tests/lab/enter`` (a private ``unshare --net --mount --pid`` namespace): it
+refuses to build anywhere else, so it can never touch the machine's own network.
+
+    bastion (lab root ns) 198.19.0.1 ─┬─ mgmt ─ client  198.19.0.11
+                                      ├─ mgmt ─ router  198.19.0.12
+                                      ├─ mgmt ─ proxy   198.19.0.13   (sudo = true)
+                                      └─ mgmt ─ backend 198.19.0.14
+
+    client eth1 198.18.1.10 ── eth1 198.18.1.1 router eth2 198.18.2.1 ── eth1 198.18.2.10 proxy
+    proxy eth2 198.18.3.1 ── eth1 198.18.3.10 backend
+
+HAProxy on the proxy listens on 198.18.2.10:8080 and :8081 and forwards to the backend on :80.
+No namespace has a route out; every address is in 198.18.0.0/15.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+CLIENT_IP, ROUTER_CLIENT_SIDE, ROUTER_PROXY_SIDE = "198.18.1.10", "198.18.1.1", "198.18.2.1"
+PROXY_FRONT, PROXY_BACK, BACKEND_IP = "198.18.2.10", "198.18.3.1", "198.18.3.10"
+MGMT = {"client": "198.19.0.11", "router": "198.19.0.12", "proxy": "198.19.0.13", "backend": "198.19.0.14"}
+HOSTS = list(MGMT)
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def in_lab() -> bool:
+    return os.environ.get("CAPTURE_ALL_LAB") == "1"
+
+
+def sh(*argv: str, check: bool = True, ns: str | None = None, input: str | None = None) -> str:
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(argv)
+    p = subprocess.run(cmd, capture_output=True, text=True, input=input)
+    if check and p.returncode != 0:
+        raise LabError(f"{' '.join(cmd)} -> {p.returncode}: {p.stderr.strip()}")
+    return p.stdout
+
+
+def wait_banner(addr: str, port: int = 22, timeout: float = 10.0) -> None:
+    """Readiness is the SSH-2.0 banner, never a sleep."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((addr, port), timeout=1) as s:
+                if s.recv(64).startswith(b"SSH-2.0"):
+                    return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.02)
+    raise LabError(f"sshd at {addr}:{port} not ready: {last}")
+
+
+@dataclass
+class Lab:
+    root: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    host_keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def inventory(self) -> Path:
+        return self.root / "inventory.toml"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.root / "known_hosts"
+
+    @property
+    def remote_tmp(self) -> Path:
+        return self.root / "remote-tmp"
+
+    # ---- building -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, root: Path | None = None) -> Lab:
+        if not in_lab():
+            raise LabError("the lab must be built inside tests/lab/enter (a private network namespace)")
+        existing = [ln.split(":")[1].strip() for ln in sh("ip", "-o", "link", "show").splitlines() if ln.strip()]
+        if existing != ["lo"]:
+            # A fresh network namespace has only lo; anything else means we are not in ours.
+            raise LabError(f"refusing to build: this network namespace already has {existing}")
+        lab = cls(Path(root) if root else Path(tempfile.mkdtemp(prefix="capture-all-lab-")))
+        lab.root.chmod(0o755)
+        lab._private_mounts()
+        lab._keys()
+        lab._network()
+        lab._sshd_all()
+        lab._services()
+        lab._write_inventory()
+        return lab
+
+    def _private_mounts(self) -> None:
+        # /run on tmpfs: `ip netns add` leaves files in /run/netns, sshd wants /run/sshd.
+        sh("mount", "--make-rprivate", "/")
+        sh("mount", "-t", "tmpfs", "-o", "mode=755", "lab-run", "/run")
+        for d in ("/run/netns", "/run/sshd"):
+            os.makedirs(d, exist_ok=True)
+        # root's ~/.bashrc may run slow init (pyenv): every remote command would pay for it.
+        empty = self.root / "empty.bashrc"
+        empty.write_text("")
+        for rc in (Path.home() / ".bashrc",):
+            if rc.exists():
+                sh("mount", "--bind", str(empty), str(rc))
+        self.remote_tmp.mkdir(mode=0o1777, exist_ok=True)
+        self.remote_tmp.chmod(0o1777)
+
+    def _keys(self) -> None:
+        key = self.root / "id_ed25519"
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "capture-all-lab", "-f", str(key))
+        (self.root / "authorized_keys").write_text((self.root / "id_ed25519.pub").read_text())
+        (self.root / "ssh_config").write_text("# empty: the lab must not read the user's ~/.ssh/config\n")
+        lines = []
+        for h in HOSTS:
+            hk = self.root / h / "ssh_host_ed25519_key"
+            hk.parent.mkdir(exist_ok=True)
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", h, "-f", str(hk))
+            pub = " ".join((hk.with_suffix(".pub")).read_text().split()[:2])
+            self.host_keys[h] = pub
+            lines.append(f"{MGMT[h]} {pub}\n")
+        self.known_hosts.write_text("".join(lines))
+        self.known_hosts.chmod(0o600)
+
+    def _network(self) -> None:
+        sh("ip", "link", "set", "lo", "up")
+        sh("ip", "link", "add", "mgmt0", "type", "bridge")
+        sh("ip", "link", "set", "mgmt0", "up")
+        sh("ip", "addr", "add", "198.19.0.1/24", "dev", "mgmt0")
+        for h in HOSTS:
+            sh("ip", "netns", "add", h)
+            sh("ip", "link", "add", f"m-{h}", "type", "veth", "peer", "name", "mgmt", "netns", h)
+            sh("ip", "link", "set", f"m-{h}", "master", "mgmt0", "up")
+            sh("ip", "-n", h, "link", "set", "lo", "up")
+            sh("ip", "-n", h, "link", "set", "mgmt", "up")
+            sh("ip", "-n", h, "addr", "add", f"{MGMT[h]}/24", "dev", "mgmt")
+        self._link("client", "eth1", f"{CLIENT_IP}/24", "router", "eth1", f"{ROUTER_CLIENT_SIDE}/24")
+        self._link("router", "eth2", f"{ROUTER_PROXY_SIDE}/24", "proxy", "eth1", f"{PROXY_FRONT}/24")
+        self._link("proxy", "eth2", f"{PROXY_BACK}/24", "backend", "eth1", f"{BACKEND_IP}/24")
+        sh("ip", "-n", "client", "route", "add", "198.18.2.0/24", "via", ROUTER_CLIENT_SIDE)
+        sh("ip", "-n", "proxy", "route", "add", "198.18.1.0/24", "via", ROUTER_PROXY_SIDE)
+        sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns="router")
+
+    @staticmethod
+    def _link(a: str, a_if: str, a_addr: str, b: str, b_if: str, b_addr: str) -> None:
+        sh("ip", "link", "add", "tmp-a", "netns", a, "type", "veth", "peer", "name", "tmp-b", "netns", b)
+        sh("ip", "-n", a, "link", "set", "tmp-a", "name", a_if)
+        sh("ip", "-n", b, "link", "set", "tmp-b", "name", b_if)
+        for ns, ifn, addr in ((a, a_if, a_addr), (b, b_if, b_addr)):
+            sh("ip", "-n", ns, "addr", "add", addr, "dev", ifn)
+            sh("ip", "-n", ns, "link", "set", ifn, "up")
+            # No IPv6 chatter (router solicitations, DAD) in the captures.
+            sh("sysctl", "-q", "-w", f"net.ipv6.conf.{ifn}.disable_ipv6=1", ns=ns)
+
+    def _sshd_config(self, h: str) -> Path:
+        cfg = self.root / h / "sshd_config"
+        cfg.write_text(
+            f"ListenAddress {MGMT[h]}:22\n"
+            f"HostKey {self.root / h / 'ssh_host_ed25519_key'}\n"
+            f"AuthorizedKeysFile {self.root / 'authorized_keys'}\n"
+            "PidFile none\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n"
+            "Subsystem sftp internal-sftp\nMaxSessions 50\nMaxStartups 100\n"
+        )
+        return cfg
+
+    def start_sshd(self, h: str) -> None:
+        cfg = self._sshd_config(h)
+        log = open(self.root / h / "sshd.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.procs[f"sshd-{h}"] = subprocess.Popen(
+            ["ip", "netns", "exec", h, "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)], stdout=log, stderr=log
+        )
+        wait_banner(MGMT[h])
+
+    def stop_sshd(self, h: str) -> None:
+        """Stop one host's sshd (by the PID we recorded): that host becomes unreachable."""
+        p = self.procs.pop(f"sshd-{h}")
+        p.terminate()
+        p.wait(5)
+
+    def _sshd_all(self) -> None:
+        for h in HOSTS:
+            self.start_sshd(h)
+
+    def _services(self) -> None:
+        self.start_backend()
+        cfg = self.root / "haproxy.cfg"
+        cfg.write_text(
+            "global\n  maxconn 512\n"
+            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n"
+            f"frontend fe_main\n  bind {PROXY_FRONT}:8080\n  default_backend be\n"
+            f"frontend fe_pay\n  bind {PROXY_FRONT}:8081\n  default_backend be\n"
+            f"backend be\n  server b1 {BACKEND_IP}:80\n"
+        )
+        log = open(self.root / "haproxy.log", "ab")  # noqa: SIM115
+        self.procs["haproxy"] = subprocess.Popen(
+            ["ip", "netns", "exec", "proxy", "haproxy", "-db", "-f", str(cfg)], stdout=log, stderr=log
+        )
+        self.wait_listening("proxy", 8080)
+        self.wait_listening("proxy", 8081)
+
+    def start_backend(self, idle: float = 5.0) -> None:
+        log = open(self.root / "backend.log", "ab")  # noqa: SIM115
+        self.procs["backend"] = subprocess.Popen(
+            ["ip", "netns", "exec", "backend", sys.executable, "-m", "tests.lab.backend",
+             "--listen", f"{BACKEND_IP}:80", "--idle", str(idle)],
+            stdout=log, stderr=log, cwd=REPO,
+        )
+        self.wait_listening("backend", 80)
+
+    def wait_listening(self, ns: str, port: int, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sh("ss", "-Hltn", f"sport = :{port}", ns=ns).strip():
+                return
+            time.sleep(0.02)
+        raise LabError(f"nothing listening on {ns}:{port} after {timeout} s")
+
+    def _write_inventory(self) -> None:
+        r = self.root
+        self.inventory.write_text(
+            f"""# Generated by tests/lab/labnet.py for the lab in {r}
+[ssh]
+user = "root"
+identity_file = "{r / 'id_ed25519'}"
+known_hosts = "{self.known_hosts}"
+config_file = "{r / 'ssh_config'}"
+sudo = false
+connect_timeout = 5
+
+[capture]
+tmpdir = "{self.remote_tmp}"
+
+[[hosts]]
+name = "client"
+role = "client"
+address = "{MGMT['client']}"
+interfaces = ["eth1"]
+addresses = ["{CLIENT_IP}"]
+
+[[hosts]]
+name = "router"
+role = "router"
+address = "{MGMT['router']}"
+interfaces = ["eth1", "eth2"]
+addresses = ["{ROUTER_CLIENT_SIDE}", "{ROUTER_PROXY_SIDE}"]
+
+[[hosts]]
+name = "proxy"
+role = "proxy"
+address = "{MGMT['proxy']}"
+interfaces = ["eth1", "eth2"]
+addresses = ["{PROXY_FRONT}", "{PROXY_BACK}"]
+listen = ["{PROXY_FRONT}:8080", "{PROXY_FRONT}:8081"]
+upstream = ["{BACKEND_IP}:80"]
+ssh = {{ sudo = true }}
+
+[[hosts]]
+name = "backend"
+role = "backend"
+address = "{MGMT['backend']}"
+interfaces = ["eth1"]
+addresses = ["{BACKEND_IP}"]
+listen = ["{BACKEND_IP}:80"]
+"""
+        )
+
+    # ---- reproducing resets -----------------------------------------------------------------
+    def router_forges_resets(self, port: int = 8081) -> None:
+        """The router answers any client data to the proxy's ``port`` with a forged RST."""
+        sh("nft", "-f", "-", ns="router", input=(
+            "table inet capture_all_lab {\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            f"    ip daddr {PROXY_FRONT} tcp dport {port} tcp flags & psh == psh reject with tcp reset\n"
+            "  }\n}\n"
+        ))
+
+    def router_clear(self) -> None:
+        sh("nft", "delete", "table", "inet", "capture_all_lab", ns="router", check=False)
+
+    # ---- inspection ------------------------------------------------------------------------
+    def our_processes(self) -> list[str]:
+        """Command lines of every process in the lab that mentions the remote temp dir."""
+        needle = str(self.remote_tmp).encode()
+        found = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if needle in cmd:
+                text = cmd.replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{pid}: {text[:200]}")
+        return found
+
+    def remote_dirs(self) -> list[str]:
+        return sorted(p.name for p in self.remote_tmp.iterdir())
+
+    def teardown(self) -> None:
+        for name, p in list(self.procs.items()):
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.procs.clear()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -176,12 +176,13 @@ class Lab:
         )
         return cfg
 
+    def _spawn(self, name: str, ns: str, argv: list[str]) -> None:
+        """Start a lab process in namespace ``ns``; its output goes to ROOT/NAME.log."""
+        with open(self.root / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=log, cwd=REPO)
+
     def start_sshd(self, h: str) -> None:
-        cfg = self._sshd_config(h)
-        log = open(self.root / h / "sshd.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.procs[f"sshd-{h}"] = subprocess.Popen(
-            ["ip", "netns", "exec", h, "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)], stdout=log, stderr=log
-        )
+        self._spawn(f"sshd-{h}", h, ["/usr/sbin/sshd", "-D", "-e", "-f", str(self._sshd_config(h))])
         wait_banner(MGMT[h])
 
     def stop_sshd(self, h: str) -> None:
@@ -204,20 +205,13 @@ class Lab:
             f"frontend fe_pay\n  bind {PROXY_FRONT}:8081\n  default_backend be\n"
             f"backend be\n  server b1 {BACKEND_IP}:80\n"
         )
-        log = open(self.root / "haproxy.log", "ab")  # noqa: SIM115
-        self.procs["haproxy"] = subprocess.Popen(
-            ["ip", "netns", "exec", "proxy", "haproxy", "-db", "-f", str(cfg)], stdout=log, stderr=log
-        )
+        self._spawn("haproxy", "proxy", ["haproxy", "-db", "-f", str(cfg)])
         self.wait_listening("proxy", 8080)
         self.wait_listening("proxy", 8081)
 
     def start_backend(self, idle: float = 5.0) -> None:
-        log = open(self.root / "backend.log", "ab")  # noqa: SIM115
-        self.procs["backend"] = subprocess.Popen(
-            ["ip", "netns", "exec", "backend", sys.executable, "-m", "tests.lab.backend",
-             "--listen", f"{BACKEND_IP}:80", "--idle", str(idle)],
-            stdout=log, stderr=log, cwd=REPO,
-        )
+        self._spawn("backend", "backend", [sys.executable, "-m", "tests.lab.backend",
+                                           "--listen", f"{BACKEND_IP}:80", "--idle", str(idle)])
         self.wait_listening("backend", 80)
 
     def wait_listening(self, ns: str, port: int, timeout: float = 10.0) -> None:
@@ -292,20 +286,20 @@ listen = ["{BACKEND_IP}:80"]
         sh("nft", "delete", "table", "inet", "capture_all_lab", ns="router", check=False)
 
     # ---- inspection ------------------------------------------------------------------------
-    def our_processes(self) -> list[str]:
-        """Command lines of every process in the lab that mentions the remote temp dir."""
+    def our_processes(self) -> list[tuple[int, str, str]]:
+        """(pid, program, argv text) of every lab process whose argv mentions the remote temp dir."""
         needle = str(self.remote_tmp).encode()
         found = []
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
             try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if needle in cmd:
-                text = cmd.replace(b"\0", b" ").decode(errors="replace")
-                found.append(f"{pid}: {text[:200]}")
+            if any(needle in a for a in argv):
+                text = b" ".join(argv).decode(errors="replace")
+                found.append((int(pid), os.path.basename(argv[0].decode(errors="replace")), text[:300]))
         return found
 
     def remote_dirs(self) -> list[str]:

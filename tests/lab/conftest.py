@@ -1,0 +1,39 @@
+"""The lab tier. Outside tests/lab/enter these tests cannot run; under CI=true that is a
+failure, not a skip (CI must prove the real components)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab.labnet import Lab, in_lab
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    if not in_lab():
+        message = "lab tests run inside the private namespace lab: use scripts/test"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: the lab tier must run)")
+        pytest.skip(message)
+    lab = Lab.build()
+    yield lab
+    lab.teardown()
+
+
+@pytest.fixture
+def clean_lab(lab: Lab) -> Iterator[Lab]:
+    """The lab, with any router rule or stopped sshd of a test undone afterwards."""
+    yield lab
+    lab.router_clear()
+    for h in ("client", "router", "proxy", "backend"):
+        if f"sshd-{h}" not in lab.procs:
+            lab.start_sshd(h)

@@ -1,0 +1,55 @@
+"""The README's first command: build the lab, reproduce a reset, capture it with capture-all.
+
+The scenario: the client posts a payment through the router to the proxy's :8081. The router's
+firewall answers the client's data with a forged RST in the proxy's name (nft ``reject with tcp
+reset``); the client sees "Connection reset by peer" and blames the proxy. The captures show the
+RST leaving the router, arriving at the client with the TTL of a box one hop closer than the
+proxy, and never leaving the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from pathlib import Path
+
+from orchestrator.cli import main as capture_all
+from tests.lab.labnet import CLIENT_IP, PROXY_FRONT, REPO, Lab
+
+
+def run(out: Path, duration: float) -> int:
+    lab = Lab.build()
+    try:
+        lab.router_forges_resets(8081)
+        print(f"lab: client {CLIENT_IP} -> router -> proxy {PROXY_FRONT} (HAProxy) -> backend; "
+              "the router forges resets on :8081", flush=True)
+        print(f"$ capture-all --inventory {lab.inventory} --flow '{CLIENT_IP}->{PROXY_FRONT}:8081' "
+              f"--duration {duration:g} --out {out} --reproduce 'curl ... /pay'", flush=True)
+        code = capture_all([
+            "--inventory", str(lab.inventory),
+            "--flow", f"{CLIENT_IP}->{PROXY_FRONT}:8081",
+            "--duration", str(duration),
+            "--out", str(out),
+            "--reproduce", f"curl -sS -m 3 -d amount=42 http://{PROXY_FRONT}:8081/pay",
+        ])
+        print("\nWhat to read above: the client's RST claims to come from the proxy, but it arrives with "
+              "a TTL unlike the proxy's own packets, the router's capture shows it leaving the router, "
+              "and the proxy's capture has no RST at all.")
+        print(f"capture-all exited {code}; the evidence bundle is {out}")
+        return code
+    finally:
+        lab.teardown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="scripts/demo")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    ap.add_argument("--out", type=Path, default=REPO / "evidence" / f"demo-{stamp}")
+    ap.add_argument("--duration", type=float, default=4.0)
+    args = ap.parse_args()
+    sys.exit(run(args.out.resolve(), args.duration))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""capture-all against the real lab: sshd, tcpdump, HAProxy, nftables, kernel resets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from analysis.resets import ResetSeen, summarize
+from orchestrator.bundle import verify
+from orchestrator.cli import main
+from remote.parse import host_addresses
+from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, REPO, Lab
+
+FLOW_8081 = f"{CLIENT_IP}->{PROXY_FRONT}:8081"
+FLOW_8080 = f"{CLIENT_IP}->{PROXY_FRONT}:8080"
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["--plain", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def manifest(out: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((out / "manifest.json").read_text())
+
+
+def host(m: dict, name: str) -> dict:  # type: ignore[type-arg]
+    return next(h for h in m["hosts"] if h["name"] == name)
+
+
+def resets(out: Path, name: str, iface: str) -> list[ResetSeen]:
+    ips, macs = host_addresses((out / name / "before/ip_addr.txt").read_text(), (out / name / "before/ip_link.txt").read_text())
+    with (out / name / f"{iface}.pcap").open("rb") as fh:
+        return summarize(fh, ips, macs).resets
+
+
+def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
+
+
+def test_forged_reset_is_captured_where_it_happens(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = clean_lab
+    lab.router_forges_resets(8081)
+    out = tmp_path / "bundle"
+    code, stdout, _ = run_cli(
+        capsys, "-i", str(lab.inventory), "--flow", FLOW_8081, "-d", "2", "-o", str(out),
+        "--reproduce", f"curl -sS -m 3 -d amount=42 http://{PROXY_FRONT}:8081/pay",
+    )
+    assert code == 0, stdout
+    m = manifest(out)
+    assert [h["status"] for h in m["hosts"]] == ["ok"] * 4
+    assert verify(out) == []
+    assert "Connection reset by peer" in (out / "client/reproduce.txt").read_text()
+
+    # The client sees an RST "from the proxy" whose TTL is unlike the proxy's genuine packets...
+    (at_client,) = resets(out, "client", "eth1")
+    assert (at_client.src, at_client.sport, at_client.direction) == (PROXY_FRONT, 8081, "in")
+    assert at_client.ttl == 64 and at_client.sender_ttls == [63]
+    # ...the router's capture shows it leaving the router (its MAC, on the client side)...
+    (at_router,) = resets(out, "router", "eth1")
+    assert at_router.direction == "out" and at_router.seq == at_client.seq
+    assert resets(out, "router", "eth2") == []
+    # ...and the proxy never sent one (it saw the handshake and nothing else).
+    assert resets(out, "proxy", "eth1") == []
+    assert host(m, "proxy")["captures"][0]["packets"] >= 3
+    assert f"1 RST" in stdout and "client/eth1  in RST" in stdout
+
+    # Bundle files are private.
+    assert (out.stat().st_mode & 0o777) == 0o700
+    assert all((p.stat().st_mode & 0o077) == 0 for p in out.rglob("*"))
+    # Every host's temp dir is gone, and the detached jobs exit once it is.
+    assert lab.remote_dirs() == []
+    assert wait_until(lambda: lab.our_processes() == [], 5), lab.our_processes()
+
+
+def test_backend_reset_is_seen_leaving_backend_and_arriving_at_proxy(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bundle"
+    code, stdout, _ = run_cli(
+        capsys, "-i", str(clean_lab.inventory), "--flow", FLOW_8080, "-d", "2", "-o", str(out),
+        "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/reset",
+    )
+    assert code == 0, stdout
+    (at_backend,) = resets(out, "backend", "eth1")
+    assert (at_backend.src, at_backend.sport, at_backend.direction) == (BACKEND_IP, 80, "out")
+    upstream = resets(out, "proxy", "eth2")
+    assert [(r.src, r.direction, r.seq) for r in upstream] == [(BACKEND_IP, "in", at_backend.seq)]
+    # The filter derived the upstream leg for the backend and the proxy's back side only.
+    assert f"host {BACKEND_IP} and port 80" in host(manifest(out), "backend")["bpf_filter"]
+    assert "port 8080" not in host(manifest(out), "backend")["bpf_filter"]
+
+
+def test_stopped_sshd_is_reported_and_others_evidence_kept(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_lab.stop_sshd("backend")
+    out = tmp_path / "bundle"
+    code, stdout, _ = run_cli(capsys, "-i", str(clean_lab.inventory), "--flow", FLOW_8080, "-d", "1", "-o", str(out),
+                              "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/")
+    assert code == 3
+    m = manifest(out)
+    backend = host(m, "backend")
+    assert backend["status"] == "failed" and backend["error_kind"] == "unreachable"
+    assert "connection refused" in backend["error"]
+    line = next(ln for ln in stdout.splitlines() if ln.strip().startswith("backend"))
+    assert "failed" in line and "connection refused" in line
+    for name in ("client", "router", "proxy"):
+        h = host(m, name)
+        assert h["status"] == "ok"
+        assert all((out / c["path"]).stat().st_size > 24 for c in h["captures"] if c["interface"] == "eth1")
+    assert verify(out) == []
+
+
+def test_unknown_host_key_is_refused_then_accepted_only_on_request(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lab = clean_lab
+    kh = tmp_path / "known_hosts"
+    kh.write_text("".join(ln for ln in lab.known_hosts.read_text().splitlines(True) if not ln.startswith("198.19.0.13 ")))
+    inv = tmp_path / "inv.toml"
+    inv.write_text(lab.inventory.read_text().replace(str(lab.known_hosts), str(kh)))
+
+    code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "a"))
+    assert code == 3
+    proxy = host(manifest(tmp_path / "a"), "proxy")
+    assert proxy["error_kind"] == "host_key" and "--accept-new-host-keys" in proxy["error"]
+
+    code, _, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"),
+                         "--accept-new-host-keys")
+    assert code == 0
+    assert lab.host_keys["proxy"] in kh.read_text()
+
+    # A key that does not match is refused even with --accept-new-host-keys.
+    wrong = lab.host_keys["client"]
+    kh.write_text(kh.read_text().replace(lab.host_keys["proxy"], wrong))
+    code, _, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "c"),
+                         "--accept-new-host-keys")
+    assert code == 3
+    proxy = host(manifest(tmp_path / "c"), "proxy")
+    assert proxy["error_kind"] == "host_key" and "does NOT match" in proxy["error"]
+
+
+def test_missing_interface_is_a_clear_preflight_failure(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = tmp_path / "inv.toml"
+    inv.write_text(clean_lab.inventory.read_text().replace('interfaces = ["eth1"]\naddresses = ["198.18.3.10"]',
+                                                          'interfaces = ["eth9"]\naddresses = ["198.18.3.10"]'))
+    code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"))
+    assert code == 3
+    backend = host(manifest(tmp_path / "b"), "backend")
+    assert backend["error_kind"] == "no_interface" and "eth9" in backend["error"]
+    assert clean_lab.remote_dirs() == []
+
+
+def test_capture_stops_itself_at_max_packets(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b"
+    code, _, _ = run_cli(capsys, "-i", str(clean_lab.inventory), "--flow", FLOW_8080, "-d", "3", "-o", str(out),
+                         "--max-packets", "2", "--hosts", "client",
+                         "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/")
+    assert code == 0
+    client = host(manifest(out), "client")
+    assert client["stop_reason"] == "max-packets"
+    assert client["captures"][0]["packets"] == 2
+
+
+def test_sigkilled_controller_leaves_nothing_behind(clean_lab: Lab, tmp_path: Path) -> None:
+    lab = clean_lab
+    duration, grace, keep = 3, 2, 3
+    with subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(lab.inventory), "--flow", FLOW_8080,
+         "-d", str(duration), "--grace", str(grace), "--keep", str(keep), "-o", str(tmp_path / "b")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "[run] armed: 4/4" in line:
+                break
+        else:
+            pytest.fail(f"controller never armed: {proc.wait()}")
+        killed_at = time.monotonic()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # At the moment of the kill our captures were running on every host.
+    running = lab.our_processes()
+    assert sum(prog == "tcpdump" for _, prog, _ in running) == 6, running  # 1 + 2 + 2 + 1 interfaces
+    assert len(lab.remote_dirs()) == 4
+
+    # No tcpdump of ours survives duration + grace (plus a second of slack for the signal).
+    time.sleep(max(0.0, killed_at + duration + grace + 1 - time.monotonic()))
+    assert [p for p in lab.our_processes() if p[1] in ("tcpdump", "timeout")] == []
+    # The evidence stays for `keep` seconds, then the host removes it and nothing of ours runs.
+    assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], keep + 4), (
+        lab.remote_dirs(), lab.our_processes())

@@ -94,8 +94,9 @@ def decode(rec: Record) -> Segment | None:
     return None
 
 
-def _ipv4(ts: int, d: bytes, off: int, smac: bytes | None, dmac: bytes | None,
-          ptype: int | None, ifx: int | None) -> Segment | None:
+def _ipv4(
+    ts: int, d: bytes, off: int, smac: bytes | None, dmac: bytes | None, ptype: int | None, ifx: int | None
+) -> Segment | None:
     vihl = d[off]
     if vihl >> 4 != 4:
         return None
@@ -108,12 +109,27 @@ def _ipv4(ts: int, d: bytes, off: int, smac: bytes | None, dmac: bytes | None,
     src = str(ipaddress.IPv4Address(d[off + 12 : off + 16]))
     dst = str(ipaddress.IPv4Address(d[off + 16 : off + 20]))
     end = min(len(d), off + total) if total else len(d)
-    return _tcp(ts, d, off + ihl, end, src, dst, d[off + 8], ip_id, bool(frag & 0x4000), total - ihl if total else None,
-                smac, dmac, ptype, ifx)
+    return _tcp(
+        ts,
+        d,
+        off + ihl,
+        end,
+        src,
+        dst,
+        d[off + 8],
+        ip_id,
+        bool(frag & 0x4000),
+        total - ihl if total else None,
+        smac,
+        dmac,
+        ptype,
+        ifx,
+    )
 
 
-def _ipv6(ts: int, d: bytes, off: int, smac: bytes | None, dmac: bytes | None,
-          ptype: int | None, ifx: int | None) -> Segment | None:
+def _ipv6(
+    ts: int, d: bytes, off: int, smac: bytes | None, dmac: bytes | None, ptype: int | None, ifx: int | None
+) -> Segment | None:
     if d[off] >> 4 != 6:
         return None
     plen = _U16.unpack_from(d, off + 4)[0]
@@ -132,13 +148,45 @@ def _ipv6(ts: int, d: bytes, off: int, smac: bytes | None, dmac: bytes | None,
     return _tcp(ts, d, p, end, src, dst, hlim, None, True, remaining, smac, dmac, ptype, ifx)
 
 
-def _tcp(ts: int, d: bytes, p: int, end: int, src: str, dst: str, ttl: int, ip_id: int | None, df: bool,
-         l4_len: int | None, smac: bytes | None, dmac: bytes | None, ptype: int | None, ifx: int | None) -> Segment | None:
+def _tcp(
+    ts: int,
+    d: bytes,
+    p: int,
+    end: int,
+    src: str,
+    dst: str,
+    ttl: int,
+    ip_id: int | None,
+    df: bool,
+    l4_len: int | None,
+    smac: bytes | None,
+    dmac: bytes | None,
+    ptype: int | None,
+    ifx: int | None,
+) -> Segment | None:
     sport, dport, seq, ack, offx, flags, win, _csum, _urg = _TCP.unpack_from(d, p)
     hlen = (offx >> 4) * 4
     if hlen < 20:
         return None
     payload = d[p + hlen : end]
     plen = (l4_len - hlen) if l4_len is not None else len(payload)
-    return Segment(ts, src, dst, sport, dport, flags, seq, ack, win, ttl, ip_id, df, max(plen, 0),
-                   zlib.crc32(payload) if payload else 0, smac, dmac, ptype, ifx)
+    return Segment(
+        ts,
+        src,
+        dst,
+        sport,
+        dport,
+        flags,
+        seq,
+        ack,
+        win,
+        ttl,
+        ip_id,
+        df,
+        max(plen, 0),
+        zlib.crc32(payload) if payload else 0,
+        smac,
+        dmac,
+        ptype,
+        ifx,
+    )

@@ -21,6 +21,10 @@ PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 _MAX_RECORD = 1 << 24  # anything larger is corruption, not a packet
 
 
+class _Corrupt(Exception):
+    """A pcapng block that cannot be right: reading stops there."""
+
+
 class NotACapture(ValueError):
     """The bytes are neither pcap nor pcapng (raised before any record)."""
 
@@ -128,8 +132,9 @@ def _pcapng(fh: BinaryIO, first: bytes, stats: ReadStats) -> Iterator[Record]:
                     stats.problems.append("last block cut short")
                     return
             if skip == 0:
-                rec = _block(btype, body[:-4], endian, interfaces, stats)
-                if rec is False:
+                try:
+                    rec = _block(btype, body[:-4], endian, interfaces, stats)
+                except _Corrupt:
                     return
                 if rec is not None:
                     stats.records += 1
@@ -147,12 +152,12 @@ def _pcapng(fh: BinaryIO, first: bytes, stats: ReadStats) -> Iterator[Record]:
 
 def _block(
     btype: int, body: bytes, endian: str, interfaces: list[tuple[int, int, int]], stats: ReadStats
-) -> Record | None | bool:
-    """One pcapng block: a Record, None (not a packet), or False (corrupt: stop reading)."""
+) -> Record | None:
+    """One pcapng block: a Record, or None (not a packet). Raises _Corrupt (stop reading)."""
     if btype == 1:  # Interface Description Block
         if len(body) < 8:
             stats.corrupt += 1
-            return False
+            raise _Corrupt
         link = struct.unpack(endian + "H", body[:2])[0]
         units, offset = _idb_options(body[8:], endian)
         interfaces.append((link, units, offset))
@@ -161,12 +166,12 @@ def _block(
     if btype == 6:  # Enhanced Packet Block
         if len(body) < 20:
             stats.corrupt += 1
-            return False
+            raise _Corrupt
         if_id, hi, lo, caplen, _orig = struct.unpack(endian + "IIIII", body[:20])
         if if_id >= len(interfaces) or 20 + caplen > len(body):
             stats.corrupt += 1
             stats.problems.append("packet block names an unknown interface or overruns itself")
-            return False
+            raise _Corrupt
         link, units, offset = interfaces[if_id]
         return Record(_to_ns((hi << 32) | lo, units) + offset * 1_000_000_000, body[20 : 20 + caplen], link, if_id)
     if btype == 3 and interfaces:  # Simple Packet Block: no timestamp at all

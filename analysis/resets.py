@@ -66,8 +66,18 @@ def summarize(fh: BinaryIO, own_ips: Iterable[str] = (), own_macs: Iterable[byte
         way = direction(seg, ips, macs)
         if seg.flags & RST:
             resets.append(
-                ResetSeen(seg.ts_ns, seg.src, seg.sport, seg.dst, seg.dport, flag_text(seg.flags), seg.seq,
-                          seg.ack, seg.ttl, way)
+                ResetSeen(
+                    seg.ts_ns,
+                    seg.src,
+                    seg.sport,
+                    seg.dst,
+                    seg.dport,
+                    flag_text(seg.flags),
+                    seg.seq,
+                    seg.ack,
+                    seg.ttl,
+                    way,
+                )
             )
         else:
             ttls.setdefault((seg.src, seg.sport, way), Counter())[seg.ttl] += 1

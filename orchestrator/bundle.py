@@ -62,7 +62,7 @@ class HostRecord(BaseModel):
 
 
 class Manifest(BaseModel):
-    schema_: str = Field(SCHEMA, alias="schema")
+    schema_: str = Field(default=SCHEMA, serialization_alias="schema")
     tool: str = "capture-all"
     version: str
     created_utc: str
@@ -75,8 +75,6 @@ class Manifest(BaseModel):
     hosts: list[HostRecord]
     exit_status: int | None = None
     files: dict[str, str] = {}
-
-    model_config = {"populate_by_name": True}
 
 
 class Bundle:

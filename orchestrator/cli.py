@@ -16,6 +16,7 @@ import json
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -50,8 +51,8 @@ def _size(text: str) -> int:
     return int(num) * units[unit]
 
 
-def _positive(kind: type) -> object:
-    def conv(text: str) -> object:
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def conv(text: str) -> float:
         try:
             v = kind(text)
         except ValueError:
@@ -77,17 +78,30 @@ def capture_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-packets", type=_positive(int), default=1_000_000, help="per interface (default 1000000)")
     p.add_argument("--max-bytes", type=_size, default=200 << 20, help="per host, e.g. 50M (default 200M)")
     p.add_argument("--snaplen", type=_positive(int), default=262144, help="bytes kept per packet (default 262144)")
-    p.add_argument("--grace", type=_positive(int), default=10,
-                   help="the host stops its capture by itself at duration+grace seconds (default 10)")
-    p.add_argument("--keep", type=_positive(int), default=600,
-                   help="the host deletes evidence nobody collected this many seconds after it ended (default 600)")
-    p.add_argument("--reproduce", metavar="CMD", help="shell command run on the client host once every capture is armed")
+    p.add_argument(
+        "--grace",
+        type=_positive(int),
+        default=10,
+        help="the host stops its capture by itself at duration+grace seconds (default 10)",
+    )
+    p.add_argument(
+        "--keep",
+        type=_positive(int),
+        default=600,
+        help="the host deletes evidence nobody collected this many seconds after it ended (default 600)",
+    )
+    p.add_argument(
+        "--reproduce", metavar="CMD", help="shell command run on the client host once every capture is armed"
+    )
     p.add_argument("--reproduce-on", metavar="HOST", help="run --reproduce there instead of the first client host")
     p.add_argument("--reproduce-timeout", type=_positive(int), default=60, help="seconds (default 60)")
     p.add_argument("--hosts", help="comma-separated subset of inventory host names")
     p.add_argument("--concurrency", type=_positive(int), default=32, help="SSH connections opened at once (default 32)")
-    p.add_argument("--accept-new-host-keys", action="store_true",
-                   help="trust and record keys of hosts not yet in known_hosts (a changed key is always refused)")
+    p.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="trust and record keys of hosts not yet in known_hosts (a changed key is always refused)",
+    )
     p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     return p
 
@@ -117,7 +131,9 @@ def _describe(name: str, iface: str, s: VantageSummary) -> list[str]:
             ttl += f" (sender's other packets here: ttl {', '.join(map(str, r.sender_ttls))})"
         t = dt.datetime.fromtimestamp(r.ts_ns // 1_000_000_000, dt.timezone.utc).strftime("%H:%M:%S")
         frac = f"{r.ts_ns % 1_000_000_000:09d}"[:6]
-        lines.append(f"    {t}.{frac} {name}/{iface} {r.direction:>3} RST [{r.flags}] {arrow} seq {r.seq} ack {r.ack} {ttl}")
+        lines.append(
+            f"    {t}.{frac} {name}/{iface} {r.direction:>3} RST [{r.flags}] {arrow} seq {r.seq} ack {r.ack} {ttl}"
+        )
     return lines
 
 
@@ -174,9 +190,16 @@ async def _capture(args: argparse.Namespace) -> int:
     if args.reproduce_on and args.reproduce_on not in {h.name for h in plan.hosts}:
         raise UsageError(f"--reproduce-on: {args.reproduce_on} is not a host of this run")
     opts = RunOptions(
-        duration=args.duration, grace=args.grace, max_packets=args.max_packets, max_bytes=args.max_bytes,
-        snaplen=args.snaplen, keep=args.keep, concurrency=args.concurrency, reproduce=args.reproduce,
-        reproduce_on=args.reproduce_on, reproduce_timeout=args.reproduce_timeout,
+        duration=args.duration,
+        grace=args.grace,
+        max_packets=args.max_packets,
+        max_bytes=args.max_bytes,
+        snaplen=args.snaplen,
+        keep=args.keep,
+        concurrency=args.concurrency,
+        reproduce=args.reproduce,
+        reproduce_on=args.reproduce_on,
+        reproduce_timeout=args.reproduce_timeout,
     )
     if opts.reproduce is not None:
         from remote.commands import reproduce
@@ -189,9 +212,14 @@ async def _capture(args: argparse.Namespace) -> int:
         print(f"warning: {w}", file=sys.stderr)
     progress = Progress([h.name for h in plan.hosts], live=False if args.plain else None)
     manifest = Manifest(
-        version=__version__, created_utc=now.isoformat(), inventory=str(args.inventory), inventory_sha256=digest,
-        flow=flow.text, legs=[f"{leg.name}: {leg.bpf()}" for leg in plan.legs],
-        options={k: v for k, v in vars(opts).items()}, hosts=[],
+        version=__version__,
+        created_utc=now.isoformat(),
+        inventory=str(args.inventory),
+        inventory_sha256=digest,
+        flow=flow.text,
+        legs=[f"{leg.name}: {leg.bpf()}" for leg in plan.legs],
+        options={k: v for k, v in vars(opts).items()},
+        hosts=[],
     )
     stop = anyio.Event()
     result: RunResult | None = None

@@ -78,7 +78,9 @@ def parse_flow(text: str) -> Flow:
         raise FlowError(f"--flow {text!r}: expected CLIENT[:PORT]->SERVER:PORT, e.g. 10.0.3.41->10.0.7.12:5432")
     left, _, right = body.partition("->")
     client = parse_endpoint(left, "--flow client")
-    server = parse_endpoint(right.rstrip(":").strip(), "--flow server", port_required=True)
+    # Error messages go on after the tuple ("...->10.0.7.12:5432: read: connection reset").
+    right = re.split(r":\s", right.strip(), maxsplit=1)[0].rstrip(":")
+    server = parse_endpoint(right, "--flow server", port_required=True)
     if client.ip.version != server.ip.version:
         raise FlowError(f"--flow {text!r}: client and server are not the same IP version")
     return Flow(raw, client, server)

@@ -7,6 +7,7 @@ the host and the field: ``inv.toml: hosts[2] (lb-1): interfaces[0]: ...``.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import sys
 from pathlib import Path
@@ -112,6 +113,19 @@ class Host(_Strict):
         if len(set(v)) != len(v):
             raise ValueError("lists an interface twice")
         return v
+
+    @field_validator("addresses", mode="before")
+    @classmethod
+    def _addresses(cls, v: Any) -> list[IPAddress]:
+        if not isinstance(v, list):
+            raise ValueError("must be a list of IP address strings")
+        out = []
+        for i, x in enumerate(v):
+            try:
+                out.append(ipaddress.ip_address(x))
+            except ValueError:
+                raise ValueError(f"[{i}]: {x!r} is not an IP address") from None
+        return out
 
     @field_validator("listen", "upstream", mode="before")
     @classmethod

@@ -67,6 +67,7 @@ class RunOptions:
     reproduce: str | None = None
     reproduce_on: str | None = None
     reproduce_timeout: int = 60
+    controller_slack: float = 10.0  # the controller gives up this long after the host's own limit
 
     @property
     def limit_s(self) -> int:
@@ -90,21 +91,25 @@ class RunResult:
 def _raise_for(host: str, sudo: bool, result: CommandResult, parsed: Parsed) -> None:
     status, stderr = result.exit_status, result.stderr
     last = (stderr.strip().splitlines() or [""])[-1]
-    kw = {
-        "command": result.command.phase,
-        "exit_status": status,
-        "stderr": stderr,
-        "stdout": result.stdout,
-    }
+
+    def error(cls: type[CommandError], message: str) -> CommandError:
+        return cls(host, message, command=result.command.line, exit_status=status, stderr=stderr, stdout=result.stdout)
+
     if parsed.failure is not None:
-        raise PreflightError(host, parsed.failure.code, parsed.failure.text, **kw)
+        err = error(PreflightError, parsed.failure.text)
+        err.kind = parsed.failure.code  # the script's own reason: no_tcpdump, no_interface, low_disk...
+        raise err
     if sudo and status == 1 and "sudo" in stderr:
-        raise PrivilegeError(host, f"sudo -n refused ({last}): allow passwordless sudo for tcpdump, or set sudo = false and connect as root", **kw)  # noqa: E501
+        raise error(
+            PrivilegeError,
+            f"sudo -n refused ({last}): allow passwordless sudo for these commands, "
+            "or set sudo = false and connect as root",
+        )
     if sudo and status == 127 and "sudo" in stderr:
-        raise PrivilegeError(host, "sudo is not installed on the host", **kw)
+        raise error(PrivilegeError, "sudo is not installed on the host")
     if status == commands.EXIT_TIMEOUT:
         raise CommandTimeout(host, f"{result.command.phase} hit its {result.command.timeout:.0f} s limit on the host")
-    raise CommandError(host, f"{result.command.phase} exited {status}: {last or 'no message'}", **kw)
+    raise error(CommandError, f"{result.command.phase} exited {status}: {last or 'no message'}")
 
 
 def _stop_reason(fin: Finished) -> str:
@@ -148,14 +153,21 @@ class HostRun:
 
     async def _connect(self) -> Transport:
         try:
-            with anyio.fail_after(self.plan.target.connect_timeout + 5):
+            with anyio.fail_after(self.plan.target.connect_timeout + min(5.0, self.plan.target.connect_timeout)):
                 return await self.connector.connect(self.plan.target)
         except TimeoutError:
             raise ConnectError(self.plan.name, f"no answer within {self.plan.target.connect_timeout:.0f} s") from None
 
     async def _run(self, command: commands.RemoteCommand) -> tuple[CommandResult, Parsed]:
         assert self.transport is not None
-        result = await self.transport.run(command)
+        # The host enforces command.timeout itself (`timeout`); this is the controller's end,
+        # a little later so that the host's own exit status normally wins.
+        limit = command.timeout + self.opts.controller_slack
+        try:
+            with anyio.fail_after(limit):
+                result = await self.transport.run(command)
+        except TimeoutError:
+            raise CommandTimeout(self.plan.name, f"{command.phase} did not answer within {limit:.0f} s") from None
         self.bundle.append_jsonl(
             f"{self.plan.name}/commands.jsonl",
             {
@@ -281,7 +293,9 @@ class HostRun:
             bad = {i: c for i, c in fin.exit_codes.items() if c not in (0, 124, None)}
             if missing or bad:
                 self.record.status = "partial" if self.record.captures else "failed"
-                problem = ", ".join([f"no capture from {i}" for i in missing] + [f"tcpdump on {i} exited {c}" for i, c in bad.items()])
+                problem = ", ".join(
+                    [f"no capture from {i}" for i in missing] + [f"tcpdump on {i} exited {c}" for i, c in bad.items()]
+                )
                 self.record.error = problem
                 self.record.error_kind = "capture"
                 self.record.failed_phase = "finish"
@@ -303,7 +317,9 @@ class HostRun:
             await self._run(commands.cleanup(self.record.remote_dir, sudo=self.plan.sudo))
             self.record.remote_dir_removed = True
         except RemoteError as exc:
-            self.record.notes.append(f"cleanup failed ({exc.message}); the host removes it {self.opts.keep} s after the capture")
+            self.record.notes.append(
+                f"cleanup failed ({exc.message}); the host removes it {self.opts.keep} s after the capture"
+            )
 
     async def close(self) -> None:
         if self.transport is not None:

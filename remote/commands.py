@@ -23,7 +23,7 @@ import shlex
 from dataclasses import dataclass, field
 
 # Linux IFNAMSIZ is 16 including the NUL; allow what `ip link` accepts in practice.
-_IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+_IFACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")
 _DIR_RE = re.compile(r"^/[A-Za-z0-9_./-]*/capture-all\.[A-Za-z0-9]{8}$")
 _TMPBASE_RE = re.compile(r"^/[A-Za-z0-9_./-]{0,200}$")
 
@@ -117,7 +117,7 @@ free=$(df -Pk "$base" | awk 'NR==2 {print $4}')
 echo "free_kb=$free"
 [ "$free" -ge "$minfree" ] || { echo "@@fail low_disk only $free KiB free in $base, need $minfree KiB"; exit 13; }
 umask 077
-dir=$(mktemp -d "$base/capture-all.XXXXXXXX") || { echo "@@fail no_tmpdir cannot create a directory in $base"; exit 14; }
+dir=$(mktemp -d "$base/capture-all.XXXXXXXX") || { echo "@@fail no_tmpdir cannot create a dir in $base"; exit 14; }
 chown "$owner" "$dir" 2>/dev/null || true
 echo "dir=$dir"
 """
@@ -136,7 +136,7 @@ echo $$ > "$dir/job.pid"
 pids=""
 for i in "$@"; do
   timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" \
-    ${zuser:+-Z "$zuser"} --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" \
+    ${zuser:+-Z "$zuser"} --immediate-mode --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" \
     2> "$dir/$i.tcpdump.err" < /dev/null &
   echo "$!" > "$dir/$i.pid"
   pids="$pids $!"
@@ -259,7 +259,7 @@ def prepare(tmpbase: str, interfaces: list[str], *, min_free_kb: int, sudo: bool
     args = (validate_tmpbase(tmpbase), str(int(min_free_kb)), *map(validate_interface, interfaces))
     # SSH_CONNECTION is read before sudo (which clears it): it is how the host sees our session,
     # and the capture filter excludes exactly that 4-tuple.
-    prefix = "echo \"@@ssh $SSH_CONNECTION\"; "
+    prefix = 'echo "@@ssh $SSH_CONNECTION"; '
     return RemoteCommand("prepare", args, _line(PREPARE_SCRIPT, args, timeout=60, sudo=sudo, prefix=prefix), 60)
 
 

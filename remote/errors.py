@@ -70,14 +70,10 @@ class PrivilegeError(CommandError):
 
 
 class PreflightError(CommandError):
-    """``reason`` is the remote script's own short code (no_tcpdump, no_interface, low_disk, ...)."""
+    """The host refused to capture; ``kind`` is then the remote script's own short reason
+    (no_tcpdump, no_tool, no_interface, no_tmpdir, low_disk, not_armed, no_dir)."""
 
     kind = "preflight"
-
-    def __init__(self, host: str, reason: str, message: str, **kw: object) -> None:
-        super().__init__(host, message, **kw)  # type: ignore[arg-type]
-        self.reason = reason
-        self.kind = reason
 
 
 class CommandTimeout(RemoteError):

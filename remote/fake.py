@@ -21,7 +21,7 @@ from remote.errors import ConnectionLost, TransferError
 from remote.transport import CommandResult, SshTarget
 
 # An empty pcap (nanosecond magic, Ethernet): what a quiet capture looks like.
-EMPTY_PCAP = bytes.fromhex("4d3cb2a1" "0200" "0400" "00000000" "00000000" "00000400" "01000000")
+EMPTY_PCAP = bytes.fromhex("4d3cb2a10200040000000000000000000000040001000000")
 
 Answer = CommandResult | BaseException | Callable[[RemoteCommand], CommandResult]
 
@@ -98,8 +98,9 @@ class FakeTransport:
         if isinstance(answer, BaseException):
             raise answer
         if isinstance(answer, CommandResult):
-            return CommandResult(answer.command if answer.command else command, answer.exit_status,
-                                 answer.stdout, answer.stderr)
+            return CommandResult(
+                answer.command if answer.command else command, answer.exit_status, answer.stdout, answer.stderr
+            )
         return answer(command)
 
     async def get(self, remote_path: str, local_path: Path) -> None:

@@ -247,7 +247,11 @@ def host_addresses(ip_addr_json: str, ip_link_json: str = "") -> tuple[set[str],
             continue
         for link in data if isinstance(data, list) else []:
             mac = link.get("address") if isinstance(link, dict) else None
-            if isinstance(mac, str) and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac) and mac != "00:00:00:00:00:00":
+            if (
+                isinstance(mac, str)
+                and re.fullmatch(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac)
+                and mac != "00:00:00:00:00:00"
+            ):
                 macs.add(bytes.fromhex(mac.replace(":", "")))
             for a in link.get("addr_info", []) if isinstance(link, dict) else []:
                 if isinstance(a, dict) and isinstance(a.get("local"), str):

@@ -77,7 +77,9 @@ def serve(conn: socket.socket, idle: float) -> None:
                 secs = float(path.partition("s=")[2] or 1)
                 time.sleep(min(secs, 30))
             body = b"ok\n"
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(body), body))
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\n\r\n%s" % (len(body), body)
+            )
     except OSError:
         conn.close()
 

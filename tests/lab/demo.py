@@ -22,20 +22,35 @@ def run(out: Path, duration: float) -> int:
     lab = Lab.build()
     try:
         lab.router_forges_resets(8081)
-        print(f"lab: client {CLIENT_IP} -> router -> proxy {PROXY_FRONT} (HAProxy) -> backend; "
-              "the router forges resets on :8081", flush=True)
-        print(f"$ capture-all --inventory {lab.inventory} --flow '{CLIENT_IP}->{PROXY_FRONT}:8081' "
-              f"--duration {duration:g} --out {out} --reproduce 'curl ... /pay'", flush=True)
-        code = capture_all([
-            "--inventory", str(lab.inventory),
-            "--flow", f"{CLIENT_IP}->{PROXY_FRONT}:8081",
-            "--duration", str(duration),
-            "--out", str(out),
-            "--reproduce", f"curl -sS -m 3 -d amount=42 http://{PROXY_FRONT}:8081/pay",
-        ])
-        print("\nWhat to read above: the client's RST claims to come from the proxy, but it arrives with "
-              "a TTL unlike the proxy's own packets, the router's capture shows it leaving the router, "
-              "and the proxy's capture has no RST at all.")
+        print(
+            f"lab: client {CLIENT_IP} -> router -> proxy {PROXY_FRONT} (HAProxy) -> backend; "
+            "the router forges resets on :8081",
+            flush=True,
+        )
+        print(
+            f"$ capture-all --inventory {lab.inventory} --flow '{CLIENT_IP}->{PROXY_FRONT}:8081' "
+            f"--duration {duration:g} --out {out} --reproduce 'curl ... /pay'",
+            flush=True,
+        )
+        code = capture_all(
+            [
+                "--inventory",
+                str(lab.inventory),
+                "--flow",
+                f"{CLIENT_IP}->{PROXY_FRONT}:8081",
+                "--duration",
+                str(duration),
+                "--out",
+                str(out),
+                "--reproduce",
+                f"curl -sS -m 3 -d amount=42 http://{PROXY_FRONT}:8081/pay",
+            ]
+        )
+        print(
+            "\nWhat to read above: the client's RST claims to come from the proxy, but it arrives with "
+            "a TTL unlike the proxy's own packets, the router's capture shows it leaving the router, "
+            "and the proxy's capture has no RST at all."
+        )
         print(f"capture-all exited {code}; the evidence bundle is {out}")
         return code
     finally:

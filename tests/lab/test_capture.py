@@ -37,7 +37,9 @@ def host(m: dict, name: str) -> dict:  # type: ignore[type-arg]
 
 
 def resets(out: Path, name: str, iface: str) -> list[ResetSeen]:
-    ips, macs = host_addresses((out / name / "before/ip_addr.txt").read_text(), (out / name / "before/ip_link.txt").read_text())
+    ips, macs = host_addresses(
+        (out / name / "before/ip_addr.txt").read_text(), (out / name / "before/ip_link.txt").read_text()
+    )
     with (out / name / f"{iface}.pcap").open("rb") as fh:
         return summarize(fh, ips, macs).resets
 
@@ -51,13 +53,24 @@ def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:  # type: i
     return bool(predicate())
 
 
-def test_forged_reset_is_captured_where_it_happens(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_forged_reset_is_captured_where_it_happens(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     lab = clean_lab
     lab.router_forges_resets(8081)
     out = tmp_path / "bundle"
     code, stdout, _ = run_cli(
-        capsys, "-i", str(lab.inventory), "--flow", FLOW_8081, "-d", "2", "-o", str(out),
-        "--reproduce", f"curl -sS -m 3 -d amount=42 http://{PROXY_FRONT}:8081/pay",
+        capsys,
+        "-i",
+        str(lab.inventory),
+        "--flow",
+        FLOW_8081,
+        "-d",
+        "2",
+        "-o",
+        str(out),
+        "--reproduce",
+        f"curl -sS -m 3 -d amount=42 http://{PROXY_FRONT}:8081/pay",
     )
     assert code == 0, stdout
     m = manifest(out)
@@ -76,7 +89,7 @@ def test_forged_reset_is_captured_where_it_happens(clean_lab: Lab, tmp_path: Pat
     # ...and the proxy never sent one (it saw the handshake and nothing else).
     assert resets(out, "proxy", "eth1") == []
     assert host(m, "proxy")["captures"][0]["packets"] >= 3
-    assert f"1 RST" in stdout and "client/eth1  in RST" in stdout
+    assert "1 RST" in stdout and "client/eth1  in RST" in stdout
 
     # Bundle files are private.
     assert (out.stat().st_mode & 0o777) == 0o700
@@ -91,8 +104,17 @@ def test_backend_reset_is_seen_leaving_backend_and_arriving_at_proxy(
 ) -> None:
     out = tmp_path / "bundle"
     code, stdout, _ = run_cli(
-        capsys, "-i", str(clean_lab.inventory), "--flow", FLOW_8080, "-d", "2", "-o", str(out),
-        "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/reset",
+        capsys,
+        "-i",
+        str(clean_lab.inventory),
+        "--flow",
+        FLOW_8080,
+        "-d",
+        "2",
+        "-o",
+        str(out),
+        "--reproduce",
+        f"curl -sS -m 3 http://{PROXY_FRONT}:8080/reset",
     )
     assert code == 0, stdout
     (at_backend,) = resets(out, "backend", "eth1")
@@ -109,8 +131,19 @@ def test_stopped_sshd_is_reported_and_others_evidence_kept(
 ) -> None:
     clean_lab.stop_sshd("backend")
     out = tmp_path / "bundle"
-    code, stdout, _ = run_cli(capsys, "-i", str(clean_lab.inventory), "--flow", FLOW_8080, "-d", "1", "-o", str(out),
-                              "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/")
+    code, stdout, _ = run_cli(
+        capsys,
+        "-i",
+        str(clean_lab.inventory),
+        "--flow",
+        FLOW_8080,
+        "-d",
+        "1",
+        "-o",
+        str(out),
+        "--reproduce",
+        f"curl -sS -m 3 http://{PROXY_FRONT}:8080/",
+    )
     assert code == 3
     m = manifest(out)
     backend = host(m, "backend")
@@ -130,7 +163,9 @@ def test_unknown_host_key_is_refused_then_accepted_only_on_request(
 ) -> None:
     lab = clean_lab
     kh = tmp_path / "known_hosts"
-    kh.write_text("".join(ln for ln in lab.known_hosts.read_text().splitlines(True) if not ln.startswith("198.19.0.13 ")))
+    kh.write_text(
+        "".join(ln for ln in lab.known_hosts.read_text().splitlines(True) if not ln.startswith("198.19.0.13 "))
+    )
     inv = tmp_path / "inv.toml"
     inv.write_text(lab.inventory.read_text().replace(str(lab.known_hosts), str(kh)))
 
@@ -139,16 +174,18 @@ def test_unknown_host_key_is_refused_then_accepted_only_on_request(
     proxy = host(manifest(tmp_path / "a"), "proxy")
     assert proxy["error_kind"] == "host_key" and "--accept-new-host-keys" in proxy["error"]
 
-    code, _, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"),
-                         "--accept-new-host-keys")
+    code, _, _ = run_cli(
+        capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"), "--accept-new-host-keys"
+    )
     assert code == 0
     assert lab.host_keys["proxy"] in kh.read_text()
 
     # A key that does not match is refused even with --accept-new-host-keys.
     wrong = lab.host_keys["client"]
     kh.write_text(kh.read_text().replace(lab.host_keys["proxy"], wrong))
-    code, _, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "c"),
-                         "--accept-new-host-keys")
+    code, _, _ = run_cli(
+        capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "c"), "--accept-new-host-keys"
+    )
     assert code == 3
     proxy = host(manifest(tmp_path / "c"), "proxy")
     assert proxy["error_kind"] == "host_key" and "does NOT match" in proxy["error"]
@@ -158,8 +195,11 @@ def test_missing_interface_is_a_clear_preflight_failure(
     clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     inv = tmp_path / "inv.toml"
-    inv.write_text(clean_lab.inventory.read_text().replace('interfaces = ["eth1"]\naddresses = ["198.18.3.10"]',
-                                                          'interfaces = ["eth9"]\naddresses = ["198.18.3.10"]'))
+    inv.write_text(
+        clean_lab.inventory.read_text().replace(
+            'interfaces = ["eth1"]\naddresses = ["198.18.3.10"]', 'interfaces = ["eth9"]\naddresses = ["198.18.3.10"]'
+        )
+    )
     code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"))
     assert code == 3
     backend = host(manifest(tmp_path / "b"), "backend")
@@ -167,11 +207,27 @@ def test_missing_interface_is_a_clear_preflight_failure(
     assert clean_lab.remote_dirs() == []
 
 
-def test_capture_stops_itself_at_max_packets(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_capture_stops_itself_at_max_packets(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "b"
-    code, _, _ = run_cli(capsys, "-i", str(clean_lab.inventory), "--flow", FLOW_8080, "-d", "3", "-o", str(out),
-                         "--max-packets", "2", "--hosts", "client",
-                         "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/")
+    code, _, _ = run_cli(
+        capsys,
+        "-i",
+        str(clean_lab.inventory),
+        "--flow",
+        FLOW_8080,
+        "-d",
+        "3",
+        "-o",
+        str(out),
+        "--max-packets",
+        "2",
+        "--hosts",
+        "client",
+        "--reproduce",
+        f"curl -sS -m 3 http://{PROXY_FRONT}:8080/",
+    )
     assert code == 0
     client = host(manifest(out), "client")
     assert client["stop_reason"] == "max-packets"
@@ -182,9 +238,28 @@ def test_sigkilled_controller_leaves_nothing_behind(clean_lab: Lab, tmp_path: Pa
     lab = clean_lab
     duration, grace, keep = 3, 2, 3
     with subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(lab.inventory), "--flow", FLOW_8080,
-         "-d", str(duration), "--grace", str(grace), "--keep", str(keep), "-o", str(tmp_path / "b")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "--plain",
+            "-i",
+            str(lab.inventory),
+            "--flow",
+            FLOW_8080,
+            "-d",
+            str(duration),
+            "--grace",
+            str(grace),
+            "--keep",
+            str(keep),
+            "-o",
+            str(tmp_path / "b"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
     ) as proc:
         assert proc.stderr is not None
         for line in proc.stderr:
@@ -205,4 +280,34 @@ def test_sigkilled_controller_leaves_nothing_behind(clean_lab: Lab, tmp_path: Pa
     assert [p for p in lab.our_processes() if p[1] in ("tcpdump", "timeout")] == []
     # The evidence stays for `keep` seconds, then the host removes it and nothing of ours runs.
     assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], keep + 4), (
-        lab.remote_dirs(), lab.our_processes())
+        lab.remote_dirs(),
+        lab.our_processes(),
+    )
+
+
+def test_packets_just_before_the_stop_are_kept(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: without --immediate-mode, packets still in libpcap's ring block when the
+    capture is stopped were counted 'received by filter' but never written."""
+    out = tmp_path / "b"
+    code, _, _ = run_cli(
+        capsys,
+        "-i",
+        str(clean_lab.inventory),
+        "--flow",
+        FLOW_8080,
+        "-d",
+        "0.3",
+        "-o",
+        str(out),
+        "--hosts",
+        "client,proxy",
+        "--reproduce",
+        f"curl -sS -m 3 http://{PROXY_FRONT}:8080/",
+    )
+    assert code == 0
+    for name in ("client", "proxy"):
+        for cap in host(manifest(out), name)["captures"]:
+            assert cap["packets"] == cap["received_by_filter"], cap
+    assert host(manifest(out), "client")["captures"][0]["packets"] >= 9  # handshake, request, response, close

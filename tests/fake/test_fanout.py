@@ -1,0 +1,207 @@
+"""The orchestrator's fan-out over the scripted fake transport: no network, no asyncssh."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from orchestrator.bundle import Bundle, verify
+from orchestrator.flow import parse_flow
+from orchestrator.inventory import Inventory
+from orchestrator.plan import build_plan
+from orchestrator.run import RunOptions, run_capture
+from remote.errors import AuthError, ConnectError, HostKeyError
+from remote.fake import FakeConnector, FakeHost
+from remote.transport import CommandResult
+
+pytestmark = pytest.mark.anyio
+
+INV = Inventory.model_validate(
+    {
+        "ssh": {"connect_timeout": 0.3},
+        "hosts": [
+            {
+                "name": "client",
+                "role": "client",
+                "address": "10.0.0.1",
+                "interfaces": ["eth0"],
+                "addresses": ["10.1.0.1"],
+            },
+            {
+                "name": "proxy",
+                "role": "proxy",
+                "address": "10.0.0.2",
+                "interfaces": ["eth0", "eth1"],
+                "addresses": ["10.1.0.2"],
+                "listen": ["10.1.0.2:443"],
+                "upstream": ["10.2.0.3:8080"],
+            },
+            {
+                "name": "backend",
+                "role": "backend",
+                "address": "10.0.0.3",
+                "interfaces": ["eth0"],
+                "addresses": ["10.2.0.3"],
+                "listen": ["10.2.0.3:8080"],
+            },
+        ],
+    }
+)
+FLOW = parse_flow("10.1.0.1->10.1.0.2:443")
+
+
+def hosts(**overrides: FakeHost) -> dict[str, FakeHost]:
+    fakes = {n: FakeHost(n, remote_dir=f"/tmp/capture-all.{n[:4].upper():A<8}") for n in ("client", "proxy", "backend")}
+    fakes.update(overrides)
+    return fakes
+
+
+async def go(
+    tmp_path: Path, fakes: dict[str, FakeHost], events: list[tuple[str, str, str]] | None = None, **opts: object
+):
+    bundle = Bundle.create(tmp_path / "b")
+    sink = (lambda h, s, d: events.append((h, s, d))) if events is not None else (lambda h, s, d: None)
+    options = RunOptions(duration=0.1, **opts)  # type: ignore[arg-type]
+    result = await run_capture(build_plan(FLOW, INV), FakeConnector(fakes), bundle, options, sink)
+    return result, {r.name: r for r in result.records}
+
+
+async def test_all_hosts_captured_pulled_and_cleaned(tmp_path: Path) -> None:
+    fakes = hosts()
+    result, recs = await go(tmp_path, fakes)
+    assert {n: r.status for n, r in recs.items()} == {"client": "ok", "proxy": "ok", "backend": "ok"}
+    assert [c.interface for c in recs["proxy"].captures] == ["eth0", "eth1"]
+    assert (tmp_path / "b/proxy/eth1.pcap").read_bytes() == fakes["proxy"].pcap
+    assert all(r.remote_dir_removed for r in recs.values())
+    for f in fakes.values():
+        assert [c.phase for c in f.log] == ["prepare", "arm", "finish", "cleanup"]
+    # The capture filter excludes our own SSH session as the host reported it.
+    assert "not (host 198.19.0.1 and host 198.19.0.20 and port 40000 and port 22)" in (recs["client"].bpf_filter or "")
+    assert result.start_skew_ms is not None
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (ConnectError("backend", "connection refused"), "unreachable"),
+        (AuthError("backend", "authentication refused"), "auth_refused"),
+        (HostKeyError("backend", "unknown host key"), "host_key"),
+    ],
+)
+async def test_a_host_that_cannot_connect_never_stops_the_others(tmp_path: Path, error: Exception, kind: str) -> None:
+    fakes = hosts(backend=FakeHost("backend", connect_error=error))
+    _, recs = await go(tmp_path, fakes)
+    assert (recs["backend"].status, recs["backend"].error_kind, recs["backend"].failed_phase) == (
+        "failed",
+        kind,
+        "prepare",
+    )
+    assert recs["client"].status == recs["proxy"].status == "ok"
+    assert (tmp_path / "b/client/eth0.pcap").exists()
+
+
+async def test_connect_deadline(tmp_path: Path) -> None:
+    fakes = hosts(proxy=FakeHost("proxy", connect_delay=30))
+    with anyio.fail_after(10):
+        _, recs = await go(tmp_path, fakes)
+    assert recs["proxy"].error_kind == "unreachable" and "no answer within" in (recs["proxy"].error or "")
+    assert recs["client"].status == "ok"
+
+
+async def test_command_deadline_on_the_controller(tmp_path: Path) -> None:
+    fakes = hosts(backend=FakeHost("backend", delays={"finish": 30}))
+    with anyio.fail_after(20):
+        _, recs = await go(tmp_path, fakes, controller_slack=-80.0)  # finish's host limit is 80 s
+    assert recs["backend"].error_kind == "timeout" and recs["backend"].failed_phase == "finish"
+    assert recs["client"].status == "ok"
+
+
+async def test_sudo_refusal_and_preflight_refusal_are_named(tmp_path: Path) -> None:
+    sudo_no = FakeHost("proxy", answers={"prepare": CommandResult(None, 1, "", "sudo: a password is required\n")})  # type: ignore[arg-type]
+    no_tcpdump = FakeHost(
+        "backend",
+        answers={
+            "prepare": CommandResult(
+                None, 11, "@@section preflight\nuid=0\n@@fail no_tcpdump tcpdump is not installed\n", ""
+            )
+        },
+    )  # type: ignore[arg-type]
+    inv = INV.model_copy(update={"ssh": INV.ssh.model_copy(update={"sudo": True})})
+    bundle = Bundle.create(tmp_path / "b")
+    result = await run_capture(
+        build_plan(FLOW, inv), FakeConnector(hosts(proxy=sudo_no, backend=no_tcpdump)), bundle, RunOptions(duration=0.1)
+    )
+    recs = {r.name: r for r in result.records}
+    assert recs["proxy"].error_kind == "no_privilege" and "sudo -n refused" in (recs["proxy"].error or "")
+    assert recs["backend"].error_kind == "no_tcpdump" and recs["backend"].error == "tcpdump is not installed"
+    # The exact command and its stderr are kept for the person reading the bundle.
+    logged = [json.loads(x) for x in (tmp_path / "b/proxy/commands.jsonl").read_text().splitlines()]
+    assert logged[0]["phase"] == "prepare" and logged[0]["exit_status"] == 1
+    assert "sudo: a password is required" in logged[0]["stderr"]
+
+
+async def test_reproduce_runs_on_the_client_once_all_are_armed(tmp_path: Path) -> None:
+    order: list[str] = []
+    fakes = hosts()
+    for f in fakes.values():
+        f.answers["arm"] = lambda cmd, f=f: (order.append(f"arm {f.name}"), f.default(cmd))[1]
+    fakes["client"].answers["reproduce"] = lambda cmd: (
+        order.append("reproduce"),
+        CommandResult(cmd, 56, "", "curl: (56) reset\n"),
+    )[1]
+    result, _ = await go(tmp_path, fakes, reproduce="curl http://10.1.0.2:443/")
+    assert order[-1] == "reproduce" and sorted(order[:-1]) == ["arm backend", "arm client", "arm proxy"]
+    assert result.reproduce_exit == 56
+    assert "curl: (56) reset" in (tmp_path / "b/client/reproduce.txt").read_text()
+    assert not any(c.phase == "reproduce" for c in fakes["proxy"].log)
+
+
+async def test_corrupted_transfer_is_caught(tmp_path: Path) -> None:
+    bad = FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA")
+    bad.answers["finish"] = lambda cmd: _with_wrong_digest(bad.default(cmd))
+    _, recs = await go(tmp_path, hosts(backend=bad))
+    assert recs["backend"].error_kind == "transfer" and "SHA-256" in (recs["backend"].error or "")
+    assert recs["backend"].remote_dir_removed  # still cleaned up
+
+
+def _with_wrong_digest(res: CommandResult) -> CommandResult:
+    lines = [ln if not ln.startswith("file ") else ln[:-64] + "0" * 64 for ln in res.stdout.splitlines()]
+    res.stdout = "\n".join(lines) + "\n"
+    return res
+
+
+async def test_stop_early_still_collects(tmp_path: Path) -> None:
+    fakes = hosts()
+    bundle = Bundle.create(tmp_path / "b")
+    stop = anyio.Event()
+    stop.set()
+    with anyio.fail_after(5):
+        result = await run_capture(
+            build_plan(FLOW, INV), FakeConnector(fakes), bundle, RunOptions(duration=3600), stop_early=stop
+        )
+    assert result.interrupted and all(r.status == "ok" for r in result.records)
+
+
+async def test_manifest_digests_verify(tmp_path: Path) -> None:
+    from orchestrator.bundle import Manifest
+
+    result, _ = await go(tmp_path, hosts())
+    bundle = Bundle(tmp_path / "b")
+    bundle.write_manifest(
+        Manifest(
+            version="t",
+            created_utc="t",
+            inventory="i",
+            inventory_sha256="0",
+            flow=FLOW.text,
+            legs=[],
+            options={},
+            hosts=result.records,
+        )
+    )
+    assert verify(tmp_path / "b") == []
+    (tmp_path / "b/client/eth0.pcap").write_bytes(b"tampered")
+    assert verify(tmp_path / "b") == ["client/eth0.pcap: SHA-256 differs from the manifest"]

@@ -1,0 +1,87 @@
+"""Build small captures for tests with dpkt (an implementation independent of ours)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+from decimal import Decimal
+
+import dpkt
+
+
+def tcp_packet(
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    flags: int,
+    *,
+    seq: int = 1,
+    ack: int = 0,
+    ttl: int = 64,
+    ip_id: int = 7,
+    payload: bytes = b"",
+    df: bool = True,
+) -> bytes:
+    """An IP packet (v4 or v6 by the address) carrying one TCP segment."""
+    seg = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, data=payload)
+    if ":" in src:
+        ip6 = dpkt.ip6.IP6(
+            src=socket.inet_pton(socket.AF_INET6, src),
+            dst=socket.inet_pton(socket.AF_INET6, dst),
+            nxt=dpkt.ip.IP_PROTO_TCP,
+            hlim=ttl,
+            data=seg,
+            plen=len(bytes(seg)),
+        )
+        return bytes(ip6)
+    ip = dpkt.ip.IP(
+        src=socket.inet_aton(src),
+        dst=socket.inet_aton(dst),
+        p=dpkt.ip.IP_PROTO_TCP,
+        ttl=ttl,
+        id=ip_id,
+        df=int(df),
+        data=seg,
+    )
+    ip.len = len(bytes(ip))
+    return bytes(ip)
+
+
+def ethernet(
+    ip: bytes,
+    src_mac: bytes = b"\x02\x00\x00\x00\x00\x01",
+    dst_mac: bytes = b"\x02\x00\x00\x00\x00\x02",
+    vlan: int | None = None,
+) -> bytes:
+    etype = 0x86DD if ip[0] >> 4 == 6 else 0x0800
+    if vlan is not None:
+        return dst_mac + src_mac + struct.pack("!HHH", 0x8100, vlan, etype) + ip
+    return dst_mac + src_mac + struct.pack("!H", etype) + ip
+
+
+def sll(ip: bytes, pkt_type: int) -> bytes:
+    etype = 0x86DD if ip[0] >> 4 == 6 else 0x0800
+    return struct.pack("!HHH8sH", pkt_type, 1, 6, b"\x02\x00\x00\x00\x00\x01\x00\x00", etype) + ip
+
+
+def sll2(ip: bytes, pkt_type: int, if_index: int) -> bytes:
+    etype = 0x86DD if ip[0] >> 4 == 6 else 0x0800
+    return struct.pack("!HHIHBB8s", etype, 0, if_index, 1, pkt_type, 6, b"\x02\x00\x00\x00\x00\x01\x00\x00") + ip
+
+
+def pcap(frames: list[tuple[int, bytes]], linktype: int = dpkt.pcap.DLT_EN10MB, nano: bool = True) -> bytes:
+    buf = io.BytesIO()
+    w = dpkt.pcap.Writer(buf, linktype=linktype, nano=nano, snaplen=262144)
+    for ts_ns, frame in frames:
+        w.writepkt(frame, ts=Decimal(ts_ns) / Decimal(10**9))
+    return buf.getvalue()
+
+
+def pcapng(frames: list[tuple[int, bytes]], linktype: int = dpkt.pcap.DLT_EN10MB) -> bytes:
+    buf = io.BytesIO()
+    w = dpkt.pcapng.Writer(buf, linktype=linktype)  # microsecond resolution (if_tsresol default)
+    for ts_ns, frame in frames:
+        w.writepkt(frame, ts=ts_ns / 1e9)
+    return buf.getvalue()

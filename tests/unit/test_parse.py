@@ -1,0 +1,70 @@
+"""Parsers against real output recorded from the lab (tests/data/remote/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from remote.parse import (
+    SNAPSHOT_SECTIONS,
+    host_addresses,
+    parse_arm,
+    parse_finish,
+    parse_preflight,
+    parse_sections,
+    parse_ssh_connection,
+    parse_tcpdump_stats,
+    snapshot_files,
+)
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "remote"
+
+
+def load(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def test_prepare_output() -> None:
+    parsed = parse_sections(load("prepare-proxy-sudo.txt"))
+    pre = parse_preflight(parsed)
+    assert pre.uid == 0 and pre.owner == "root"
+    assert pre.tcpdump.endswith("/tcpdump") and pre.tcpdump_version.startswith("tcpdump version 4.")
+    assert pre.remote_dir.rsplit("/", 1)[1].startswith("capture-all.") and pre.free_kb > 0
+    assert parsed.failure is None
+    files = snapshot_files(parsed)
+    assert set(files) == {f"{s}.txt" for s in SNAPSHOT_SECTIONS}
+    assert "TcpExtListenOverflows" in files["nstat.txt"]
+    ips, macs = host_addresses(files["ip_addr.txt"], files["ip_link.txt"])
+    assert {"198.18.2.10", "198.18.3.1", "198.19.0.13", "127.0.0.1"} <= ips
+    assert len(macs) == 3  # mgmt, eth1, eth2 (loopback's all-zero MAC is not one)
+
+
+def test_refusals_carry_their_reason() -> None:
+    parsed = parse_sections(load("prepare-no-interface.txt"))
+    assert parsed.failure is not None
+    assert (parsed.failure.code, parsed.failure.text) == ("no_interface", "interface eth7 does not exist")
+    low = parse_sections(load("prepare-low-disk.txt")).failure
+    assert low is not None and low.code == "low_disk" and "KiB free" in low.text
+
+
+def test_arm_and_finish_output() -> None:
+    armed = parse_arm(parse_sections(load("arm-proxy.txt")))
+    assert set(armed.pids) == {"eth1", "eth2"} and armed.armed_ns > 1_700_000_000 * 10**9
+    fin = parse_finish(parse_sections(load("finish-proxy.txt")))
+    assert not fin.already_done and fin.stop_reason == ""
+    assert fin.exit_codes == {"eth1": 0, "eth2": 0}
+    assert [f.name for f in fin.files] == ["eth1.pcap", "eth2.pcap"]
+    assert all(len(f.sha256) == 64 and f.size > 24 for f in fin.files)
+    assert fin.stats["eth1"].captured == fin.stats["eth1"].received == 9
+    assert fin.stats["eth1"].dropped == 0
+
+
+def test_tcpdump_stats_singular_and_missing() -> None:
+    s = parse_tcpdump_stats("1 packet captured\n1 packet received by filter\n0 packets dropped by kernel\n")
+    assert (s.captured, s.received, s.dropped) == (1, 1, 0)
+    assert parse_tcpdump_stats("tcpdump: eth9: No such device exists").captured is None
+
+
+def test_ssh_connection() -> None:
+    ep = parse_ssh_connection("198.19.0.1 51234 198.19.0.13 22")
+    assert ep is not None and (ep.client_ip, ep.client_port, ep.server_port) == ("198.19.0.1", 51234, 22)
+    assert parse_ssh_connection("") is None and parse_ssh_connection("a b c d") is None

@@ -345,11 +345,10 @@ async def run_capture(
     result = RunResult([r.record for r in runs], None)
     try:
         await _each(HostRun.prepare, runs, anyio.CapacityLimiter(opts.concurrency))
-        ready = [r for r in runs if r.ok]
-        # Prepared but never armed (it failed later): still remove its directory now.
-        await _each(HostRun.arm, ready)
+        await _each(HostRun.arm, [r for r in runs if r.ok])
         armed = [r for r in runs if r.ok and r.armed is not None]
-        await _each(HostRun.cleanup, [r for r in ready if not r.ok])
+        # A host that made its directory but failed before capturing: remove the directory now.
+        await _each(HostRun.cleanup, [r for r in runs if not r.ok])
         if not armed:
             return result
         times = [r.record.armed_ns for r in armed if r.record.armed_ns]

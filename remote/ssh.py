@@ -53,30 +53,30 @@ def _has_entry(target: SshTarget) -> bool:
 
 
 @contextmanager
-def _mapped(name: str, what: str) -> Iterator[None]:
+def _mapped(name: str, what: str, prefix: str = "") -> Iterator[None]:
     """Translate asyncssh/OS exceptions raised while connecting into ours."""
     try:
         yield
     except RemoteError:
         raise
     except asyncssh.HostKeyNotVerifiable as exc:
-        raise HostKeyError(name, f"host key not verified ({exc.reason})") from exc
+        raise HostKeyError(name, f"{prefix}host key not verified ({exc.reason})") from exc
     except asyncssh.PermissionDenied as exc:
-        raise AuthError(name, f"authentication refused ({exc.reason})") from exc
+        raise AuthError(name, f"{prefix}authentication refused ({exc.reason})") from exc
     except asyncssh.ConnectionLost as exc:
-        raise ConnectionLost(name, f"connection lost during {what}: {exc.reason}") from exc
+        raise ConnectionLost(name, f"{prefix}connection lost during {what}: {exc.reason}") from exc
     except asyncssh.DisconnectError as exc:
-        raise ConnectError(name, f"disconnected during {what}: {exc.reason}") from exc
+        raise ConnectError(name, f"{prefix}disconnected during {what}: {exc.reason}") from exc
     except (asyncio.TimeoutError, TimeoutError) as exc:
-        raise ConnectError(name, f"timed out during {what}") from exc
+        raise ConnectError(name, f"{prefix}timed out during {what}") from exc
     except socket.gaierror as exc:
-        raise ConnectError(name, f"cannot resolve address ({exc.strerror})") from exc
+        raise ConnectError(name, f"{prefix}cannot resolve address ({exc.strerror})") from exc
     except ConnectionRefusedError as exc:
-        raise ConnectError(name, "connection refused (is sshd running on that port?)") from exc
+        raise ConnectError(name, f"{prefix}connection refused (is sshd running on that port?)") from exc
     except OSError as exc:
-        raise ConnectError(name, f"{what} failed: {exc.strerror or exc}") from exc
+        raise ConnectError(name, f"{prefix}{what} failed: {exc.strerror or exc}") from exc
     except asyncssh.Error as exc:
-        raise ConnectError(name, f"{what} failed: {exc.reason}") from exc
+        raise ConnectError(name, f"{prefix}{what} failed: {exc.reason}") from exc
 
 
 class SshTransport:
@@ -124,29 +124,27 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
 
 
 async def _open(target: SshTarget, known_hosts: Any) -> tuple[asyncssh.SSHClientConnection, Any]:
-    options: dict[str, Any] = {
-        "port": target.port,
+    # Both the jump host and the target get the same keys, known_hosts and client config.
+    common: dict[str, Any] = {
         "known_hosts": known_hosts,
         "connect_timeout": target.connect_timeout,
         "login_timeout": target.connect_timeout,
+        "config": _expand(target.config_files) or (),
     }
-    if target.user:
-        options["username"] = target.user
     if target.identity_files:
-        options["client_keys"] = _expand(target.identity_files)
-    config: Any = _expand(target.config_files) or ()
+        common["client_keys"] = _expand(target.identity_files)
     jump = None
     if target.jump is not None:
-        jump = await asyncssh.connect(
-            target.jump.host,
-            port=target.jump.port,
-            username=target.jump.user or target.user or (),
-            known_hosts=options["known_hosts"],
-            connect_timeout=target.connect_timeout,
-            config=config,
-        )
-        options["tunnel"] = jump
-    conn = await asyncssh.connect(target.host, config=config, **options)
+        j = target.jump
+        with _mapped(target.name, "connect", prefix=f"jump host {j.host}:{j.port}: "):
+            jump = await asyncssh.connect(j.host, port=j.port, username=j.user or target.user or (), **common)
+        common["tunnel"] = jump
+    try:
+        conn = await asyncssh.connect(target.host, port=target.port, username=target.user or (), **common)
+    except BaseException:
+        if jump is not None:
+            jump.close()
+        raise
     return conn, jump
 
 

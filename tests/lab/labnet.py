@@ -33,6 +33,7 @@ CLIENT_IP, ROUTER_CLIENT_SIDE, ROUTER_PROXY_SIDE = "198.18.1.10", "198.18.1.1", 
 PROXY_FRONT, PROXY_BACK, BACKEND_IP = "198.18.2.10", "198.18.3.1", "198.18.3.10"
 MGMT = {"client": "198.19.0.11", "router": "198.19.0.12", "proxy": "198.19.0.13", "backend": "198.19.0.14"}
 HOSTS = list(MGMT)
+LAB_USERS = {"captest": 4242, "nosudo": 4243}
 
 
 class LabError(RuntimeError):
@@ -117,6 +118,32 @@ class Lab:
                 sh("mount", "--bind", str(empty), str(rc))
         self.remote_tmp.mkdir(mode=0o1777, exist_ok=True)
         self.remote_tmp.chmod(0o1777)
+        self._users()
+
+    def _users(self) -> None:
+        """Two unprivileged login users, visible only inside the lab's mount namespace:
+        ``captest`` may ``sudo`` without a password (the production setup), ``nosudo`` may not."""
+        etc = self.root / "etc"
+        etc.mkdir()
+        extra = {"passwd": "", "shadow": "", "group": ""}
+        for name, uid in LAB_USERS.items():
+            home = self.root / "home" / name
+            home.mkdir(parents=True)
+            os.chown(home, uid, uid)
+            extra["passwd"] += f"{name}:x:{uid}:{uid}:capture-all lab:{home}:/bin/sh\n"
+            extra["shadow"] += f"{name}:*:20000:0:99999:7:::\n"  # '*': no password, not locked
+            extra["group"] += f"{name}:x:{uid}:\n"
+        for name, lines in extra.items():
+            copy = etc / name
+            copy.write_text(Path(f"/etc/{name}").read_text() + lines)
+            copy.chmod(0o640 if name == "shadow" else 0o644)
+            sh("mount", "--bind", str(copy), f"/etc/{name}")
+        sudoers = etc / "sudoers.d"
+        shutil.copytree("/etc/sudoers.d", sudoers)
+        rule = sudoers / "capture-all-lab"
+        rule.write_text("captest ALL=(root) NOPASSWD: ALL\n")
+        rule.chmod(0o440)
+        sh("mount", "--bind", str(sudoers), "/etc/sudoers.d")
 
     def _keys(self) -> None:
         key = self.root / "id_ed25519"

@@ -119,3 +119,39 @@ def test_missing_file_and_empty_hosts(tmp_path: Path) -> None:
         load_inventory(tmp_path / "nope.toml")
     with pytest.raises(InventoryError, match="hosts"):
         load_inventory(write(tmp_path, "[ssh]\nuser='x'\n"))
+
+
+def test_legs_continue_through_a_nat_and_a_chain_of_proxies(tmp_path: Path) -> None:
+    """A DNAT box is described like a proxy: it `listen`s on the public VIP and its `upstream`
+    is the private address it translates to; the chain continues from there."""
+    text = """
+[[hosts]]
+name = "nat-1"
+role = "nat"
+address = "10.0.0.1"
+interfaces = ["eth0", "eth1"]
+listen = ["203.0.113.10:443"]
+upstream = ["10.1.0.2:443"]
+[[hosts]]
+name = "edge"
+role = "proxy"
+address = "10.0.0.2"
+interfaces = ["eth0"]
+listen = ["10.1.0.2:443"]
+upstream = ["10.2.0.3:8080"]
+[[hosts]]
+name = "mesh"
+role = "proxy"
+address = "10.0.0.3"
+interfaces = ["eth0"]
+listen = ["10.2.0.3:8080"]
+upstream = ["10.3.0.4:9000", "10.3.0.5:9000"]
+"""
+    inv, _ = load_inventory(write(tmp_path, text))
+    plan = build_plan(parse_flow("198.51.100.7->203.0.113.10:443"), inv)
+    assert [str(leg.server) for leg in plan.legs] == [
+        "203.0.113.10:443", "10.1.0.2:443", "10.2.0.3:8080", "10.3.0.4:9000", "10.3.0.5:9000"]
+    legs = {h.name: [str(leg.server) for leg in h.legs] for h in plan.hosts}
+    assert legs["nat-1"] == [str(leg.server) for leg in plan.legs]
+    assert legs["edge"] == ["10.1.0.2:443", "10.2.0.3:8080"]
+    assert legs["mesh"] == ["10.2.0.3:8080", "10.3.0.4:9000", "10.3.0.5:9000"]

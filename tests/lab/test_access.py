@@ -1,0 +1,96 @@
+"""Who we log in as and how: sudo, refused sudo, no root, wrong key, a jump host; size caps."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.lab.labnet import PROXY_FRONT, Lab
+from tests.lab.test_capture import FLOW_8080, host, manifest, run_cli
+
+
+def inventory(lab: Lab, tmp_path: Path, old: str, new: str) -> Path:
+    text = lab.inventory.read_text()
+    assert old in text
+    inv = tmp_path / "inv.toml"
+    inv.write_text(text.replace(old, new, 1))
+    return inv
+
+
+def test_unprivileged_user_with_passwordless_sudo_captures(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The production setup: log in as a normal user, capture through `sudo -n`, pull the files
+    back over SFTP as that user (tcpdump drops to it with -Z), clean up through sudo."""
+    inv = inventory(clean_lab, tmp_path, "ssh = { sudo = true }", 'ssh = { sudo = true, user = "captest" }')
+    out = tmp_path / "b"
+    code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(out),
+                              "--hosts", "client,proxy", "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/")
+    assert code == 0, stdout
+    proxy = host(manifest(out), "proxy")
+    assert proxy["status"] == "ok" and proxy["remote_dir_removed"]
+    assert all(c["packets"] and c["packets"] > 0 for c in proxy["captures"])
+    assert clean_lab.remote_dirs() == []
+
+
+def test_sudo_that_wants_a_password_is_refused_clearly(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = inventory(clean_lab, tmp_path, "ssh = { sudo = true }", 'ssh = { sudo = true, user = "nosudo" }')
+    code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"))
+    assert code == 3
+    proxy = host(manifest(tmp_path / "b"), "proxy")
+    assert proxy["error_kind"] == "no_privilege" and "sudo -n refused" in proxy["error"]
+    assert "password is required" in proxy["error"]
+    assert host(manifest(tmp_path / "b"), "client")["status"] == "ok"
+
+
+def test_non_root_without_sudo_is_refused_and_cleaned_up(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv = inventory(clean_lab, tmp_path, "ssh = { sudo = true }", 'ssh = { sudo = false, user = "nosudo" }')
+    code, _, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"))
+    assert code == 3
+    proxy = host(manifest(tmp_path / "b"), "proxy")
+    assert proxy["error_kind"] == "no_privilege" and "needs root" in proxy["error"]
+    assert clean_lab.remote_dirs() == []
+
+
+def test_a_key_the_host_does_not_accept_is_auth_refused(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    inv = inventory(clean_lab, tmp_path, "ssh = { sudo = true }", f'ssh = {{ sudo = true, identity_file = "{key}" }}')
+    code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"))
+    assert code == 3
+    assert host(manifest(tmp_path / "b"), "proxy")["error_kind"] == "auth_refused"
+    assert "proxy" in stdout and "authentication refused" in stdout
+
+
+def test_through_a_jump_host(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    inv = inventory(clean_lab, tmp_path, 'listen = ["198.18.3.10:80"]\n',
+                    'listen = ["198.18.3.10:80"]\nssh = { jump_host = "root@198.19.0.13" }\n')
+    clean_lab.stop_sshd("backend")
+    clean_lab.start_sshd("backend")
+    code, _, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"),
+                         "--hosts", "backend")
+    assert code == 0
+    sshd_log = (clean_lab.root / "sshd-backend.log").read_text()
+    assert "error" not in sshd_log.lower()
+    # The backend saw our session come from the jump host, and excluded exactly that from its filter.
+    assert "not (host 198.19.0.13 and host 198.19.0.14" in host(manifest(tmp_path / "b"), "backend")["bpf_filter"]
+
+
+def test_capture_stops_itself_at_max_bytes(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "b"
+    loop = f"for i in $(seq 40); do curl -s -m 2 http://{PROXY_FRONT}:8080/ >/dev/null; sleep 0.02; done"
+    code, _, _ = run_cli(capsys, "-i", str(clean_lab.inventory), "--flow", FLOW_8080, "-d", "4", "-o", str(out),
+                         "--hosts", "client", "--max-bytes", "4K", "--reproduce", loop)
+    assert code == 0
+    client = host(manifest(out), "client")
+    assert client["stop_reason"] == "max-bytes"
+    size = (out / "client/eth1.pcap").stat().st_size
+    assert 4096 <= size < 40 * 800  # stopped well before the 40 requests' worth

@@ -359,7 +359,9 @@ async def run_capture(
             if opts.reproduce:
                 tg.start_soon(_reproduce, runs, opts, bundle, sink, result)
             result.interrupted = await _wait(deadline, opts.duration, sink, stop_early)
+        sink("*", "collecting", f"stopping {len(armed)} capture(s), snapshots, pulling files")
         await _each(HostRun.finish, armed)
+        sink("*", "collected", f"{sum(r.status == 'ok' for r in result.records)}/{len(runs)} hosts ok")
     finally:
         with anyio.CancelScope(shield=True):
             for r in runs:

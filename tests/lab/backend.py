@@ -2,6 +2,7 @@
 
     GET  /            200, keep-alive (the connection is closed with a FIN after --idle seconds)
     ANY  /reset       reads the request, then aborts the connection: SO_LINGER 0 + close -> RST
+    GET  /partial     sends the headers and part of the body, then aborts (RST mid-response)
     POST /early       answers 413 at once and closes without reading the body: a close with
                       unread data, so the kernel sends RST (TCP_ABORT_ON_CLOSE)
     GET  /slow?s=N    answers after N seconds
@@ -71,6 +72,12 @@ def serve(conn: socket.socket, idle: float) -> None:
                 buf += chunk
             buf = buf[need:]
             if path.startswith("/reset"):
+                _abort(conn)
+                return
+            if path.startswith("/partial"):
+                # Promise a large body, send a little of it, then abort: a reset mid-response.
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+                time.sleep(0.1)
                 _abort(conn)
                 return
             if path.startswith("/slow"):

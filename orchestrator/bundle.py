@@ -49,6 +49,7 @@ class HostRecord(BaseModel):
     error_kind: str | None = None
     failed_phase: str | None = None
     interfaces: list[str] = []
+    addresses: list[str] = []  # data-plane addresses from the inventory (addresses + listen)
     bpf_filter: str | None = None
     remote_dir: str | None = None
     remote_dir_removed: bool = False

@@ -1,6 +1,6 @@
 """``capture-all``: the only place that prints, colours, and chooses exit statuses.
 
-Exit statuses:
+Exit statuses of a capture run (``capture-all analyze`` has its own, see analyze_parser):
     0  every host captured and its evidence is in the bundle
     1  internal error (a debug log is written into the bundle and named)
     2  bad input: inventory, flow, options (one line, nothing contacted)
@@ -21,20 +21,22 @@ from pathlib import Path
 
 import anyio
 
-from analysis.pcap import NotACapture
-from analysis.resets import VantageSummary, summarize
+from analysis.decode import flag_text
+from analysis.report import clock, terminal
+from analysis.verdict import Analysis
 from orchestrator import __version__
 from orchestrator.bundle import Bundle, Manifest, verify
 from orchestrator.errors import BundleError, UsageError
+from orchestrator.evidence import analyze_bundle, analyze_pcaps, write_reports
 from orchestrator.flow import parse_flow
 from orchestrator.inventory import load_inventory
 from orchestrator.plan import build_plan
 from orchestrator.progress import Progress
 from orchestrator.run import RunOptions, RunResult, run_capture
 from remote.commands import UnsafeValue
-from remote.parse import host_addresses
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4
+EXIT_NO_RESET, EXIT_UNATTRIBUTED = 5, 6  # analyze only
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,68 +109,48 @@ def capture_parser() -> argparse.ArgumentParser:
 
 
 def analyze_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="capture-all analyze", description="List the resets in a bundle's captures, per host.")
-    p.add_argument("bundle", type=Path)
+    p = _Parser(
+        prog="capture-all analyze",
+        description="Re-run the analysis offline: on a bundle, or on pcaps taken by hand (--pcap HOST=FILE).",
+        epilog="Exit: 0 first reset attributed, 5 no reset in the window, 6 reset(s) not attributable, 2 bad input.",
+    )
+    p.add_argument("bundle", type=Path, nargs="?", help="a capture-all bundle folder")
+    p.add_argument(
+        "--pcap",
+        action="append",
+        default=[],
+        metavar="HOST=FILE",
+        help="a capture taken by hand, named by host (repeatable)",
+    )
+    p.add_argument("-i", "--inventory", help="with --pcap: roles and addresses of the hosts")
+    p.add_argument("-o", "--out", type=Path, help="with --pcap: write report.json and report.md here")
+    p.add_argument("--json", action="store_true", help="print report.json instead of the timeline")
     return p
 
 
-def _host_facts(host_dir: Path) -> tuple[set[str], set[bytes]]:
-    def read(name: str) -> str:
-        try:
-            return (host_dir / "before" / name).read_text()
-        except OSError:
-            return ""
-
-    return host_addresses(read("ip_addr.txt"), read("ip_link.txt"))
-
-
-def _describe(name: str, iface: str, s: VantageSummary) -> list[str]:
-    lines = []
-    for r in s.resets:
-        arrow = f"{r.src}:{r.sport} > {r.dst}:{r.dport}"
-        ttl = f"ttl {r.ttl}"
-        if r.sender_ttls:
-            ttl += f" (sender's other packets here: ttl {', '.join(map(str, r.sender_ttls))})"
-        t = dt.datetime.fromtimestamp(r.ts_ns // 1_000_000_000, dt.timezone.utc).strftime("%H:%M:%S")
-        frac = f"{r.ts_ns % 1_000_000_000:09d}"[:6]
-        lines.append(
-            f"    {t}.{frac} {name}/{iface} {r.direction:>3} RST [{r.flags}] {arrow} seq {r.seq} ack {r.ack} {ttl}"
-        )
-    return lines
-
-
-def summarize_bundle(root: Path, out: list[str]) -> int:
-    """Append per-host reset lines to ``out``; returns how many resets were seen in all."""
-    total = 0
+def summary_lines(root: Path, result: Analysis) -> list[str]:
+    """Per host: status, packets, kernel drops, and every RST it saw (id, direction, TTL)."""
     manifest = json.loads((root / "manifest.json").read_text())
+    ids = {id(o): r.id for r in result.resets for o in r.seen}
+    by_name = {v.name: v for v in result.vantages}
+    lines = []
     for host in manifest["hosts"]:
-        name = host["name"]
-        caps = host.get("captures", [])
-        packets = sum(c.get("packets") or 0 for c in caps)
-        drops = sum(c.get("kernel_drops") or 0 for c in caps)
-        status = host["status"]
+        name, status = host["name"], host["status"]
         head = f"  {name:<12} {host['role']:<8} {status:<7}"
         if status == "failed":
-            out.append(f"{head} {host.get('failed_phase')}: {host.get('error')}")
+            lines.append(f"{head} {host.get('failed_phase')}: {host.get('error')}")
             continue
-        ips, macs = _host_facts(root / name)
-        details: list[str] = []
-        resets = 0
-        for c in caps:
-            try:
-                with (root / c["path"]).open("rb") as fh:
-                    s = summarize(fh, ips, macs)
-            except (OSError, NotACapture) as exc:
-                details.append(f"    {c['path']}: unreadable ({exc})")
-                continue
-            resets += len(s.resets)
-            details.extend(_describe(name, c["interface"], s))
-            if s.stats.truncated or s.stats.corrupt:
-                details.append(f"    {c['path']}: {'; '.join(s.stats.problems)}")
-        total += resets
-        out.append(f"{head} {packets} packets, {drops} dropped by kernel, {resets} RST")
-        out.extend(details)
-    return total
+        v = by_name[name]
+        rsts = [s for s in v.segments if id(s) in ids]
+        drops = v.kernel_drops or 0
+        lines.append(f"{head} {v.packets} packets, {drops} dropped by kernel, {len(rsts)} RST")
+        for s in rsts:
+            g = s.seg
+            lines.append(
+                f"    {clock(s.ts_ns)} {name}/{s.iface} {s.direction:>3} RST [{flag_text(g.flags)}] "
+                f"{g.src}:{g.sport} > {g.dst}:{g.dport} ttl {g.ttl}  ({ids[id(s)]})"
+            )
+    return lines
 
 
 def _exit_for(result: RunResult) -> int:
@@ -222,30 +204,34 @@ async def _capture(args: argparse.Namespace) -> int:
         hosts=[],
     )
     stop = anyio.Event()
-    result: RunResult | None = None
+    result_run: RunResult | None = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, stop, tg.cancel_scope)
-            result = await run_capture(plan, SshConnector(), bundle, opts, progress, stop)
+            result_run = await run_capture(plan, SshConnector(), bundle, opts, progress, stop)
             tg.cancel_scope.cancel()
     except BaseException:
         bundle.write("debug.log", traceback.format_exc())
         raise
     finally:
         progress.close()
-        if result is not None:
-            manifest.hosts = result.records
-            manifest.start_skew_ms = result.start_skew_ms
-            manifest.exit_status = _exit_for(result)
+        if result_run is not None:
+            manifest.hosts = result_run.records
+            manifest.start_skew_ms = result_run.start_skew_ms
+            manifest.exit_status = _exit_for(result_run)
         bundle.write_manifest(manifest)
-    assert result is not None
-    code = _exit_for(result)
+    assert result_run is not None
+    code = _exit_for(result_run)
     problems = verify(root)
+    result, report = analyze_bundle(root)
+    write_reports(root, result, report, flow.text)
     lines = [f"bundle: {root.resolve()}"]
     lines.append(f"  manifest.json: {len(manifest.files)} files, SHA-256 {'verified' if not problems else 'MISMATCH'}")
-    if result.start_skew_ms is not None:
-        lines.append(f"  captures armed within {result.start_skew_ms:.0f} ms of each other")
-    summarize_bundle(root, lines)
+    if result_run.start_skew_ms is not None:
+        lines.append(f"  captures armed within {result_run.start_skew_ms:.0f} ms of each other")
+    lines += summary_lines(root, result)
+    lines += terminal(result)
+    lines.append(f"reports: {root / 'report.md'}, {root / 'report.json'}")
     print("\n".join(lines))
     return code
 
@@ -262,15 +248,36 @@ async def _watch_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    root: Path = args.bundle
-    if not (root / "manifest.json").is_file():
-        raise UsageError(f"{root}: not a capture-all bundle (no manifest.json)")
-    lines = [f"bundle: {root.resolve()}"]
-    problems = verify(root)
-    lines.append("  manifest.json: SHA-256 " + ("verified" if not problems else "MISMATCH: " + "; ".join(problems)))
-    summarize_bundle(root, lines)
-    print("\n".join(lines))
-    return EXIT_OK
+    if args.bundle is not None and args.pcap:
+        raise UsageError("analyze: give a bundle or --pcap HOST=FILE, not both")
+    if args.bundle is not None:
+        root: Path = args.bundle
+        if not (root / "manifest.json").is_file():
+            raise UsageError(f"{root}: not a capture-all bundle (no manifest.json)")
+        problems = verify(root)
+        result, report = analyze_bundle(root)
+        write_reports(root, result, report, report["flow"])
+        lines = [
+            f"bundle: {root.resolve()}",
+            "  manifest.json: SHA-256 " + ("verified" if not problems else "MISMATCH: " + "; ".join(problems)),
+        ]
+        lines += summary_lines(root, result)
+    elif args.pcap:
+        inv = load_inventory(args.inventory)[0] if args.inventory else None
+        result, report = analyze_pcaps(args.pcap, inv)
+        if args.out:
+            Bundle.create(args.out)
+            write_reports(args.out, result, report, "hand-taken captures")
+        lines = []
+    else:
+        raise UsageError("analyze: give a bundle folder or at least one --pcap HOST=FILE")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print("\n".join(lines + terminal(result)))
+    if result.first is None:
+        return EXIT_NO_RESET
+    return EXIT_OK if result.first.origin_kind != "unknown" else EXIT_UNATTRIBUTED
 
 
 def main(argv: list[str] | None = None) -> int:

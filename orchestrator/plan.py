@@ -24,6 +24,7 @@ class HostPlan:
     sudo: bool
     tmpdir: str
     notes: tuple[str, ...] = ()
+    addresses: tuple[str, ...] = ()
 
     def bpf(self, exclusion: str | None) -> str:
         return combine(list(self.legs), exclusion)
@@ -132,6 +133,7 @@ def build_plan(
                 sudo=bool(ssh.sudo),
                 tmpdir=h.tmpdir or inv.capture.tmpdir,
                 notes=notes,
+                addresses=tuple(dict.fromkeys([str(a) for a in h.addresses] + [str(e.ip) for e in h.listen])),
             )
         )
     return Plan(flow, tuple(legs), tuple(plans), inventory_sha256, tuple(warnings))

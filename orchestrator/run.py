@@ -137,6 +137,7 @@ class HostRun:
             role=plan.role,
             ssh_address=f"{plan.target.host}:{plan.target.port}",
             interfaces=list(plan.interfaces),
+            addresses=list(plan.addresses),
             notes=list(plan.notes),
         )
 

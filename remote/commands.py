@@ -82,6 +82,7 @@ snap ip_addr ip -j addr
 snap ip_link ip -j link
 snap ip_s_link ip -s link
 snap ss_tnpi ss -tnpi
+snap ss_tlnp ss -tlnp
 snap ss_s ss -s
 snap nstat nstat -asz
 snapfile conntrack_count /proc/sys/net/netfilter/nf_conntrack_count

@@ -18,6 +18,7 @@ SNAPSHOT_SECTIONS = (
     "ip_link",
     "ip_s_link",
     "ss_tnpi",
+    "ss_tlnp",
     "ss_s",
     "nstat",
     "conntrack_count",
@@ -257,3 +258,30 @@ def host_addresses(ip_addr_json: str, ip_link_json: str = "") -> tuple[set[str],
                 if isinstance(a, dict) and isinstance(a.get("local"), str):
                     ips.add(a["local"])
     return ips, macs
+
+
+_PID_RE = re.compile(r"pid=(\d+)")
+
+
+def parse_listeners(ss_tlnp: str) -> dict[int, set[int]]:
+    """``ss -tlnp`` -> {port: PIDs of the processes listening there}. A changed PID set between
+    the before and after snapshots means the listener restarted during the capture."""
+    out: dict[int, set[int]] = {}
+    for line in ss_tlnp.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or parts[0] != "LISTEN":
+            continue
+        _, _, port = parts[3].rpartition(":")
+        if port.isdigit():
+            out.setdefault(int(port), set()).update(int(p) for p in _PID_RE.findall(line))
+    return out
+
+
+def parse_nstat(text: str) -> dict[str, int]:
+    """``nstat -asz`` -> {counter: absolute value}."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and not line.startswith("#") and parts[1].isdigit():
+            out[parts[0]] = int(parts[1])
+    return out

@@ -37,3 +37,6 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
     for h in ("client", "router", "proxy", "backend"):
         if f"sshd-{h}" not in lab.procs:
             lab.start_sshd(h)
+    for port, idle in ((80, 5.0), (81, 1.0)):
+        if f"backend-{port}" not in lab.procs:
+            lab.start_backend(port, idle)

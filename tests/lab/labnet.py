@@ -36,6 +36,40 @@ HOSTS = list(MGMT)
 LAB_USERS = {"captest": 4242, "nosudo": 4243}
 
 
+# 8080: HTTP. 8081: HTTP (the router forges resets for it). 8082: TCP with nolinger, so a reset
+# from the backend mid-response makes HAProxy reset the client too (measured: without nolinger it
+# closes with a FIN). 8083: HTTP with nolinger and a policy: /admin is rejected with a reset.
+HAPROXY_CFG = f"""global
+  maxconn 512
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend fe_main
+  bind {PROXY_FRONT}:8080
+  default_backend be
+frontend fe_pay
+  bind {PROXY_FRONT}:8081
+  default_backend be
+frontend fe_tcp
+  mode tcp
+  option nolinger
+  bind {PROXY_FRONT}:8082
+  default_backend be_tcp
+frontend fe_policy
+  option nolinger
+  bind {PROXY_FRONT}:8083
+  http-request reject if {{ path_beg /admin }}
+  default_backend be
+backend be
+  server b1 {BACKEND_IP}:80
+backend be_tcp
+  mode tcp
+  server b1 {BACKEND_IP}:80
+"""
+
+
 class LabError(RuntimeError):
     pass
 
@@ -176,9 +210,15 @@ class Lab:
         self._link("client", "eth1", f"{CLIENT_IP}/24", "router", "eth1", f"{ROUTER_CLIENT_SIDE}/24")
         self._link("router", "eth2", f"{ROUTER_PROXY_SIDE}/24", "proxy", "eth1", f"{PROXY_FRONT}/24")
         self._link("proxy", "eth2", f"{PROXY_BACK}/24", "backend", "eth1", f"{BACKEND_IP}/24")
+        # The client reaches the proxy through the router, and the backend directly through the
+        # router and the proxy (which also routes), for scenarios without an L7 proxy in between.
         sh("ip", "-n", "client", "route", "add", "198.18.2.0/24", "via", ROUTER_CLIENT_SIDE)
+        sh("ip", "-n", "client", "route", "add", "198.18.3.0/24", "via", ROUTER_CLIENT_SIDE)
+        sh("ip", "-n", "router", "route", "add", "198.18.3.0/24", "via", PROXY_FRONT)
         sh("ip", "-n", "proxy", "route", "add", "198.18.1.0/24", "via", ROUTER_PROXY_SIDE)
-        sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns="router")
+        sh("ip", "-n", "backend", "route", "add", "198.18.1.0/24", "via", PROXY_BACK)
+        for ns in ("router", "proxy"):
+            sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns=ns)
 
     @staticmethod
     def _link(a: str, a_if: str, a_addr: str, b: str, b_if: str, b_addr: str) -> None:
@@ -224,25 +264,24 @@ class Lab:
 
     def _services(self) -> None:
         self.start_backend()
+        self.start_backend(port=81, idle=1.0)
         cfg = self.root / "haproxy.cfg"
-        cfg.write_text(
-            "global\n  maxconn 512\n"
-            "defaults\n  mode http\n  timeout connect 2s\n  timeout client 30s\n  timeout server 30s\n"
-            f"frontend fe_main\n  bind {PROXY_FRONT}:8080\n  default_backend be\n"
-            f"frontend fe_pay\n  bind {PROXY_FRONT}:8081\n  default_backend be\n"
-            f"backend be\n  server b1 {BACKEND_IP}:80\n"
-        )
+        cfg.write_text(HAPROXY_CFG)
         self._spawn("haproxy", "proxy", ["haproxy", "-db", "-f", str(cfg)])
-        self.wait_listening("proxy", 8080)
-        self.wait_listening("proxy", 8081)
+        for port in (8080, 8081, 8082, 8083):
+            self.wait_listening("proxy", port)
 
-    def start_backend(self, idle: float = 5.0) -> None:
-        self._spawn(
-            "backend",
-            "backend",
-            [sys.executable, "-m", "tests.lab.backend", "--listen", f"{BACKEND_IP}:80", "--idle", str(idle)],
-        )
-        self.wait_listening("backend", 80)
+    def start_backend(self, port: int = 80, idle: float = 5.0) -> None:
+        """The lab backend on BACKEND_IP:port (port 81 has a 1 s keep-alive idle timeout)."""
+        argv = [sys.executable, "-m", "tests.lab.backend", "--listen", f"{BACKEND_IP}:{port}", "--idle", str(idle)]
+        self._spawn(f"backend-{port}", "backend", argv)
+        self.wait_listening("backend", port)
+
+    def kill_backend(self, port: int = 80) -> None:
+        """SIGKILL the backend process (by the PID we started), its connections open."""
+        p = self.procs.pop(f"backend-{port}")
+        p.kill()
+        p.wait(5)
 
     def wait_listening(self, ns: str, port: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -287,7 +326,7 @@ role = "proxy"
 address = "{MGMT["proxy"]}"
 interfaces = ["eth1", "eth2"]
 addresses = ["{PROXY_FRONT}", "{PROXY_BACK}"]
-listen = ["{PROXY_FRONT}:8080", "{PROXY_FRONT}:8081"]
+listen = ["{PROXY_FRONT}:8080", "{PROXY_FRONT}:8081", "{PROXY_FRONT}:8082", "{PROXY_FRONT}:8083"]
 upstream = ["{BACKEND_IP}:80"]
 ssh = {{ sudo = true }}
 
@@ -297,7 +336,7 @@ role = "backend"
 address = "{MGMT["backend"]}"
 interfaces = ["eth1"]
 addresses = ["{BACKEND_IP}"]
-listen = ["{BACKEND_IP}:80"]
+listen = ["{BACKEND_IP}:80", "{BACKEND_IP}:81"]
 """
         )
 

@@ -26,8 +26,21 @@ def test_unprivileged_user_with_passwordless_sudo_captures(
     back over SFTP as that user (tcpdump drops to it with -Z), clean up through sudo."""
     inv = inventory(clean_lab, tmp_path, "ssh = { sudo = true }", 'ssh = { sudo = true, user = "captest" }')
     out = tmp_path / "b"
-    code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(out),
-                              "--hosts", "client,proxy", "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/")
+    code, stdout, _ = run_cli(
+        capsys,
+        "-i",
+        str(inv),
+        "--flow",
+        FLOW_8080,
+        "-d",
+        "1",
+        "-o",
+        str(out),
+        "--hosts",
+        "client,proxy",
+        "--reproduce",
+        f"curl -sS -m 3 http://{PROXY_FRONT}:8080/",
+    )
     assert code == 0, stdout
     proxy = host(manifest(out), "proxy")
     assert proxy["status"] == "ok" and proxy["remote_dir_removed"]
@@ -71,12 +84,17 @@ def test_a_key_the_host_does_not_accept_is_auth_refused(
 
 
 def test_through_a_jump_host(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    inv = inventory(clean_lab, tmp_path, 'listen = ["198.18.3.10:80"]\n',
-                    'listen = ["198.18.3.10:80"]\nssh = { jump_host = "root@198.19.0.13" }\n')
+    inv = inventory(
+        clean_lab,
+        tmp_path,
+        'listen = ["198.18.3.10:80", "198.18.3.10:81"]\n',
+        'listen = ["198.18.3.10:80"]\nssh = { jump_host = "root@198.19.0.13" }\n',
+    )
     clean_lab.stop_sshd("backend")
     clean_lab.start_sshd("backend")
-    code, _, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"),
-                         "--hosts", "backend")
+    code, _, _ = run_cli(
+        capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"), "--hosts", "backend"
+    )
     assert code == 0
     sshd_log = (clean_lab.root / "sshd-backend.log").read_text()
     assert "error" not in sshd_log.lower()
@@ -87,8 +105,23 @@ def test_through_a_jump_host(clean_lab: Lab, tmp_path: Path, capsys: pytest.Capt
 def test_capture_stops_itself_at_max_bytes(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b"
     loop = f"for i in $(seq 40); do curl -s -m 2 http://{PROXY_FRONT}:8080/ >/dev/null; sleep 0.02; done"
-    code, _, _ = run_cli(capsys, "-i", str(clean_lab.inventory), "--flow", FLOW_8080, "-d", "4", "-o", str(out),
-                         "--hosts", "client", "--max-bytes", "4K", "--reproduce", loop)
+    code, _, _ = run_cli(
+        capsys,
+        "-i",
+        str(clean_lab.inventory),
+        "--flow",
+        FLOW_8080,
+        "-d",
+        "4",
+        "-o",
+        str(out),
+        "--hosts",
+        "client",
+        "--max-bytes",
+        "4K",
+        "--reproduce",
+        loop,
+    )
     assert code == 0
     client = host(manifest(out), "client")
     assert client["stop_reason"] == "max-bytes"

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from analysis.resets import ResetSeen, summarize
+from analysis.decode import RST
+from analysis.model import Seen
 from orchestrator.bundle import verify
 from orchestrator.cli import main
-from remote.parse import host_addresses
+from orchestrator.evidence import analyze_bundle
 from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, REPO, Lab
 
 FLOW_8081 = f"{CLIENT_IP}->{PROXY_FRONT}:8081"
@@ -36,12 +37,11 @@ def host(m: dict, name: str) -> dict:  # type: ignore[type-arg]
     return next(h for h in m["hosts"] if h["name"] == name)
 
 
-def resets(out: Path, name: str, iface: str) -> list[ResetSeen]:
-    ips, macs = host_addresses(
-        (out / name / "before/ip_addr.txt").read_text(), (out / name / "before/ip_link.txt").read_text()
-    )
-    with (out / name / f"{iface}.pcap").open("rb") as fh:
-        return summarize(fh, ips, macs).resets
+def resets(out: Path, name: str, iface: str) -> list[Seen]:
+    """The RSTs one host's capture of one interface holds, with their direction."""
+    result, _ = analyze_bundle(out)
+    (v,) = [v for v in result.vantages if v.name == name]
+    return [s for s in v.segments if s.iface == iface and s.seg.flags & RST]
 
 
 def wait_until(predicate, timeout: float, step: float = 0.2) -> bool:  # type: ignore[no-untyped-def]
@@ -80,11 +80,11 @@ def test_forged_reset_is_captured_where_it_happens(
 
     # The client sees an RST "from the proxy" whose TTL is unlike the proxy's genuine packets...
     (at_client,) = resets(out, "client", "eth1")
-    assert (at_client.src, at_client.sport, at_client.direction) == (PROXY_FRONT, 8081, "in")
-    assert at_client.ttl == 64 and at_client.sender_ttls == [63]
+    assert (at_client.seg.src, at_client.seg.sport, at_client.direction) == (PROXY_FRONT, 8081, "in")
+    assert at_client.seg.ttl == 64
     # ...the router's capture shows it leaving the router (its MAC, on the client side)...
     (at_router,) = resets(out, "router", "eth1")
-    assert at_router.direction == "out" and at_router.seq == at_client.seq
+    assert at_router.direction == "out" and at_router.seg.seq == at_client.seg.seq
     assert resets(out, "router", "eth2") == []
     # ...and the proxy never sent one (it saw the handshake and nothing else).
     assert resets(out, "proxy", "eth1") == []
@@ -118,9 +118,9 @@ def test_backend_reset_is_seen_leaving_backend_and_arriving_at_proxy(
     )
     assert code == 0, stdout
     (at_backend,) = resets(out, "backend", "eth1")
-    assert (at_backend.src, at_backend.sport, at_backend.direction) == (BACKEND_IP, 80, "out")
+    assert (at_backend.seg.src, at_backend.seg.sport, at_backend.direction) == (BACKEND_IP, 80, "out")
     upstream = resets(out, "proxy", "eth2")
-    assert [(r.src, r.direction, r.seq) for r in upstream] == [(BACKEND_IP, "in", at_backend.seq)]
+    assert [(r.seg.src, r.direction, r.seg.seq) for r in upstream] == [(BACKEND_IP, "in", at_backend.seg.seq)]
     # The filter derived the upstream leg for the backend and the proxy's back side only.
     assert f"host {BACKEND_IP} and port 80" in host(manifest(out), "backend")["bpf_filter"]
     assert "port 8080" not in host(manifest(out), "backend")["bpf_filter"]

@@ -150,7 +150,12 @@ upstream = ["10.3.0.4:9000", "10.3.0.5:9000"]
     inv, _ = load_inventory(write(tmp_path, text))
     plan = build_plan(parse_flow("198.51.100.7->203.0.113.10:443"), inv)
     assert [str(leg.server) for leg in plan.legs] == [
-        "203.0.113.10:443", "10.1.0.2:443", "10.2.0.3:8080", "10.3.0.4:9000", "10.3.0.5:9000"]
+        "203.0.113.10:443",
+        "10.1.0.2:443",
+        "10.2.0.3:8080",
+        "10.3.0.4:9000",
+        "10.3.0.5:9000",
+    ]
     legs = {h.name: [str(leg.server) for leg in h.legs] for h in plan.hosts}
     assert legs["nat-1"] == [str(leg.server) for leg in plan.legs]
     assert legs["edge"] == ["10.1.0.2:443", "10.2.0.3:8080"]

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analysis.decode import ACK, PKT_HOST, PKT_OUTGOING, PSH, RST, SYN, decode, flag_text
+from analysis.extract import extract
+from analysis.model import HostFacts, VantageInput
 from analysis.pcap import NotACapture, ReadStats, read_records
-from analysis.resets import summarize
 from tests.pcapgen import ethernet, pcap, pcapng, sll, sll2, tcp_packet
 
 T0 = 1_795_238_229_832_322_513  # a nanosecond timestamp floats cannot hold exactly
@@ -101,12 +102,20 @@ def test_cooked_captures_carry_direction() -> None:
     assert decode(recs[0]) is not None
 
 
-def test_summary_direction_by_mac_and_sender_ttl() -> None:
+def test_direction_by_mac_given_or_inferred() -> None:
     own_mac = b"\x02\x00\x00\x00\x00\x01"
-    s = summarize(io.BytesIO(pcap(frames())), {"198.18.1.10"}, {own_mac})
-    (rst,) = s.resets
-    assert (rst.direction, rst.ttl, rst.sender_ttls, rst.ttl_matches_sender) == ("in", 64, [63], False)
-    assert s.packets == 4 and s.tcp_segments == 4
+    given = extract(
+        VantageInput(
+            "c",
+            captures=[("eth0", io.BytesIO(pcap(frames())))],
+            facts=HostFacts(own_ips={"198.18.1.10"}, own_macs={own_mac}),
+        )
+    )
+    assert [s.direction for s in given.segments] == ["out", "in", "out", "in"]
+    # A hand-taken capture without a snapshot: the MAC in every frame is the host's.
+    inferred = extract(VantageInput("c", captures=[("eth0", io.BytesIO(pcap(frames())))]))
+    assert inferred.inferred_macs and [s.direction for s in inferred.segments] == ["out", "in", "out", "in"]
+    assert given.packets == 4
 
 
 def test_truncated_at_every_byte_never_raises() -> None:

@@ -1,0 +1,62 @@
+"""Inputs and intermediate data of the analysis (plain dataclasses: they sit in hot loops)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from analysis.decode import Segment
+
+
+@dataclass
+class HostFacts:
+    """What a host's own snapshot says about it. Every field may be empty (hand-taken pcaps)."""
+
+    own_ips: set[str] = field(default_factory=set)
+    own_macs: set[bytes] = field(default_factory=set)
+    if_names: dict[int, str] = field(default_factory=dict)  # SLL2 interface index -> name
+    listeners_before: dict[int, set[int]] = field(default_factory=dict)  # port -> PIDs
+    listeners_after: dict[int, set[int]] = field(default_factory=dict)
+    counters_before: dict[str, int] = field(default_factory=dict)  # nstat
+    counters_after: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class VantageInput:
+    name: str
+    role: str = "other"
+    status: str = "ok"  # ok | partial | failed
+    error: str | None = None
+    captures: list[tuple[str, BinaryIO]] = field(default_factory=list)  # (interface, file handle)
+    kernel_drops: int | None = None
+    facts: HostFacts = field(default_factory=HostFacts)
+    clock_offset_ns: int = 0  # added to every timestamp of this vantage to align it
+
+
+@dataclass(slots=True)
+class Seen:
+    """One TCP segment as one vantage saw it."""
+
+    vantage: str
+    iface: str
+    ts_ns: int  # aligned time
+    direction: str  # "out" | "in"
+    seg: Segment
+
+
+@dataclass
+class VantageData:
+    name: str
+    role: str
+    status: str
+    error: str | None
+    kernel_drops: int | None
+    facts: HostFacts
+    packets: int = 0
+    segments: list[Seen] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    inferred_macs: bool = False
+
+    @property
+    def captured(self) -> bool:
+        return self.status in ("ok", "partial")

@@ -1,0 +1,183 @@
+"""Renderings of an ``Analysis``: report.json (schema capture-all/report/1), report.md, terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from analysis.correlate import Reset, flow_key
+from analysis.decode import RST, flag_text
+from analysis.model import Seen
+from analysis.verdict import Analysis
+
+SCHEMA = "capture-all/report/1"
+TIMELINE_BEFORE_NS = 3 * 10**9
+TIMELINE_AFTER_NS = 1 * 10**9
+TIMELINE_MAX = 40
+
+
+def clock(ns: int) -> str:
+    t = dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc).strftime("%H:%M:%S")
+    return f"{t}.{ns % 10**9:09d}"[:15]
+
+
+def timeline(a: Analysis, first: Reset) -> list[tuple[Seen, str | None]]:
+    """Every segment of the first reset's chain's connections, at every vantage, around it."""
+    chain = [r for r in a.resets if r.chain == first.chain]
+    keys = {r.key for r in chain}
+    marks = {id(o): r.id for r in chain for o in r.seen}
+    lo = min(r.time_ns for r in chain) - TIMELINE_BEFORE_NS
+    hi = max(r.time_ns for r in chain) + TIMELINE_AFTER_NS
+    rows = [
+        s
+        for v in a.vantages
+        for s in v.segments
+        if lo <= s.ts_ns <= hi and flow_key(s.seg.src, s.seg.sport, s.seg.dst, s.seg.dport) in keys
+    ]
+    rows.sort(key=lambda s: (s.ts_ns, s.vantage))
+    if len(rows) > TIMELINE_MAX:
+        t0 = first.time_ns
+        keep = sorted(rows, key=lambda s: (id(s) not in marks, abs(s.ts_ns - t0)))[:TIMELINE_MAX]
+        rows = sorted(keep, key=lambda s: (s.ts_ns, s.vantage))
+    return [(s, marks.get(id(s))) for s in rows]
+
+
+def _row(s: Seen, mark: str | None) -> dict[str, Any]:
+    g = s.seg
+    return {
+        "time_ns": s.ts_ns,
+        "host": s.vantage,
+        "iface": s.iface,
+        "direction": s.direction,
+        "src": g.src,
+        "sport": g.sport,
+        "dst": g.dst,
+        "dport": g.dport,
+        "flags": flag_text(g.flags),
+        "seq": g.seq,
+        "ack": g.ack,
+        "len": g.payload_len,
+        "ttl": g.ttl,
+        "ip_id": g.ip_id,
+        "reset_id": mark,
+    }
+
+
+def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "generated_by": tool,
+        "flow": flow,
+        "hosts": [
+            {
+                "name": v.name,
+                "role": v.role,
+                "status": "ok" if v.captured else "failed",
+                "error": v.error,
+                "packets": v.packets,
+                "kernel_drops": v.kernel_drops,
+            }
+            for v in a.vantages
+        ],
+        "resets": [
+            {
+                "id": r.id,
+                "time_ns": r.time_ns,
+                "tuple": dict(zip(("src", "sport", "dst", "dport"), r.tuple4, strict=True)),
+                "origin": {"kind": r.origin_kind, "host": r.origin_host, "between": r.between},
+                "chain": r.chain,
+                "chain_role": r.chain_role,
+                "propagated_from": r.propagated_from,
+                "cause": r.cause,
+                "seen_at": [
+                    {
+                        "host": o.vantage,
+                        "iface": o.iface,
+                        "direction": o.direction,
+                        "time_ns": o.ts_ns,
+                        "ttl": o.seg.ttl,
+                    }
+                    for o in r.seen
+                ],
+                "evidence": r.evidence,
+            }
+            for r in a.resets
+        ],
+        "first_reset": a.first.id if a.first else None,
+        "verdict": a.verdict,
+        "caveats": a.caveats,
+        "timeline": [_row(s, m) for s, m in timeline(a, a.first)] if a.first else [],
+    }
+
+
+def _packet(s: Seen) -> str:
+    g = s.seg
+    return f"{g.src}:{g.sport} > {g.dst}:{g.dport}"
+
+
+def terminal(a: Analysis) -> list[str]:
+    lines: list[str] = []
+    if a.first is not None:
+        lines.append(f"timeline around the first reset ({a.first.id}), one clock for all hosts:")
+        for s, mark in timeline(a, a.first):
+            g = s.seg
+            flag = f"[{flag_text(g.flags)}]"
+            arrow = f"<== {mark}" if mark and g.flags & RST else ""
+            lines.append(
+                f"  {clock(s.ts_ns)} {s.vantage + '/' + s.iface:<14} {s.direction:>3} {_packet(s):<44} "
+                f"{flag:<6} seq {g.seq} ack {g.ack} len {g.payload_len} ttl {g.ttl} {arrow}".rstrip()
+            )
+        for r in a.resets:
+            if r.chain == a.first.chain:
+                lines.append(f"  {r.id} ({r.chain_role}, cause {r.cause}):")
+                lines.extend(f"    - {e}" for e in r.evidence)
+        others = [r for r in a.resets if r.chain != a.first.chain and r.chain_role == "first"]
+        for r in others:
+            lines.append(f"  also: {r.id} {r.describe()} origin {r.origin_host or r.origin_kind}, cause {r.cause}")
+    for c in a.caveats:
+        lines.append(f"  caveat: {c}")
+    lines.append(f"verdict: {a.verdict}")
+    return lines
+
+
+def markdown(a: Analysis, flow: str) -> str:
+    out = [f"# capture-all report: `{flow}`", "", f"**Verdict.** {a.verdict}", ""]
+    if a.caveats:
+        out += ["**Caveats.**", ""] + [f"- {c}" for c in a.caveats] + [""]
+    out += ["## Hosts", "", "| host | role | status | packets | kernel drops |", "|---|---|---|---|---|"]
+    for v in a.vantages:
+        status = "ok" if v.captured else f"failed: {v.error}"
+        drops = "?" if v.kernel_drops is None else v.kernel_drops
+        out.append(f"| {v.name} | {v.role} | {status} | {v.packets} | {drops} |")
+    out.append("")
+    if a.resets:
+        out += ["## Resets", ""]
+        for r in a.resets:
+            where = ", ".join(f"{o.vantage}/{o.iface} {o.direction} ttl {o.seg.ttl}" for o in r.seen)
+            origin = r.origin_host or (" and ".join(r.between) if r.between else "unknown")
+            out += (
+                [
+                    f"### {r.id}: `{r.describe()}` at {clock(r.time_ns)} UTC",
+                    "",
+                    f"- origin: {r.origin_kind} ({origin}); chain {r.chain}, {r.chain_role}; cause: {r.cause}",
+                    f"- seen at: {where}",
+                ]
+                + [f"- {e}" for e in r.evidence]
+                + [""]
+            )
+    if a.first is not None:
+        out += [
+            f"## Timeline around {a.first.id} (aligned clock, UTC)",
+            "",
+            "| time | host | dir | packet | flags | seq | ack | len | ttl | |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for s, mark in timeline(a, a.first):
+            g = s.seg
+            out.append(
+                f"| {clock(s.ts_ns)} | {s.vantage}/{s.iface} | {s.direction} | {_packet(s)} | "
+                f"{flag_text(g.flags)} | {g.seq} | {g.ack} | {g.payload_len} | {g.ttl} | "
+                f"{'**' + mark + '**' if mark and g.flags & RST else ''} |"
+            )
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,384 @@
+"""Who emitted each reset, why, and the one sentence for the ticket.
+
+Origin, strongest evidence first (DOMAIN.md "How the first reset is attributed"):
+1. Seen *leaving* host X with one of X's own addresses as source: X's stack built it.
+2. Seen leaving X with someone else's address, and never arriving at X on another interface:
+   X forged it (a middlebox that captured itself doing it).
+3. Seen arriving at A in B's name while B's capture of that connection (no kernel drops) has
+   no such RST leaving: injected between the earliest vantage that saw it and B. The TTL and DF of
+   the RST are compared with B's genuine packets as seen at A, with the numbers.
+4. Otherwise unknown, saying which vantage is missing. A confident wrong answer is worse.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from analysis.correlate import Reset, flow_key, group_resets, link_chains
+from analysis.decode import ACK, FIN, RST, SYN
+from analysis.model import Seen, VantageData
+
+IDLE_GAP_NS = 1_000_000_000  # a silence this long before reused data counts as "idle"
+ANSWER_NS = 200_000_000  # an RST within this of the peer's segment answers it
+
+
+@dataclass
+class Analysis:
+    vantages: list[VantageData]
+    resets: list[Reset]
+    first: Reset | None
+    verdict: str
+    caveats: list[str] = field(default_factory=list)
+
+
+def _fmt_s(ns: int) -> str:
+    return f"{ns / 1e9:.3f} s" if ns < 10 * 10**9 else f"{ns / 1e9:.0f} s"
+
+
+class _World:
+    def __init__(self, vantages: list[VantageData]) -> None:
+        self.v = {d.name: d for d in vantages}
+        self.owner: dict[str, str] = {}
+        for d in vantages:
+            for ip in d.facts.own_ips:
+                self.owner.setdefault(ip, d.name)
+        self._flows: dict[tuple[str, tuple[str, int, str, int]], list[Seen]] = {}
+        for d in vantages:
+            for s in d.segments:
+                k = flow_key(s.seg.src, s.seg.sport, s.seg.dst, s.seg.dport)
+                self._flows.setdefault((d.name, k), []).append(s)
+
+    def flow(self, vantage: str, key: tuple[str, int, str, int]) -> list[Seen]:
+        return self._flows.get((vantage, key), [])
+
+    def flows_at(self, vantage: str) -> dict[tuple[str, int, str, int], list[Seen]]:
+        return {k: segs for (v, k), segs in self._flows.items() if v == vantage}
+
+
+def analyze(vantages: list[VantageData]) -> Analysis:
+    w = _World(vantages)
+    resets = group_resets(vantages)
+    for r in resets:
+        _origin(w, r)
+    link_chains(resets)
+    by_id = {r.id: r for r in resets}
+    for r in resets:
+        if r.chain_role == "first":
+            _cause(w, r)
+    for r in resets:
+        if r.chain_role == "propagated" and r.propagated_from:
+            src = by_id[r.propagated_from]
+            root = src
+            while root.chain_role == "propagated" and root.propagated_from:
+                root = by_id[root.propagated_from]
+            r.cause = root.cause
+            if r.origin_host and src.key != r.key:
+                got = src.at(r.origin_host, "in")
+                delay = (r.time_ns - got[0].ts_ns) if got else 0
+                r.evidence.insert(
+                    0,
+                    f"{r.origin_host} received reset {src.id} ({src.describe()}) {_fmt_s(delay)} "
+                    f"earlier and then reset this connection: propagation of {root.id}.",
+                )
+            else:
+                r.evidence.insert(0, f"Follows reset {src.id} on the same connection: part of the same teardown.")
+    firsts = [r for r in resets if r.chain_role == "first"]
+    first = min(firsts, key=lambda r: r.time_ns) if firsts else None
+    caveats = _caveats(w, vantages, resets)
+    return Analysis(vantages, resets, first, _sentence(w, first, resets), caveats)
+
+
+# ---- origin ---------------------------------------------------------------------------------
+def _origin(w: _World, r: Reset) -> None:
+    src, sport, dst, dport = r.tuple4
+    for o in r.seen:
+        if o.direction != "out":
+            continue
+        facts = w.v[o.vantage].facts
+        if src in facts.own_ips:
+            r.origin_kind, r.origin_host = "host", o.vantage
+            r.evidence.append(
+                f"Seen leaving {o.vantage} ({o.iface}) with {o.vantage}'s own address {src} as "
+                f"source: {o.vantage}'s TCP stack built it."
+            )
+            return
+        if not r.at(o.vantage, "in"):
+            claimed = w.owner.get(src)
+            r.origin_kind, r.origin_host = "middlebox", o.vantage
+            r.between = [w.owner.get(dst, dst), claimed or src]
+            r.evidence.append(
+                f"Seen leaving {o.vantage} ({o.iface}) in the name of {claimed or src} ({src}), and "
+                f"never arriving at {o.vantage} on another interface: {o.vantage} forged it."
+            )
+            _ttl_evidence(w, r, claimed)
+            return
+    claimed = w.owner.get(src)
+    receiver = r.seen[-1].vantage
+    earliest = r.seen[0].vantage
+    if claimed is None:
+        r.evidence.append(
+            f"It claims to come from {src}, which no inventory host owns: cannot tell that host from the path to it."
+        )
+        _ttl_evidence(w, r, None)
+        return
+    b = w.v[claimed]
+    if not b.captured:
+        r.evidence.append(
+            f"{claimed} was not captured ({b.error or b.status}): cannot tell {claimed} from the "
+            f"path between {earliest} and {claimed}."
+        )
+        _ttl_evidence(w, r, claimed)
+        return
+    at_b = w.flow(claimed, r.key)
+    if not at_b:
+        r.evidence.append(
+            f"{claimed}'s capture has no packet of this connection (interface or filter?): its silence proves nothing."
+        )
+        _ttl_evidence(w, r, claimed)
+        return
+    if b.kernel_drops:
+        r.evidence.append(
+            f"{claimed} captured this connection but its capture dropped {b.kernel_drops} packets: "
+            f"the missing RST there may be a drop."
+        )
+        _ttl_evidence(w, r, claimed)
+        return
+    r.origin_kind = "middlebox"
+    r.between = [earliest, claimed]
+    r.evidence.append(
+        f"{claimed} captured this connection ({len(at_b)} packets, no kernel drops) and never sent "
+        f"this RST: something between {earliest} and {claimed} injected it."
+    )
+    if receiver != earliest:
+        r.evidence.append(f"It was seen first at {earliest}, then at {receiver}.")
+    _ttl_evidence(w, r, claimed)
+
+
+def _ttl_evidence(w: _World, r: Reset, claimed: str | None) -> None:
+    """Compare the RST's TTL/DF with the claimed sender's genuine packets, at the receiver."""
+    src, sport = r.tuple4[0], r.tuple4[1]
+    for o in reversed(r.seen):
+        if o.direction != "in":
+            continue
+        genuine = [
+            s
+            for s in w.flow(o.vantage, r.key)
+            if s.seg.src == src and s.seg.sport == sport and not s.seg.flags & RST and s.direction == "in"
+        ]
+        if not genuine:
+            continue
+        ttls = Counter(s.seg.ttl for s in genuine)
+        usual = ", ".join(str(t) for t, _ in ttls.most_common())
+        who = claimed or src
+        if o.seg.ttl in ttls:
+            r.evidence.append(
+                f"At {o.vantage} the RST's TTL ({o.seg.ttl}) matches {who}'s genuine packets there "
+                f"(TTL {usual}): same path length as {who}."
+            )
+        else:
+            r.evidence.append(
+                f"At {o.vantage} the RST arrived with TTL {o.seg.ttl}, while {who}'s genuine packets on "
+                f"this connection arrive there with TTL {usual}: it took a different path."
+            )
+        dfs = {s.seg.df for s in genuine}
+        if len(dfs) == 1 and o.seg.df not in dfs:
+            r.evidence.append(
+                f"DF is {'set' if o.seg.df else 'clear'} on the RST but "
+                f"{'set' if dfs.pop() else 'clear'} on {who}'s genuine packets."
+            )
+        return
+
+
+# ---- cause ----------------------------------------------------------------------------------
+def _cause(w: _World, r: Reset) -> None:
+    if r.origin_kind == "middlebox":
+        r.cause = "middlebox"
+        return
+    if r.origin_kind != "host" or r.origin_host is None:
+        return
+    h = r.origin_host
+    d = w.v[h]
+    src, sport, _dst, _dport = r.tuple4
+    segs = w.flow(h, r.key)
+    sent = r.at(h, "out")[0]
+    before = [s for s in segs if s.ts_ns <= sent.ts_ns and s is not sent and not (s.seg.flags & RST)]
+    peer = [s for s in before if s.seg.src != src]
+    mine = [s for s in before if s.seg.src == src]
+    restart = _listener_change(d, sport)
+    overflow = {
+        k: d.facts.counters_after.get(k, 0) - d.facts.counters_before.get(k, 0)
+        for k in ("TcpExtListenOverflows", "TcpExtListenDrops")
+    }
+    overflow = {k: v for k, v in overflow.items() if v > 0}
+
+    last_peer = peer[-1] if peer else None
+    answers_syn = (
+        last_peer is not None
+        and last_peer.seg.flags & SYN
+        and not last_peer.seg.flags & ACK
+        and not any(s.seg.flags & SYN for s in mine)
+    )
+    if answers_syn:
+        if overflow:
+            r.cause = "capacity"
+            r.evidence.append(
+                f"It answers a SYN while {h}'s listen queue overflowed during the capture "
+                f"({', '.join(f'{k} +{v}' for k, v in overflow.items())})."
+            )
+        elif restart:
+            r.cause = "peer_restart"
+            r.evidence.append(f"It answers a SYN to port {sport} while the listener there restarted ({restart}).")
+        else:
+            r.cause = "refused"
+            r.evidence.append(
+                f"It answers a SYN to port {sport}: connection refused, nothing listening there "
+                f"(not a reset of an established connection)."
+            )
+        return
+    if restart:
+        r.cause = "peer_restart"
+        r.evidence.append(
+            f"The listener on port {sport} restarted during the capture ({restart}); this connection "
+            f"was open across the restart."
+        )
+        return
+    if d.role == "proxy":
+        upstream = _upstream_health(w, h, r, sent.ts_ns)
+        if upstream is not None:
+            r.cause = "proxy_policy"
+            r.evidence.append(
+                f"{h} is a proxy and reset this connection itself, without having received a reset: "
+                f"{upstream}. Its own policy or timeout decided it (its log says which)."
+            )
+            return
+    if last_peer is not None and last_peer.seg.payload_len and sent.ts_ns - last_peer.ts_ns <= ANSWER_NS:
+        earlier = [s for s in before if s.ts_ns < last_peer.ts_ns]
+        my_fin = [s for s in mine if s.seg.flags & FIN]
+        if earlier and last_peer.ts_ns - earlier[-1].ts_ns >= IDLE_GAP_NS:
+            gap = last_peer.ts_ns - earlier[-1].ts_ns
+            r.cause = "idle_reuse"
+            fin = (
+                (
+                    f"; {h} had closed it with a FIN {_fmt_s(last_peer.ts_ns - my_fin[-1].ts_ns)} before (its idle "
+                    f"timeout)"
+                )
+                if my_fin
+                else ""
+            )
+            r.evidence.append(
+                f"It answers the peer's first data ({last_peer.seg.payload_len} bytes) after "
+                f"{_fmt_s(gap)} of silence on this connection{fin}: a kept-alive connection reused "
+                f"after {h} dropped it."
+            )
+            return
+    answered = [s for s in mine if s.seg.payload_len]
+    if answered and not any(s.seg.flags & FIN for s in mine):
+        first_answer = answered[0].ts_ns
+        still_sending = [s for s in peer if s.seg.payload_len and s.ts_ns > first_answer]
+        if still_sending:
+            sent_after = sum(s.seg.payload_len for s in still_sending)
+            r.cause = "unread_data_close"
+            r.evidence.append(
+                f"{h} answered ({sum(s.seg.payload_len for s in answered)} bytes) while the peer was "
+                f"still sending ({sent_after} more bytes after the answer began), then reset without "
+                f"a FIN: a close with unread data."
+            )
+            return
+    if peer and peer[-1].seg.payload_len and not any(s.seg.flags & FIN for s in mine):
+        r.evidence.append(
+            f"{h} reset the connection {_fmt_s(sent.ts_ns - peer[-1].ts_ns)} after receiving "
+            f"{peer[-1].seg.payload_len} bytes, without a FIN: an application abort (SO_LINGER 0 or a "
+            f"crash); the host's own logs say why."
+        )
+    else:
+        r.evidence.append(f"No pattern of DOMAIN.md's causes matches the packets of this connection at {h}.")
+
+
+def _listener_change(d: VantageData, port: int) -> str:
+    before, after = d.facts.listeners_before.get(port), d.facts.listeners_after.get(port)
+    if before and after and before != after:
+        return f"PID {', '.join(map(str, sorted(before)))} before, {', '.join(map(str, sorted(after)))} after"
+    if before and not after and d.facts.listeners_after:
+        return f"PID {', '.join(map(str, sorted(before)))} before, nothing listening after"
+    return ""
+
+
+def _upstream_health(w: _World, proxy: str, r: Reset, t: int) -> str | None:
+    """None if the proxy received a reset near t; else a description of its other connections."""
+    for k, other in w.flows_at(proxy).items():
+        if k == r.key:
+            continue
+        if any(s.seg.flags & RST and s.direction == "in" and abs(s.ts_ns - t) <= 2 * 10**9 for s in other):
+            return None
+    near = [
+        segs for k, segs in w.flows_at(proxy).items() if k != r.key and any(abs(s.ts_ns - t) <= 5 * 10**9 for s in segs)
+    ]
+    if not near:
+        return "no other connection of its was active around then, and none was reset"
+    data = [s for segs in near for s in segs if s.seg.payload_len and s.ts_ns <= t]
+    last = f", the last data {_fmt_s(t - max(s.ts_ns for s in data))} before" if data else ""
+    return f"its {len(near)} other connection(s) active around then received no reset{last}"
+
+
+# ---- caveats and the sentence -----------------------------------------------------------------
+def _caveats(w: _World, vantages: list[VantageData], resets: list[Reset]) -> list[str]:
+    out = []
+    for d in vantages:
+        if not d.captured:
+            out.append(f"{d.name} ({d.role}) was not captured: {d.error or d.status}.")
+        elif d.kernel_drops:
+            out.append(
+                f"{d.name}'s capture dropped {d.kernel_drops} packets in the kernel: its silence is weaker evidence."
+            )
+        if d.inferred_macs:
+            out.append(f"{d.name}: no snapshot; directions come from the MAC seen in most frames.")
+        out.extend(d.problems)
+    unknown = sorted({ip for r in resets for ip in (r.tuple4[0], r.tuple4[2]) if ip not in w.owner})
+    if unknown:
+        out.append(f"Not in the inventory (so not captured): {', '.join(unknown)}.")
+    return out
+
+
+_CAUSE_TEXT = {
+    "idle_reuse": "a kept-alive connection was reused after it had dropped it (idle timeout)",
+    "peer_restart": "its listener restarted with connections open",
+    "unread_data_close": "it closed with unread data (answered early while the peer was still sending)",
+    "refused": "connection refused: nothing was listening",
+    "proxy_policy": "the proxy's own policy or timeout, its upstream leg being healthy",
+    "capacity": "its listen queue overflowed",
+    "middlebox": "a middlebox",
+    "unknown": "cause not recognised from the packets",
+}
+
+
+def _sentence(w: _World, first: Reset | None, resets: list[Reset]) -> str:
+    if first is None:
+        return "No TCP reset was captured in the window."
+    t = first.describe()
+    chain = [r for r in resets if r.chain == first.chain and r is not first]
+    tail = ""
+    if chain:
+        hops = ", ".join(f"{r.origin_host or 'an unknown box'} ({r.id})" for r in chain)
+        tail = f" It was then propagated by {hops}."
+    if first.origin_kind == "host":
+        return (
+            f"{first.origin_host}'s own TCP stack sent the first reset ({first.id}, {t}): "
+            f"{_CAUSE_TEXT[first.cause]}.{tail}"
+        )
+    claimed = w.owner.get(first.tuple4[0], first.tuple4[0])
+    ttl = next((e for e in first.evidence if "TTL" in e and "different path" in e), "")
+    if first.origin_kind == "middlebox" and first.origin_host:
+        return (
+            f"The first reset ({first.id}, {t}) was forged by {first.origin_host} in {claimed}'s name; "
+            f"{claimed} never sent it.{tail}"
+        )
+    if first.origin_kind == "middlebox" and first.between:
+        a, b = first.between
+        extra = " " + ttl if ttl else ""
+        return (
+            f"The first reset ({first.id}, {t}) was injected by a box between {a} and {b}: {b} never sent "
+            f"it.{extra}{tail}"
+        )
+    why = first.evidence[0] if first.evidence else "no vantage shows it leaving its emitter"
+    return f"The first reset ({first.id}, {t}) cannot be attributed: {why}{tail}"

@@ -1,0 +1,56 @@
+"""Lab clients that reproduce resets plain curl cannot. Standalone (run by path over SSH).
+
+clients.py reuse HOST PORT GAP    GET, stay idle GAP seconds on the same connection, GET again
+clients.py upload HOST PORT PATH BYTES   POST a large body (the server may answer early)
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+
+
+def _get(s: socket.socket, host: str) -> bytes:
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return s.recv(65536)
+
+
+def reuse(host: str, port: int, gap: float) -> int:
+    with socket.create_connection((host, port), timeout=5) as s:
+        print("first:", _get(s, host).split(b"\r\n")[0].decode())
+        time.sleep(gap)
+        try:
+            print("second:", _get(s, host).split(b"\r\n")[0].decode() or "(closed)")
+        except ConnectionResetError as exc:
+            print("second:", exc)
+            return 1
+    return 0
+
+
+def upload(host: str, port: int, path: str, size: int) -> int:
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n\r\n".encode())
+        chunk = b"x" * 65536
+        sent = 0
+        try:
+            while sent < size:
+                sent += s.send(chunk[: size - sent])
+            print("sent", sent, "reply:", s.recv(65536).split(b"\r\n")[0].decode())
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            print(f"after {sent} bytes: {exc}")
+            return 1
+    return 0
+
+
+def main() -> int:
+    cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if cmd == "reuse":
+        return reuse(host, port, float(sys.argv[4]))
+    if cmd == "upload":
+        return upload(host, port, sys.argv[4], int(sys.argv[5]))
+    raise SystemExit(f"unknown command {cmd}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

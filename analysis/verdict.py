@@ -253,8 +253,9 @@ def _cause(w: _World, r: Reset) -> None:
             )
             return
     if last_peer is not None and last_peer.seg.payload_len and sent.ts_ns - last_peer.ts_ns <= ANSWER_NS:
-        earlier = [s for s in before if s.ts_ns < last_peer.ts_ns]
-        my_fin = [s for s in mine if s.seg.flags & FIN]
+        # Silence = time since the last payload either way (ACKs of a FIN are not activity).
+        earlier = [s for s in before if s.ts_ns < last_peer.ts_ns and s.seg.payload_len]
+        my_fin = [s for s in mine if s.seg.flags & FIN and s.ts_ns < last_peer.ts_ns]
         if earlier and last_peer.ts_ns - earlier[-1].ts_ns >= IDLE_GAP_NS:
             gap = last_peer.ts_ns - earlier[-1].ts_ns
             r.cause = "idle_reuse"

@@ -2,6 +2,7 @@
 
 clients.py reuse HOST PORT GAP    GET, stay idle GAP seconds on the same connection, GET again
 clients.py upload HOST PORT PATH BYTES   POST a large body (the server may answer early)
+clients.py hold HOST PORT PATH SECONDS   GET, read until closed/reset, keep our end open
 """
 
 from __future__ import annotations
@@ -43,10 +44,28 @@ def upload(host: str, port: int, path: str, size: int) -> int:
     return 0
 
 
+def hold(host: str, port: int, path: str, seconds: float) -> int:
+    """GET, read what comes until the server closes or resets, but keep our end open a while
+    (curl closes at once, which races a proxy's own close)."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        got = 0
+        try:
+            while chunk := s.recv(65536):
+                got += len(chunk)
+            print(f"closed by the server after {got} bytes")
+        except ConnectionResetError as exc:
+            print(f"after {got} bytes: {exc}")
+        time.sleep(seconds)
+    return 0
+
+
 def main() -> int:
     cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if cmd == "reuse":
         return reuse(host, port, float(sys.argv[4]))
+    if cmd == "hold":
+        return hold(host, port, sys.argv[4], float(sys.argv[5]))
     if cmd == "upload":
         return upload(host, port, sys.argv[4], int(sys.argv[5]))
     raise SystemExit(f"unknown command {cmd}")

@@ -1,0 +1,178 @@
+"""The analysis issue's seven scenarios, each captured over SSH in the lab and then attributed.
+
+Each test reproduces a real reset with real components (kernel, HAProxy, nftables), runs
+capture-all end to end and checks the report's first reset: who emitted it and why.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, REPO, Lab
+from tests.lab.test_capture import run_cli
+
+CLIENTS = f"{sys.executable} {REPO}/tests/lab/clients.py"
+
+
+def capture(capsys: pytest.CaptureFixture[str], lab: Lab, out: Path, flow: str, reproduce: str, duration: str = "2"):
+    code, stdout, _ = run_cli(
+        capsys, "-i", str(lab.inventory), "--flow", flow, "-d", duration, "-o", str(out), "--reproduce", reproduce
+    )
+    assert code == 0, stdout
+    return json.loads((out / "report.json").read_text()), stdout
+
+
+def first(report: dict[str, Any]) -> dict[str, Any]:
+    return next(r for r in report["resets"] if r["id"] == report["first_reset"])
+
+
+def origin(r: dict[str, Any]) -> tuple[str, str | None]:
+    return r["origin"]["kind"], r["origin"]["host"]
+
+
+def test_a_idle_keepalive_reused_after_the_backend_reaped_it(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Backend :81 closes idle keep-alive connections after 1 s; the client reuses one after 1.6 s.
+    report, stdout = capture(
+        capsys, clean_lab, tmp_path / "b", f"{CLIENT_IP}->{BACKEND_IP}:81", f"{CLIENTS} reuse {BACKEND_IP} 81 1.6", "3"
+    )
+    r = first(report)
+    assert origin(r) == ("host", "backend") and r["cause"] == "idle_reuse", r
+    assert any("FIN" in e and "silence" in e for e in r["evidence"]), r["evidence"]
+    assert "backend's own TCP stack sent the first reset" in report["verdict"]
+    assert "timeline around the first reset" in stdout and "<== R" in stdout
+
+
+def test_b_proxy_resets_the_client_on_its_own(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # HAProxy rejects /admin (http-request reject, option nolinger): no upstream connection at all.
+    report, _ = capture(
+        capsys,
+        clean_lab,
+        tmp_path / "b",
+        f"{CLIENT_IP}->{PROXY_FRONT}:8083",
+        f"{CLIENTS} hold {PROXY_FRONT} 8083 /admin 1",
+    )
+    r = first(report)
+    assert origin(r) == ("host", "proxy") and r["cause"] == "proxy_policy", r
+    assert not any(x["origin"]["host"] == "backend" for x in report["resets"])
+
+
+def test_c_router_forges_a_reset(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean_lab.router_forges_resets(8081)
+    report, _ = capture(
+        capsys,
+        clean_lab,
+        tmp_path / "b",
+        f"{CLIENT_IP}->{PROXY_FRONT}:8081",
+        f"curl -sS -m 3 http://{PROXY_FRONT}:8081/",
+    )
+    r = first(report)
+    assert r["origin"] == {"kind": "middlebox", "host": "router", "between": ["client", "proxy"]}
+    assert r["cause"] == "middlebox"
+    assert any("TTL 64" in e and "TTL 63" in e for e in r["evidence"])
+
+
+def test_c2_forged_reset_without_the_router_captured(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The router is not captured: the proxy's silence plus the TTL still show an injection
+    between client and proxy, and the report says the router was not captured."""
+    clean_lab.router_forges_resets(8081)
+    code, _, _ = run_cli(
+        capsys, "-i", str(clean_lab.inventory), "--flow", f"{CLIENT_IP}->{PROXY_FRONT}:8081", "-d", "2",
+        "-o", str(tmp_path / "b"), "--hosts", "client,proxy,backend",
+        "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8081/",
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads((tmp_path / "b/report.json").read_text())
+    r = first(report)
+    assert r["origin"] == {"kind": "middlebox", "host": None, "between": ["client", "proxy"]}
+    assert any("never sent this RST" in e for e in r["evidence"])
+    assert any("TTL 64" in e and "TTL 63" in e for e in r["evidence"])
+    assert "injected by a box between client and proxy" in report["verdict"]
+
+
+def test_d_backend_killed_with_connections_open(clean_lab: Lab, tmp_path: Path) -> None:
+    """The backend process dies (SIGKILL) with a keep-alive connection open and is restarted; the
+    client's next request on that connection is reset, and the listener's PID changed."""
+    lab = clean_lab
+    with subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(lab.inventory), "--flow",
+         f"{CLIENT_IP}->{BACKEND_IP}:80", "-d", "4", "-o", str(tmp_path / "b"),
+         "--reproduce", f"{CLIENTS} reuse {BACKEND_IP} 80 1.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    ) as proc:  # fmt: skip
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:
+            if "[client] reproducing" in line:
+                break
+        time.sleep(0.5)  # the first request is answered; the connection is idle and open
+        lab.kill_backend(80)
+        lab.start_backend(80)
+        proc.stderr.read()
+        assert proc.wait(30) == 0, proc.stdout.read()
+    report = json.loads((tmp_path / "b/report.json").read_text())
+    r = first(report)
+    assert origin(r) == ("host", "backend") and r["cause"] == "peer_restart", r
+    assert any("restarted" in e and "PID" in e for e in r["evidence"]), r["evidence"]
+
+
+def test_e_connection_refused_is_not_a_reset_of_an_established_connection(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report, _ = capture(
+        capsys,
+        clean_lab,
+        tmp_path / "b",
+        f"{CLIENT_IP}->{PROXY_FRONT}:9999",
+        f"curl -sS -m 3 http://{PROXY_FRONT}:9999/",
+    )
+    r = first(report)
+    assert origin(r) == ("host", "proxy") and r["cause"] == "refused", r
+    assert any("answers a SYN" in e for e in r["evidence"])
+    assert "connection refused" in report["verdict"]
+
+
+def test_f_server_closes_with_unread_data(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The backend answers 413 at once and closes while the client is still uploading 2 MB.
+    report, _ = capture(
+        capsys,
+        clean_lab,
+        tmp_path / "b",
+        f"{CLIENT_IP}->{BACKEND_IP}:80",
+        f"{CLIENTS} upload {BACKEND_IP} 80 /early 2000000",
+    )
+    r = first(report)
+    assert origin(r) == ("host", "backend") and r["cause"] == "unread_data_close", r
+    assert any("still sending" in e for e in r["evidence"])
+
+
+def test_g_backend_resets_and_the_proxy_propagates(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # HAProxy in TCP mode with nolinger: the backend aborts mid-response, HAProxy resets the client.
+    report, _ = capture(
+        capsys,
+        clean_lab,
+        tmp_path / "b",
+        f"{CLIENT_IP}->{PROXY_FRONT}:8082",
+        f"{CLIENTS} hold {PROXY_FRONT} 8082 /partial 1",
+    )
+    r = first(report)
+    assert origin(r) == ("host", "backend") and r["chain_role"] == "first", r
+    to_client = [x for x in report["resets"] if x["tuple"]["dst"] == CLIENT_IP]
+    assert to_client, report["resets"]
+    for x in to_client:
+        assert origin(x) == ("host", "proxy") and x["chain_role"] == "propagated" and x["chain"] == r["chain"]
+    assert any(x["propagated_from"] == r["id"] for x in to_client)
+    assert "propagated by proxy" in report["verdict"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from analysis.correlate import Reset, flow_key, group_resets, link_chains
 from analysis.decode import ACK, FIN, RST, SYN
 from analysis.model import Seen, VantageData
+from analysis.scan import conn_hash
 
 IDLE_GAP_NS = 1_000_000_000  # a silence this long before reused data counts as "idle"
 ANSWER_NS = 200_000_000  # an RST within this of the peer's segment answers it
@@ -306,19 +307,17 @@ def _listener_change(d: VantageData, port: int) -> str:
 
 
 def _upstream_health(w: _World, proxy: str, r: Reset, t: int) -> str | None:
-    """None if the proxy received a reset near t; else a description of its other connections."""
+    """None if the proxy received a reset near t; else what its other connections did then."""
     for k, other in w.flows_at(proxy).items():
-        if k == r.key:
-            continue
-        if any(s.seg.flags & RST and s.direction == "in" and abs(s.ts_ns - t) <= 2 * 10**9 for s in other):
+        if k != r.key and any(s.seg.flags & RST and s.direction == "in" and abs(s.ts_ns - t) <= 2 * 10**9
+                              for s in other):  # fmt: skip
             return None
-    near = [
-        segs for k, segs in w.flows_at(proxy).items() if k != r.key and any(abs(s.ts_ns - t) <= 5 * 10**9 for s in segs)
-    ]
+    own = conn_hash(*r.tuple4)
+    near = {k: last for k, last in w.v[proxy].activity.get(t, {}).items() if k != own}
     if not near:
         return "no other connection of its was active around then, and none was reset"
-    data = [s for segs in near for s in segs if s.seg.payload_len and s.ts_ns <= t]
-    last = f", the last data {_fmt_s(t - max(s.ts_ns for s in data))} before" if data else ""
+    data = [last for last in near.values() if last >= 0]
+    last = f", the last data {_fmt_s(t - max(data))} before" if data else ""
     return f"its {len(near)} other connection(s) active around then received no reset{last}"
 
 

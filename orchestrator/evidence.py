@@ -10,7 +10,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from analysis.extract import extract
+from analysis.extract import extract_all
 from analysis.model import HostFacts, VantageInput
 from analysis.report import markdown, to_json
 from analysis.verdict import Analysis, analyze
@@ -76,7 +76,7 @@ def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
                     facts=host_facts(root / h["name"], h.get("addresses", [])),
                 )
             )
-        result = analyze([extract(v) for v in inputs])
+        result = analyze(extract_all(inputs))
     report = to_json(result, manifest.get("flow", ""), f"capture-all {__version__}")
     return result, report
 
@@ -107,7 +107,7 @@ def analyze_pcaps(specs: list[str], inventory: Inventory | None) -> tuple[Analys
                 ),
             )
             v.captures.append((Path(path).name, fh))
-        result = analyze([extract(v) for v in by_host.values()])
+        result = analyze(extract_all(list(by_host.values())))
     return result, to_json(result, "", f"capture-all {__version__}")
 
 

@@ -11,7 +11,9 @@ Everything else is counted and dropped, so memory follows the resets, not the fi
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -39,7 +41,7 @@ def direction(seg: Segment, facts: HostFacts) -> str:
 def _count_macs(chunk: Chunk, count: Counter[int]) -> None:
     if chunk.link != LINK_ETHERNET or not len(chunk.off):
         return
-    b = np.frombuffer(chunk.buf, dtype=np.uint8)
+    b = chunk.buf
     ok = chunk.length >= 14
     idx = chunk.off[ok][:, None] + np.arange(12)
     six = b[idx].astype(np.uint64)
@@ -61,69 +63,107 @@ def _rst_rows(chunk: Chunk) -> np.ndarray:
     return np.flatnonzero(((chunk.flags >= 0) & ((chunk.flags & RST) != 0)) | (chunk.flags == -2))
 
 
-def extract_all(inputs: list[VantageInput], *, use_numba: bool | None = None) -> list[VantageData]:
+@dataclass
+class _FirstPass:
+    start: int
+    stats: ReadStats
+    resets: list[Segment] = field(default_factory=list)
+    macs: Counter[int] = field(default_factory=Counter)
+    frames: int = 0
+    error: str | None = None
+
+
+def _first_pass(v: VantageInput, fh: BinaryIO, use_numba: bool | None) -> _FirstPass:
+    out = _FirstPass(fh.tell(), ReadStats())
+    try:
+        for chunk in scan(fh, out.stats, use_numba=use_numba, keys=False):
+            for i in _rst_rows(chunk):
+                seg = decode(chunk.record(int(i)))
+                if seg is not None and seg.flags & RST:
+                    out.resets.append(seg)
+            if not v.facts.own_macs:
+                _count_macs(chunk, out.macs)
+                out.frames += len(chunk.off) if chunk.link == LINK_ETHERNET else 0
+    except NotACapture as exc:
+        out.error = str(exc)
+    return out
+
+
+def extract_all(
+    inputs: list[VantageInput], *, use_numba: bool | None = None, pool_map: Callable[..., Iterable[Any]] = map
+) -> list[VantageData]:
+    """Every vantage's reset-related segments. ``pool_map`` runs the per-file work (pass a
+    thread pool's map to use several cores: the compiled walk releases the GIL)."""
     datas = [VantageData(v.name, v.role, v.status, v.error, v.kernel_drops, v.facts) for v in inputs]
-    rsts: dict[str, list[int]] = {}  # vantage -> raw times of the RSTs it saw
-    keys: set[tuple[str, int, str, int]] = set()
-    starts: dict[int, int] = {}
+    files = [(n, iface, fh) for n, v in enumerate(inputs) for iface, fh in v.captures]
     # Pass 1: the resets (and the host's own MAC, when no snapshot says it).
-    for v, d in zip(inputs, datas, strict=True):
-        macs: Counter[int] = Counter()
-        frames = 0
-        for iface, fh in v.captures:
-            starts[id(fh)] = fh.tell()
-            stats = ReadStats()
-            try:
-                for chunk in scan(fh, stats, use_numba=use_numba):
-                    for i in _rst_rows(chunk):
-                        seg = decode(chunk.record(int(i)))
-                        if seg is not None and seg.flags & RST:
-                            rsts.setdefault(v.name, []).append(seg.ts_ns)
-                            keys.add(flow_key(seg.src, seg.sport, seg.dst, seg.dport))
-                    if not v.facts.own_macs:
-                        _count_macs(chunk, macs)
-                        frames += int((chunk.link == LINK_ETHERNET) * len(chunk.off))
-            except NotACapture as exc:
-                d.problems.append(f"{v.name}/{iface}: {exc}")
-                continue
-            d.packets += stats.records
-            d.problems += [f"{v.name}/{iface}: {p}" for p in stats.problems]
-        if not v.facts.own_macs:
-            own = _own_mac(macs, frames)
-            if own:
-                d.facts = replace(v.facts, own_macs=own)
-                d.inferred_macs = True
+    firsts = list(pool_map(lambda f: _first_pass(inputs[f[0]], f[2], use_numba), files))
+    keys: set[tuple[str, int, str, int]] = set()
+    times: dict[int, list[int]] = {}
+    macs: dict[int, tuple[Counter[int], int]] = {}
+    for (n, iface, _fh), first in zip(files, firsts, strict=True):
+        d, v = datas[n], inputs[n]
+        if first.error:
+            d.problems.append(f"{v.name}/{iface}: {first.error}")
+            continue
+        d.packets += first.stats.records
+        d.problems += [f"{v.name}/{iface}: {p}" for p in first.stats.problems]
+        for seg in first.resets:
+            keys.add(flow_key(seg.src, seg.sport, seg.dst, seg.dport))
+            times.setdefault(n, []).append(seg.ts_ns)
+        count, frames = macs.setdefault(n, (Counter(), 0))
+        count.update(first.macs)
+        macs[n] = (count, frames + first.frames)
+    for n, (count, frames) in macs.items():
+        own = _own_mac(count, frames) if not inputs[n].facts.own_macs else set()
+        if own:
+            datas[n].facts = replace(inputs[n].facts, own_macs=own)
+            datas[n].inferred_macs = True
     hashes = np.array(sorted({conn_hash(*k) for k in keys}), dtype=np.uint64)
     # Pass 2: the segments of every connection that was reset anywhere; activity near resets.
-    for v, d in zip(inputs, datas, strict=True):
-        times = sorted(rsts.get(v.name, []))
-        activity: dict[int, dict[int, int]] = {t: {} for t in times}
-        for iface, fh in v.captures:
-            if id(fh) not in starts:
-                continue
-            fh.seek(starts[id(fh)])
-            try:
-                for chunk in scan(fh, ReadStats(), use_numba=use_numba):
-                    _select(chunk, v, d, iface, keys, hashes)
-                    _activity(chunk, times, activity)
-            except NotACapture:
-                continue
-        d.activity = {t + v.clock_offset_ns: a for t, a in activity.items()}
+    todo = [(f, first) for f, first in zip(files, firsts, strict=True) if first.error is None]
+    seconds = list(pool_map(
+        lambda job: _second_pass(inputs[job[0][0]], datas[job[0][0]], job[0][1], job[0][2], job[1].start, keys,
+                                 hashes, sorted(times.get(job[0][0], [])), use_numba),
+        todo,
+    ))  # fmt: skip
+    for ((n, _iface, _fh), _first), (segments, activity) in zip(todo, seconds, strict=True):
+        d, v = datas[n], inputs[n]
+        d.segments.extend(segments)
+        for t, conns in activity.items():
+            merged = d.activity.setdefault(t + v.clock_offset_ns, {})
+            for k, last in conns.items():
+                merged[k] = max(last, merged.get(k, -1))
+    for d in datas:
         d.segments.sort(key=lambda s: s.ts_ns)
     return datas
 
 
+def _second_pass(v: VantageInput, d: VantageData, iface: str, fh: BinaryIO, start: int,
+                 keys: set[tuple[str, int, str, int]], hashes: np.ndarray, times: list[int],
+                 use_numba: bool | None) -> tuple[list[Seen], dict[int, dict[int, int]]]:  # fmt: skip
+    segments: list[Seen] = []
+    activity: dict[int, dict[int, int]] = {t: {} for t in times}
+    fh.seek(start)
+    for chunk in scan(fh, ReadStats(), use_numba=use_numba):
+        segments += _select(chunk, v, d, iface, keys, hashes)
+        _activity(chunk, times, activity)
+    return segments, activity
+
+
 def _select(chunk: Chunk, v: VantageInput, d: VantageData, iface: str, keys: set[tuple[str, int, str, int]],
-            hashes: np.ndarray) -> None:  # fmt: skip
+            hashes: np.ndarray) -> list[Seen]:  # fmt: skip
+    out: list[Seen] = []
     if not len(hashes) and not (chunk.flags == -2).any():
-        return
+        return out
     rows = np.flatnonzero(np.isin(chunk.key, hashes) | (chunk.flags == -2))
     for i in rows:
         seg = decode(chunk.record(int(i)))
         if seg is None or flow_key(seg.src, seg.sport, seg.dst, seg.dport) not in keys:
             continue
         name = d.facts.if_names.get(seg.if_index, f"if{seg.if_index}") if seg.if_index is not None else iface
-        d.segments.append(Seen(v.name, name, seg.ts_ns + v.clock_offset_ns, direction(seg, d.facts), seg))
+        out.append(Seen(v.name, name, seg.ts_ns + v.clock_offset_ns, direction(seg, d.facts), seg))
+    return out
 
 
 def _activity(chunk: Chunk, times: list[int], activity: dict[int, dict[int, int]]) -> None:

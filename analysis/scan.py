@@ -11,7 +11,9 @@ checks). pcapng always takes the Python path.
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import mmap
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from analysis.decode import decode
 from analysis.pcap import _MAX_RECORD, PCAP_MAGIC, PCAPNG_SHB, NotACapture, ReadStats, Record, read_records
 
 CHUNK = 16 << 20
-_FNV_OFFSET, _FNV_PRIME, _MASK = 0xCBF29CE484222325, 0x100000001B3, (1 << 64) - 1
+_MASK = (1 << 64) - 1
+_MUL = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: a multiplicative mix
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,20 +43,28 @@ def _compiled(f: F) -> F:
     return numba.njit(cache=True, nogil=True)(f) if HAVE_NUMBA else f  # type: ignore[return-value]
 
 
+def _mix(h: int, x: int) -> int:
+    h = ((h ^ x) * _MUL) & _MASK
+    return h ^ (h >> 29)
+
+
 def conn_hash(a_ip: str, a_port: int, b_ip: str, b_port: int) -> int:
-    """FNV-1a 64 over the canonical (lower endpoint first) 16-byte addresses and ports."""
-    a = (ipaddress.ip_address(a_ip).packed.rjust(16, b"\0"), a_port)
-    b = (ipaddress.ip_address(b_ip).packed.rjust(16, b"\0"), b_port)
-    lo, hi = (a, b) if a <= b else (b, a)
-    h = _FNV_OFFSET
-    for byte in lo[0] + lo[1].to_bytes(2, "big") + hi[0] + hi[1].to_bytes(2, "big"):
-        h = ((h ^ byte) * _FNV_PRIME) & _MASK
+    """64-bit hash of the direction-free connection: each endpoint is its 16-byte address
+    (IPv4 left-padded with zeros) as two big-endian words and its port; lower endpoint first."""
+    ends = []
+    for ip, port in ((a_ip, a_port), (b_ip, b_port)):
+        raw = ipaddress.ip_address(ip).packed.rjust(16, b"\0")
+        ends.append((int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"), port))
+    lo, hi = sorted(ends)
+    h = 0
+    for x in (*lo, *hi):
+        h = _mix(h, x)
     return h
 
 
 @dataclass
 class Chunk:
-    buf: bytes
+    buf: np.ndarray  # uint8
     link: int
     ts: np.ndarray
     flags: np.ndarray
@@ -64,7 +75,7 @@ class Chunk:
 
     def record(self, i: int) -> Record:
         o = int(self.off[i])
-        return Record(int(self.ts[i]), self.buf[o : o + int(self.length[i])], self.link)
+        return Record(int(self.ts[i]), self.buf[o : o + int(self.length[i])].tobytes(), self.link)
 
 
 # ---- the compiled walk ------------------------------------------------------------------------
@@ -81,29 +92,38 @@ def _u32(b: Any, o: int, big: bool) -> int:
 
 
 @_compiled
-def _endpoint_less(b: Any, a_off: int, a_len: int, a_port: int, c_off: int, c_len: int, c_port: int) -> bool:
-    # Compare 16-byte left-zero-padded addresses, then ports.
-    for i in range(16):
-        x = int(b[a_off + i - (16 - a_len)]) if i >= 16 - a_len else 0
-        y = int(b[c_off + i - (16 - c_len)]) if i >= 16 - c_len else 0
-        if x != y:
-            return x < y
-    return a_port <= c_port
+def _word(b: Any, o: int, n: int) -> np.uint64:
+    """Big-endian unsigned value of n (<= 8) bytes."""
+    v = np.uint64(0)
+    for i in range(n):
+        v = (v << np.uint64(8)) | np.uint64(b[o + i])
+    return v
 
 
 @_compiled
-def _fnv_endpoint(h: np.uint64, b: Any, off: int, alen: int, port: int) -> np.uint64:
-    prime = np.uint64(0x100000001B3)
-    for i in range(16):
-        x = int(b[off + i - (16 - alen)]) if i >= 16 - alen else 0
-        h = (h ^ np.uint64(x)) * prime
-    h = (h ^ np.uint64(port >> 8)) * prime
-    h = (h ^ np.uint64(port & 0xFF)) * prime
-    return h
+def _cmix(h: np.uint64, x: np.uint64) -> np.uint64:
+    h = (h ^ x) * np.uint64(0x9E3779B97F4A7C15)
+    return h ^ (h >> np.uint64(29))
 
 
 @_compiled
-def _tcp(b: Any, d: int, end: int, link: int) -> tuple[int, np.uint64, int]:
+def _key(b: Any, src: int, dst: int, alen: int, sport: int, dport: int) -> np.uint64:
+    """The same value as conn_hash(): 16-byte addresses as (high, low) words, then the port."""
+    z = np.uint64(0)
+    if alen == 4:
+        s_hi, s_lo, d_hi, d_lo = z, _word(b, src, 4), z, _word(b, dst, 4)
+    else:
+        s_hi, s_lo, d_hi, d_lo = _word(b, src, 8), _word(b, src + 8, 8), _word(b, dst, 8), _word(b, dst + 8, 8)
+    sp, dp = np.uint64(sport), np.uint64(dport)
+    swap = s_hi > d_hi or (s_hi == d_hi and (s_lo > d_lo or (s_lo == d_lo and sp > dp)))
+    if swap:
+        s_hi, s_lo, sp, d_hi, d_lo, dp = d_hi, d_lo, dp, s_hi, s_lo, sp
+    h = _cmix(_cmix(_cmix(z, s_hi), s_lo), sp)
+    return _cmix(_cmix(_cmix(h, d_hi), d_lo), dp)
+
+
+@_compiled
+def _tcp(b: Any, d: int, end: int, link: int, want_key: bool) -> tuple[int, np.uint64, int]:
     """(flags | -1 not TCP | -2 full decoder needed, connection hash, payload length)."""
     zero = np.uint64(0)
     if link == 1:  # Ethernet, with VLAN tags
@@ -155,18 +175,14 @@ def _tcp(b: Any, d: int, end: int, link: int) -> tuple[int, np.uint64, int]:
     thl = (int(b[t + 12]) >> 4) * 4
     if thl < 20:
         return -1, zero, 0
-    h = np.uint64(0xCBF29CE484222325)
-    if _endpoint_less(b, src, alen, sport, dst, alen, dport):
-        h = _fnv_endpoint(_fnv_endpoint(h, b, src, alen, sport), b, dst, alen, dport)
-    else:
-        h = _fnv_endpoint(_fnv_endpoint(h, b, dst, alen, dport), b, src, alen, sport)
+    h = _key(b, src, dst, alen, sport, dport) if want_key else zero
     payload = l4 - thl if l4 > 0 else (end - t - thl)
     return int(b[t + 13]), h, max(payload, 0)
 
 
 @_compiled
-def _walk(b: Any, pos: int, end: int, big: bool, mult: int, link: int, ts: Any, flags: Any, keys: Any,
-          plen: Any, offs: Any, lens: Any) -> tuple[int, int, int]:  # fmt: skip
+def _walk(b: Any, pos: int, end: int, big: bool, mult: int, link: int, want_key: bool, ts: Any, flags: Any,
+          keys: Any, plen: Any, offs: Any, lens: Any) -> tuple[int, int, int]:  # fmt: skip
     n, cap = 0, ts.shape[0]
     while n < cap and pos + 16 <= end:
         sec, frac, incl = _u32(b, pos, big), _u32(b, pos + 4, big), _u32(b, pos + 8, big)
@@ -176,7 +192,7 @@ def _walk(b: Any, pos: int, end: int, big: bool, mult: int, link: int, ts: Any, 
         if d + incl > end:
             break
         ts[n] = sec * 1_000_000_000 + frac * mult
-        f, k, p = _tcp(b, d, d + incl, link)
+        f, k, p = _tcp(b, d, d + incl, link, want_key)
         flags[n], keys[n], plen[n], offs[n], lens[n] = f, k, p, d, incl
         n += 1
         pos = d + incl
@@ -184,14 +200,14 @@ def _walk(b: Any, pos: int, end: int, big: bool, mult: int, link: int, ts: Any, 
 
 
 # ---- drivers ---------------------------------------------------------------------------------
-def scan(fh: BinaryIO, stats: ReadStats, *, use_numba: bool | None = None) -> Iterator[Chunk]:
-    """Yield column chunks for every record of a seekable capture file.
-    Raises NotACapture on a file of another kind."""
+def scan(fh: BinaryIO, stats: ReadStats, *, use_numba: bool | None = None, keys: bool = True) -> Iterator[Chunk]:
+    """Yield column chunks for every record of a seekable capture file (``keys=False``: the
+    connection hashes are left at 0, which is cheaper). Raises NotACapture on another kind."""
     start = fh.tell()
     head = fh.read(4)
     fast = HAVE_NUMBA if use_numba is None else (use_numba and HAVE_NUMBA)
     if head in PCAP_MAGIC and fast:
-        yield from _scan_pcap(fh, head, stats)
+        yield from _scan_pcap(fh, head, stats, keys)
     elif head in PCAP_MAGIC or head == PCAPNG_SHB:
         fh.seek(start)
         yield from _scan_python(fh, stats)
@@ -222,7 +238,7 @@ def _scan_python(fh: BinaryIO, stats: ReadStats) -> Iterator[Chunk]:
             parts.append(rec.data)
             pos += len(rec.data)
         link = recs[0].link_type if recs else 1
-        return Chunk(b"".join(parts), link, ts, flags, keys, plen, offs, lens)
+        return Chunk(np.frombuffer(b"".join(parts), dtype=np.uint8), link, ts, flags, keys, plen, offs, lens)
 
     for rec in read_records(fh, stats):
         if recs and rec.link_type != recs[0].link_type:
@@ -236,39 +252,91 @@ def _scan_python(fh: BinaryIO, stats: ReadStats) -> Iterator[Chunk]:
         yield flush()
 
 
-def _scan_pcap(fh: BinaryIO, magic: bytes, stats: ReadStats) -> Iterator[Chunk]:
+def _pcap_header(fh: BinaryIO, magic: bytes, stats: ReadStats) -> tuple[bool, int, int] | None:
     endian, mult = PCAP_MAGIC[magic]
     stats.format = "pcap-ns" if mult == 1 else "pcap-us"
     rest = fh.read(20)
     if len(rest) < 20:
         stats.truncated += 1
         stats.problems.append("file header cut short")
-        return
+        return None
     link = struct.unpack(endian + "HHiIII", rest)[5] & 0x0FFFFFFF
     stats.link_types.add(link)
+    return endian == ">", mult, link
+
+
+def _scan_pcap(fh: BinaryIO, magic: bytes, stats: ReadStats, want_key: bool) -> Iterator[Chunk]:
+    head = _pcap_header(fh, magic, stats)
+    if head is None:
+        return
+    try:
+        fd = fh.fileno()
+        here = fh.tell()
+        size = fh.seek(0, io.SEEK_END)
+        fh.seek(here)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        yield from _stream(fh, stats, want_key, *head)
+        return
+    yield from _mapped(fd, fh.tell(), size, stats, want_key, *head)
+
+
+def _mapped(fd: int, pos: int, size: int, stats: ReadStats, want_key: bool, big: bool, mult: int,
+            link: int) -> Iterator[Chunk]:  # fmt: skip
+    """Walk a file through a read-only memory map, window by window, releasing the pages behind
+    the cursor (MADV_DONTNEED) so memory stays flat. Chunk arrays are views valid until the next
+    chunk; the map goes away with its last view."""
     cols = _columns(CHUNK // 40 + 1)
-    buf = b""
-    eof = False
-    while True:
-        if not eof:
-            data = fh.read(CHUNK)
-            eof = not data
-            buf = buf + data if buf else data
-        arr = np.frombuffer(buf, dtype=np.uint8)
-        n, pos, err = _walk(arr, 0, len(arr), endian == ">", mult, link, *cols)
+    mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    buf = np.frombuffer(mm, dtype=np.uint8)
+    released = 0
+    while pos < size:
+        end = min(size, pos + CHUNK)
+        n, new_pos, err = _walk(buf, pos, end, big, mult, link, want_key, *cols)
+        if n == 0 and not err and end < size:  # one record larger than a window
+            end = min(size, pos + _MAX_RECORD + 16)
+            n, new_pos, err = _walk(buf, pos, end, big, mult, link, want_key, *cols)
         if n:
             stats.records += n
-            yield Chunk(buf, link, *(c[:n].copy() for c in cols))
+            yield Chunk(buf, link, *(c[:n] for c in cols))
         if err:
             stats.corrupt += 1
             stats.problems.append(f"corrupt record header after {stats.records} records")
             return
-        buf = buf[pos:]
-        if eof and n == 0:
-            if buf:
-                stats.truncated += 1
-                stats.problems.append("last record cut short" if len(buf) >= 16 else "last record header cut short")
+        if n == 0:
+            stats.truncated += 1
+            stats.problems.append("last record cut short" if size - pos >= 16 else "last record header cut short")
             return
-        if not eof and len(buf) > _MAX_RECORD + 16 + CHUNK:
+        pos = new_pos
+        page = (pos // mmap.PAGESIZE) * mmap.PAGESIZE
+        if page > released:
+            mm.madvise(mmap.MADV_DONTNEED, released, page - released)
+            released = page
+
+
+def _stream(fh: BinaryIO, stats: ReadStats, want_key: bool, big: bool, mult: int, link: int) -> Iterator[Chunk]:
+    """The same walk over a handle without a file behind it: one reused buffer, readinto."""
+    cols = _columns(CHUNK // 40 + 1)
+    buf = np.empty(CHUNK + _MAX_RECORD + 16, dtype=np.uint8)
+    view = memoryview(buf)  # type: ignore[arg-type]
+    filled, eof = 0, False
+    while True:
+        if not eof:
+            got = fh.readinto(view[filled : filled + CHUNK])  # type: ignore[attr-defined]
+            eof = not got
+            filled += got or 0
+        n, pos, err = _walk(buf, 0, filled, big, mult, link, want_key, *cols)
+        if n:
+            stats.records += n
+            yield Chunk(buf, link, *(c[:n] for c in cols))
+        if err:
             stats.corrupt += 1
+            stats.problems.append(f"corrupt record header after {stats.records} records")
+            return
+        leftover = filled - pos
+        buf[:leftover] = buf[pos:filled]
+        filled = leftover
+        if eof and n == 0:
+            if filled:
+                stats.truncated += 1
+                stats.problems.append("last record cut short" if filled >= 16 else "last record header cut short")
             return

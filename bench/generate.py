@@ -24,15 +24,11 @@ T0 = 1_795_000_000 * 10**9
 
 
 def build(
-    n: int,
-    flows: int,
-    resets: int,
-    seed: int,
+    shared: dict[str, np.ndarray],
     src_ip: np.ndarray,
     dst_ip: np.ndarray,
     sport: np.ndarray,
     dport: np.ndarray,
-    flow_of: np.ndarray,
     is_rst: np.ndarray,
     ts: np.ndarray,
     out_mask: np.ndarray,
@@ -40,9 +36,10 @@ def build(
     ttl_out: int,
     ttl_in: int,
 ) -> bytes:
-    rng = np.random.default_rng(seed)
-    payload = np.where(rng.random(n) < 0.4, rng.integers(1, 1200, n), 0).astype(np.int64)
-    payload[is_rst] = 0
+    """One vantage's pcap. ``shared`` holds what every vantage sees alike for packet i (payload
+    length, seq, ack, IP ID), so the same packet at two vantages is recognisably the same."""
+    n = len(ts)
+    payload = np.where(is_rst, 0, shared["payload"])
     frame = 14 + 20 + 20 + payload
     rec = 16 + frame
     offs = np.zeros(n + 1, dtype=np.int64)
@@ -70,7 +67,7 @@ def build(
     ip = e + 14
     buf[ip] = 0x45
     put(ip + 2, 40 + payload, 2, True)
-    put(ip + 4, rng.integers(0, 65535, n), 2, True)
+    put(ip + 4, shared["ip_id"], 2, True)
     put(ip + 6, np.full(n, 0x4000), 2, True)
     buf[ip + 8] = np.where(out_mask, ttl_out, ttl_in).astype(np.uint8)
     buf[ip + 9] = 6
@@ -79,8 +76,8 @@ def build(
     tcp = ip + 20
     put(tcp, sport, 2, True)
     put(tcp + 2, dport, 2, True)
-    put(tcp + 4, rng.integers(0, 2**32 - 1, n), 4, True)
-    put(tcp + 8, rng.integers(0, 2**32 - 1, n), 4, True)
+    put(tcp + 4, shared["seq"], 4, True)
+    put(tcp + 8, shared["ack"], 4, True)
     buf[tcp + 12] = 0x50
     buf[tcp + 13] = np.where(is_rst, 0x14, np.where(payload > 0, 0x18, 0x10)).astype(np.uint8)
     put(tcp + 14, np.full(n, 502), 2, True)
@@ -142,22 +139,24 @@ def main() -> None:
         dport=np.where(leg, c["dport"], b["dport"]),
         out=np.where(leg, ~toward_server, toward_server),
         rst=is_rst,
-        ttl=(64, 63),
+        ttl=(64, 64),
     )
+    shared = {
+        "payload": np.where(rng.random(n) < 0.4, rng.integers(1, 1200, n), 0).astype(np.int64),
+        "seq": rng.integers(0, 2**32 - 1, n),
+        "ack": rng.integers(0, 2**32 - 1, n),
+        "ip_id": rng.integers(0, 65535, n),
+    }
     macs = {"client": MAC["client"], "proxy": MAC["proxy"], "backend": MAC["backend"]}
     manifest_hosts = []
     for i, (name, h) in enumerate(hosts.items()):
         (out / name).mkdir(exist_ok=True)
         data = build(
-            n,
-            flows,
-            args.resets,
-            i,
+            shared,
             h["src"],
             h["dst"],
             h["sport"],
             h["dport"],
-            flow_of,
             h["rst"],
             ts + i * 1000,
             h["out"],

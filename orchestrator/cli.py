@@ -18,22 +18,24 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-
-import anyio
+from typing import TYPE_CHECKING
 
 from analysis.decode import flag_text
 from analysis.report import clock, terminal
 from analysis.verdict import Analysis
 from orchestrator import __version__
-from orchestrator.bundle import Bundle, Manifest, verify
+from orchestrator.bundle import Bundle, verify
 from orchestrator.errors import BundleError, UsageError
 from orchestrator.evidence import analyze_bundle, analyze_pcaps, write_reports
-from orchestrator.flow import parse_flow
-from orchestrator.inventory import load_inventory
-from orchestrator.plan import build_plan
-from orchestrator.progress import Progress
-from orchestrator.run import RunOptions, RunResult, run_capture
 from remote.commands import UnsafeValue
+
+if TYPE_CHECKING:
+    import anyio
+
+    from orchestrator.run import RunResult
+
+# The capture path's modules (pydantic, anyio, asyncssh) are imported where they are used, so
+# that `capture-all analyze` starts quickly.
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4
 EXIT_NO_RESET, EXIT_UNATTRIBUTED = 5, 6  # analyze only
@@ -163,6 +165,14 @@ def _exit_for(result: RunResult) -> int:
 
 
 async def _capture(args: argparse.Namespace) -> int:
+    import anyio
+
+    from orchestrator.flow import parse_flow
+    from orchestrator.inventory import load_inventory
+    from orchestrator.manifest import Manifest
+    from orchestrator.plan import build_plan
+    from orchestrator.progress import Progress
+    from orchestrator.run import RunOptions, run_capture
     from remote.ssh import SshConnector  # the CLI is the one place that picks the real transport
 
     flow = parse_flow(args.flow)
@@ -238,6 +248,8 @@ async def _capture(args: argparse.Namespace) -> int:
 
 async def _watch_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
     """First Ctrl-C: stop capturing now and still collect. Second: give up."""
+    import anyio
+
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             if stop.is_set():
@@ -263,6 +275,8 @@ def _analyze(args: argparse.Namespace) -> int:
         ]
         lines += summary_lines(root, result)
     elif args.pcap:
+        from orchestrator.inventory import load_inventory
+
         inv = load_inventory(args.inventory)[0] if args.inventory else None
         result, report = analyze_pcaps(args.pcap, inv)
         if args.out:
@@ -286,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["analyze"]:
             return _analyze(analyze_parser().parse_args(argv[1:]))
         args = capture_parser().parse_args(argv)
+        import anyio
+
         return anyio.run(_capture, args, backend="asyncio")
     except (UsageError, UnsafeValue) as exc:
         print(f"capture-all: {exc}", file=sys.stderr)

@@ -10,7 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analysis.extract import extract_all
 from analysis.model import HostFacts, VantageData, VantageInput
@@ -18,8 +18,10 @@ from analysis.report import markdown, to_json
 from analysis.verdict import Analysis, analyze
 from orchestrator import __version__
 from orchestrator.errors import UsageError
-from orchestrator.inventory import Inventory
 from remote.parse import host_addresses, parse_listeners, parse_nstat
+
+if TYPE_CHECKING:
+    from orchestrator.inventory import Inventory
 
 
 def _read(path: Path) -> str:

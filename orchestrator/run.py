@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from orchestrator.bundle import Bundle, CaptureFile, HostRecord, sha256_file
+from orchestrator.bundle import Bundle, sha256_file
 from orchestrator.flow import ssh_exclusion
+from orchestrator.manifest import CaptureFile, HostRecord
 from orchestrator.plan import HostPlan, Plan
 from remote import commands
 from remote.errors import (

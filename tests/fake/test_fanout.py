@@ -186,7 +186,7 @@ async def test_stop_early_still_collects(tmp_path: Path) -> None:
 
 
 async def test_manifest_digests_verify(tmp_path: Path) -> None:
-    from orchestrator.bundle import Manifest
+    from orchestrator.manifest import Manifest
 
     result, _ = await go(tmp_path, hosts())
     bundle = Bundle(tmp_path / "b")

@@ -1,0 +1,57 @@
+"""The manifest's model: what was run, each host's outcome, and (filled by Bundle) file digests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+SCHEMA = "capture-all/manifest/1"
+
+
+class CaptureFile(BaseModel):
+    interface: str
+    path: str
+    bytes: int
+    packets: int | None = None
+    received_by_filter: int | None = None
+    kernel_drops: int | None = None
+    tcpdump_exit: int | None = None
+
+
+class HostRecord(BaseModel):
+    name: str
+    role: str
+    ssh_address: str
+    status: str = "pending"  # ok | failed | partial
+    error: str | None = None
+    error_kind: str | None = None
+    failed_phase: str | None = None
+    interfaces: list[str] = []
+    addresses: list[str] = []  # data-plane addresses from the inventory (addresses + listen)
+    bpf_filter: str | None = None
+    remote_dir: str | None = None
+    remote_dir_removed: bool = False
+    connected_ns: int | None = None
+    armed_ns: int | None = None  # controller clock, when the host reported "listening"
+    remote_armed_ns: int | None = None  # the host's own clock at that moment
+    stopped_ns: int | None = None
+    stop_reason: str | None = None
+    captures: list[CaptureFile] = []
+    notes: list[str] = []
+
+
+class Manifest(BaseModel):
+    schema_: str = Field(default=SCHEMA, serialization_alias="schema")
+    tool: str = "capture-all"
+    version: str
+    created_utc: str
+    inventory: str
+    inventory_sha256: str
+    flow: str
+    legs: list[str]
+    options: dict[str, Any]
+    start_skew_ms: float | None = None
+    hosts: list[HostRecord]
+    exit_status: int | None = None
+    files: dict[str, str] = {}

@@ -59,17 +59,25 @@ def read_records(fh: BinaryIO, stats: ReadStats | None = None) -> Iterator[Recor
         raise NotACapture(f"not a pcap or pcapng file (first bytes {head.hex() or 'none'})")
 
 
-def _pcap(fh: BinaryIO, magic: bytes, stats: ReadStats) -> Iterator[Record]:
+def pcap_header(fh: BinaryIO, magic: bytes, stats: ReadStats) -> tuple[str, int, int] | None:
+    """After the magic: (struct endianness, ns per timestamp unit, link type), or None (cut short)."""
     endian, mult = PCAP_MAGIC[magic]
     stats.format = "pcap-ns" if mult == 1 else "pcap-us"
     rest = fh.read(20)
     if len(rest) < 20:
         stats.truncated += 1
         stats.problems.append("file header cut short")
-        return
-    _vmaj, _vmin, _tz, _sig, _snap, linktype = struct.unpack(endian + "HHiIII", rest)
-    link = linktype & 0x0FFFFFFF
+        return None
+    link = struct.unpack(endian + "HHiIII", rest)[5] & 0x0FFFFFFF
     stats.link_types.add(link)
+    return endian, mult, link
+
+
+def _pcap(fh: BinaryIO, magic: bytes, stats: ReadStats) -> Iterator[Record]:
+    head = pcap_header(fh, magic, stats)
+    if head is None:
+        return
+    endian, mult, link = head
     hdr = struct.Struct(endian + "IIII")
     read = fh.read
     while True:

@@ -118,7 +118,7 @@ def _packet(s: Seen) -> str:
 def terminal(a: Analysis) -> list[str]:
     lines: list[str] = []
     if a.first is not None:
-        lines.append(f"timeline around the first reset ({a.first.id}), one clock for all hosts:")
+        lines.append(f"timeline around the first reset ({a.first.id}), merged by each host's own capture clock:")
         for s, mark in timeline(a, a.first):
             g = s.seg
             flag = f"[{flag_text(g.flags)}]"
@@ -167,7 +167,7 @@ def markdown(a: Analysis, flow: str) -> str:
             )
     if a.first is not None:
         out += [
-            f"## Timeline around {a.first.id} (aligned clock, UTC)",
+            f"## Timeline around {a.first.id} (each host's own capture clock, UTC)",
             "",
             "| time | host | dir | packet | flags | seq | ack | len | ttl | |",
             "|---|---|---|---|---|---|---|---|---|---|",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import ipaddress
 import mmap
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
@@ -22,7 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from analysis.decode import decode
-from analysis.pcap import _MAX_RECORD, PCAP_MAGIC, PCAPNG_SHB, NotACapture, ReadStats, Record, read_records
+from analysis.pcap import _MAX_RECORD, PCAP_MAGIC, PCAPNG_SHB, NotACapture, ReadStats, Record, pcap_header, read_records
 
 CHUNK = 16 << 20
 _MASK = (1 << 64) - 1
@@ -252,32 +251,20 @@ def _scan_python(fh: BinaryIO, stats: ReadStats) -> Iterator[Chunk]:
         yield flush()
 
 
-def _pcap_header(fh: BinaryIO, magic: bytes, stats: ReadStats) -> tuple[bool, int, int] | None:
-    endian, mult = PCAP_MAGIC[magic]
-    stats.format = "pcap-ns" if mult == 1 else "pcap-us"
-    rest = fh.read(20)
-    if len(rest) < 20:
-        stats.truncated += 1
-        stats.problems.append("file header cut short")
-        return None
-    link = struct.unpack(endian + "HHiIII", rest)[5] & 0x0FFFFFFF
-    stats.link_types.add(link)
-    return endian == ">", mult, link
-
-
 def _scan_pcap(fh: BinaryIO, magic: bytes, stats: ReadStats, want_key: bool) -> Iterator[Chunk]:
-    head = _pcap_header(fh, magic, stats)
+    head = pcap_header(fh, magic, stats)
     if head is None:
         return
+    endian, mult, link = head
     try:
         fd = fh.fileno()
         here = fh.tell()
         size = fh.seek(0, io.SEEK_END)
         fh.seek(here)
     except (AttributeError, OSError, io.UnsupportedOperation):
-        yield from _stream(fh, stats, want_key, *head)
+        yield from _stream(fh, stats, want_key, endian == ">", mult, link)
         return
-    yield from _mapped(fd, fh.tell(), size, stats, want_key, *head)
+    yield from _mapped(fd, fh.tell(), size, stats, want_key, endian == ">", mult, link)
 
 
 def _mapped(fd: int, pos: int, size: int, stats: ReadStats, want_key: bool, big: bool, mult: int,

@@ -334,6 +334,13 @@ def _caveats(w: _World, vantages: list[VantageData], resets: list[Reset]) -> lis
         if d.inferred_macs:
             out.append(f"{d.name}: no snapshot; directions come from the MAC seen in most frames.")
         out.extend(d.problems)
+    clocked = [d.name for d in vantages if d.captured and d.segments]
+    if len(clocked) > 1 and all(d.clock_method == "none" for d in vantages if d.name in clocked):
+        out.append(
+            "Times are each host's own capture clock, not aligned with each other (offsets are not "
+            "estimated yet): across hosts, order comes from the packets (same segment, propagation), "
+            "and time differences smaller than the hosts' clock disagreement prove nothing."
+        )
     unknown = sorted({ip for r in resets for ip in (r.tuple4[0], r.tuple4[2]) if ip not in w.owner})
     if unknown:
         out.append(f"Not in the inventory (so not captured): {', '.join(unknown)}.")

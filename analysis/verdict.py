@@ -119,7 +119,8 @@ def _origin(w: _World, r: Reset) -> None:
     earliest = r.seen[0].vantage
     if claimed is None:
         r.evidence.append(
-            f"It claims to come from {src}, which no inventory host owns: cannot tell that host from the path to it."
+            f"It claims to come from {src}, which no host of this run owns (not in the inventory, or left "
+            f"out): cannot tell that host from the path to it."
         )
         _ttl_evidence(w, r, None)
         return

@@ -51,12 +51,32 @@ def _count_macs(chunk: Chunk, count: Counter[int]) -> None:
 
 
 def _own_mac(count: Counter[int], frames: int) -> set[bytes]:
-    """Without a snapshot: on a host's own interface every unicast frame has the host's MAC as
-    source or destination, so the MAC present in (nearly) every frame is the host's."""
-    if not count or not frames:
+    """Without a snapshot or addresses: on a host's own interface every unicast frame has the
+    host's MAC as source or destination, so a MAC present in (nearly) every frame is the host's,
+    but only when no other MAC is too: on a point-to-point link both are, and guessing would
+    flip every direction."""
+    top = count.most_common(2)
+    if not top or not frames or top[0][1] < 0.9 * frames or (len(top) > 1 and top[1][1] >= 0.9 * frames):
         return set()
-    best, n = count.most_common(1)[0]
-    return {best.to_bytes(6, "big")} if n >= 0.9 * frames else set()
+    return {top[0][0].to_bytes(6, "big")}
+
+
+def _infer_directions(v: VantageInput, d: VantageData, majority: set[bytes]) -> None:
+    """A capture without the host's MACs (taken by hand): from its addresses when the inventory
+    gives them (the MAC on frames from or to them), else an unambiguous majority MAC; otherwise
+    directions cannot be told and are left 'in' (nothing is then attributed to this host)."""
+    own = v.facts.own_ips
+    macs = {s.seg.src_mac for s in d.segments if s.seg.src in own and s.seg.src_mac} | {
+        s.seg.dst_mac for s in d.segments if s.seg.dst in own and s.seg.dst_mac
+    }
+    macs = macs or majority
+    if macs:
+        d.facts = replace(v.facts, own_macs={m for m in macs if m is not None})
+        d.inferred_macs = True
+    elif not own and any(s.seg.src_mac is not None and s.seg.pkt_type is None for s in d.segments):
+        d.directions_unknown = True
+    for s in d.segments:
+        s.direction = "in" if d.directions_unknown else direction(s.seg, d.facts)
 
 
 def _rst_rows(chunk: Chunk) -> np.ndarray:
@@ -114,11 +134,7 @@ def extract_all(
         count, frames = macs.setdefault(n, (Counter(), 0))
         count.update(first.macs)
         macs[n] = (count, frames + first.frames)
-    for n, (count, frames) in macs.items():
-        own = _own_mac(count, frames) if not inputs[n].facts.own_macs else set()
-        if own:
-            datas[n].facts = replace(inputs[n].facts, own_macs=own)
-            datas[n].inferred_macs = True
+    majority = {n: _own_mac(count, frames) for n, (count, frames) in macs.items()}
     hashes = np.array(sorted({conn_hash(*k) for k in keys}), dtype=np.uint64)
     # Pass 2: the segments of every connection that was reset anywhere; activity near resets.
     todo = [(f, first) for f, first in zip(files, firsts, strict=True) if first.error is None]
@@ -134,7 +150,9 @@ def extract_all(
             merged = d.activity.setdefault(t + v.clock_offset_ns, {})
             for k, last in conns.items():
                 merged[k] = max(last, merged.get(k, -1))
-    for d in datas:
+    for n, (v, d) in enumerate(zip(inputs, datas, strict=True)):
+        if not v.facts.own_macs:
+            _infer_directions(v, d, majority.get(n, set()))
         d.segments.sort(key=lambda s: s.ts_ns)
     return datas
 

@@ -56,6 +56,7 @@ class VantageData:
     segments: list[Seen] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     inferred_macs: bool = False
+    directions_unknown: bool = False  # no snapshot, no addresses, and two MACs in every frame
     clock_method: str = "none"  # how clock_offset_ns was found: none (not aligned), probe, packets
     # Around each RST this vantage saw (aligned time): connection hash -> last data time (-1: none).
     activity: dict[int, dict[int, int]] = field(default_factory=dict)

@@ -333,7 +333,14 @@ def _caveats(w: _World, vantages: list[VantageData], resets: list[Reset]) -> lis
                 f"{d.name}'s capture dropped {d.kernel_drops} packets in the kernel: its silence is weaker evidence."
             )
         if d.inferred_macs:
-            out.append(f"{d.name}: no snapshot; directions come from the MAC seen in most frames.")
+            how = "its inventory addresses" if d.facts.own_ips else "the one MAC present in every frame"
+            out.append(f"{d.name}: no snapshot; its own MAC (so each packet's direction) was inferred from {how}.")
+        if d.directions_unknown:
+            out.append(
+                f"{d.name}: no snapshot and no inventory addresses, and two MACs in every frame: which side "
+                f"is {d.name} cannot be told, so nothing is attributed to it from this capture (give -i "
+                f"with its addresses)."
+            )
         out.extend(d.problems)
     clocked = [d.name for d in vantages if d.captured and d.segments]
     if len(clocked) > 1 and all(d.clock_method == "none" for d in vantages if d.name in clocked):

@@ -176,3 +176,54 @@ def test_g_backend_resets_and_the_proxy_propagates(
         assert origin(x) == ("host", "proxy") and x["chain_role"] == "propagated" and x["chain"] == r["chain"]
     assert any(x["propagated_from"] == r["id"] for x in to_client)
     assert "propagated by proxy" in report["verdict"]
+
+
+def test_analyze_hand_taken_pcaps_and_its_exit_statuses(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Captures taken by hand (here: copied out of a bundle, no snapshots, no manifest) are
+    analysed from the packets alone; with an inventory the roles and addresses come along."""
+    clean_lab.router_forges_resets(8081)
+    capture(
+        capsys,
+        clean_lab,
+        tmp_path / "b",
+        f"{CLIENT_IP}->{PROXY_FRONT}:8081",
+        f"curl -sS -m 3 http://{PROXY_FRONT}:8081/",
+    )
+    pcaps = {h: tmp_path / f"{h}.pcap" for h in ("client", "router", "proxy")}
+    for h, path in pcaps.items():
+        path.write_bytes((tmp_path / "b" / h / ("eth1.pcap")).read_bytes())
+    args = [f"--pcap={h}={p}" for h, p in pcaps.items()]
+
+    code = main_cli(["analyze", *args, "-i", str(clean_lab.inventory), "--out", str(tmp_path / "r"), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    r = first(report)
+    # One interface of a forwarding router, by hand: its own MAC cannot be learned from its own
+    # addresses (it neither sends nor receives with them), so the claim is the honest, weaker one:
+    # injected between the router's capture point and the proxy, which never sent it.
+    assert r["origin"] == {"kind": "middlebox", "host": None, "between": ["router", "proxy"]}
+    assert any("TTL 64" in e and "TTL 63" in e for e in r["evidence"])
+    assert (tmp_path / "r/report.md").is_file()
+
+    # Without an inventory, on a point-to-point link both MACs are in every frame: which side is the
+    # client cannot be told, and the tool says so instead of guessing (a guess once said "forged by
+    # client").
+    code = main_cli(["analyze", f"--pcap=client={pcaps['client']}"])
+    out = capsys.readouterr().out
+    assert code == 6, out
+    assert "cannot be attributed" in out and "which side is client cannot be told" in out
+    assert "forged by client" not in out
+
+    # A capture with no reset in it.
+    quiet = tmp_path / "quiet.pcap"
+    quiet.write_bytes((tmp_path / "b/backend/eth1.pcap").read_bytes())
+    assert main_cli(["analyze", f"--pcap=backend={quiet}"]) == 5
+    assert "No TCP reset was captured" in capsys.readouterr().out
+
+
+def main_cli(argv: list[str]) -> int:
+    from orchestrator.cli import main
+
+    return main(argv)

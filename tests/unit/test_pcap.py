@@ -102,19 +102,33 @@ def test_cooked_captures_carry_direction() -> None:
     assert decode(recs[0]) is not None
 
 
-def test_direction_by_mac_given_or_inferred() -> None:
+def test_direction_by_mac_given_inferred_or_declared_unknown() -> None:
     own_mac = b"\x02\x00\x00\x00\x00\x01"
-    given = extract(
-        VantageInput(
-            "c",
-            captures=[("eth0", io.BytesIO(pcap(frames())))],
-            facts=HostFacts(own_ips={"198.18.1.10"}, own_macs={own_mac}),
-        )
-    )
+
+    def vantage(data: bytes, **facts: object) -> VantageInput:
+        return VantageInput("c", captures=[("eth0", io.BytesIO(data))], facts=HostFacts(**facts))  # type: ignore[arg-type]
+
+    # The reset connection's frames, host = 198.18.1.10 behind MAC ...01.
+    given = extract(vantage(pcap(frames()), own_ips={"198.18.1.10"}, own_macs={own_mac}))
     assert [s.direction for s in given.segments] == ["out", "in", "out", "in"]
-    # A hand-taken capture without a snapshot: the MAC in every frame is the host's.
-    inferred = extract(VantageInput("c", captures=[("eth0", io.BytesIO(pcap(frames())))]))
-    assert inferred.inferred_macs and [s.direction for s in inferred.segments] == ["out", "in", "out", "in"]
+    # By hand, with the inventory's addresses: the MAC on frames from/to them is the host's.
+    by_address = extract(vantage(pcap(frames()), own_ips={"198.18.1.10"}))
+    assert by_address.inferred_macs and [s.direction for s in by_address.segments] == ["out", "in", "out", "in"]
+    # By hand, nothing known, two MACs in every frame: cannot tell, and says so (no guess).
+    unknown = extract(vantage(pcap(frames())))
+    assert unknown.directions_unknown and not unknown.inferred_macs
+    assert {s.direction for s in unknown.segments} == {"in"}
+    # By hand, nothing known, but the host talks to several peers: its MAC is the one in every frame.
+    other = b"\x02\x00\x00\x00\x00\x07"
+    more = frames() + [
+        (
+            T0 + 10_000 + i,
+            ethernet(tcp_packet("198.18.1.10", "198.18.9.9", 41000 + i, 80, SYN), src_mac=own_mac, dst_mac=other),
+        )  # fmt: skip
+        for i in range(4)
+    ]
+    majority = extract(vantage(pcap(more)))
+    assert majority.inferred_macs and [s.direction for s in majority.segments] == ["out", "in", "out", "in"]
     assert given.packets == 4
 
 

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from analysis.decode import RST
 from analysis.model import Seen, VantageData
 
-MATCH_WINDOW_NS = 500_000_000  # the same packet at two vantages, clocks aligned
+# The same packet at two vantages: (seq, ack, flags, IP ID) identifies it; time only keeps a
+# 32-bit sequence coincidence out. Wide, because host clocks are not aligned: a narrow window would
+# miss a host's own RST under clock skew and call it injected.
+MATCH_WINDOW_NS = 60 * 10**9
 CHAIN_WINDOW_NS = 2_000_000_000  # a proxy propagates within this
 
 

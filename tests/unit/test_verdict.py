@@ -114,3 +114,13 @@ def test_a_proxy_reset_after_an_upstream_reset_is_propagation() -> None:
     assert to_client.chain_role == "propagated" and to_client.propagated_from == from_backend.id
     assert to_client.chain == from_backend.chain and a.first is from_backend
     assert from_backend.origin_kind == "unknown"  # the backend was not captured: the proxy only received it
+
+
+def test_host_clock_skew_does_not_turn_a_host_reset_into_an_injection() -> None:
+    """The proxy's clock is 2.5 s ahead: its own RST must still be recognised as the one the
+    client received (same seq/ack/flags/IP ID), not called an injection."""
+    rst_at_proxy = (T + 4000, tcp_packet(P, C, 443, 40000, RST | ACK, seq=501, ack=106, ttl=64, ip_id=0), False)
+    rst_at_client = (T + 4000, tcp_packet(P, C, 443, 40000, RST | ACK, seq=501, ack=106, ttl=63, ip_id=0), False)
+    skewed = [(t + 2_500_000_000, ip, mine) for t, ip, mine in handshake_and_request(64) + [rst_at_proxy]]
+    a, r = first([client_capture(handshake_and_request(63) + [rst_at_client]), proxy_capture(skewed)])
+    assert (r.origin_kind, r.origin_host) == ("host", "proxy"), r.evidence

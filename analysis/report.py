@@ -76,9 +76,11 @@ def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]
                 "error": v.error,
                 "packets": v.packets,
                 "kernel_drops": v.kernel_drops,
+                "clock": _clock(a, v.name),
             }
             for v in a.vantages
         ],
+        "clock_reference": a.clocks.reference if a.clocks else None,
         "resets": [
             {
                 "id": r.id,
@@ -110,6 +112,32 @@ def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]
     }
 
 
+def _clock(a: Analysis, name: str) -> dict[str, Any]:
+    c = a.clocks
+    if c is None or name not in c.method:
+        return {"method": "none", "offset_ns": 0, "uncertainty_ns": None}
+    unc = c.uncertainty_ns[name] if c.method[name] != "none" else None
+    return {"method": c.method[name], "offset_ns": c.offset_ns[name], "uncertainty_ns": unc}
+
+
+def clock_line(a: Analysis) -> str | None:
+    """'clocks (reference client, from the packets): router +0.000004 s +-3 us, ...' for several hosts."""
+    c = a.clocks
+    if c is None or len(c.method) < 2:
+        return None
+    parts = []
+    for name, method in c.method.items():
+        if method == "none":
+            parts.append(f"{name} not aligned")
+        elif method != "reference":
+            parts.append(f"{name} {c.offset_ns[name] / 1e9:+.6f} s +-{c.uncertainty_ns[name] / 1e3:.0f} us")
+    return f"clocks (reference {c.reference}, from the packets): " + ", ".join(parts)
+
+
+def _aligned(a: Analysis) -> bool:
+    return a.clocks is not None and all(m != "none" for m in a.clocks.method.values())
+
+
 def _packet(s: Seen) -> str:
     g = s.seg
     return f"{g.src}:{g.sport} > {g.dst}:{g.dport}"
@@ -118,7 +146,8 @@ def _packet(s: Seen) -> str:
 def terminal(a: Analysis) -> list[str]:
     lines: list[str] = []
     if a.first is not None:
-        lines.append(f"timeline around the first reset ({a.first.id}), merged by each host's own capture clock:")
+        how = "one clock for all hosts (aligned from the packets)" if _aligned(a) else "each host's own clock"
+        lines.append(f"timeline around the first reset ({a.first.id}), {how}:")
         for s, mark in timeline(a, a.first):
             g = s.seg
             flag = f"[{flag_text(g.flags)}]"
@@ -134,6 +163,9 @@ def terminal(a: Analysis) -> list[str]:
         others = [r for r in a.resets if r.chain != a.first.chain and r.chain_role == "first"]
         for r in others:
             lines.append(f"  also: {r.id} {r.describe()} origin {r.origin_host or r.origin_kind}, cause {r.cause}")
+    line = clock_line(a)
+    if line:
+        lines.append(f"  {line}")
     for c in a.caveats:
         lines.append(f"  caveat: {c}")
     lines.append(f"verdict: {a.verdict}")
@@ -144,7 +176,9 @@ def markdown(a: Analysis, flow: str) -> str:
     out = [f"# capture-all report: `{flow}`", "", f"**Verdict.** {a.verdict}", ""]
     if a.caveats:
         out += ["**Caveats.**", ""] + [f"- {c}" for c in a.caveats] + [""]
-    out += ["## Hosts", "", "| host | role | status | packets | kernel drops |", "|---|---|---|---|---|"]
+    line = clock_line(a)
+    out += ["## Hosts", ""] + ([line, ""] if line else [])
+    out += ["| host | role | status | packets | kernel drops |", "|---|---|---|---|---|"]
     for v in a.vantages:
         status = "ok" if v.captured else f"failed: {v.error}"
         drops = "?" if v.kernel_drops is None else v.kernel_drops
@@ -167,7 +201,7 @@ def markdown(a: Analysis, flow: str) -> str:
             )
     if a.first is not None:
         out += [
-            f"## Timeline around {a.first.id} (each host's own capture clock, UTC)",
+            f"## Timeline around {a.first.id} ({'aligned clock' if _aligned(a) else 'each host’s own clock'}, UTC)",
             "",
             "| time | host | dir | packet | flags | seq | ack | len | ttl | |",
             "|---|---|---|---|---|---|---|---|---|---|",

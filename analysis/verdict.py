@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from analysis.clock import Clocks, estimate
+from analysis.clock import apply as apply_clocks
 from analysis.correlate import Reset, flow_key, group_resets, link_chains
 from analysis.decode import ACK, FIN, RST, SYN
 from analysis.model import Seen, VantageData
@@ -31,6 +33,7 @@ class Analysis:
     first: Reset | None
     verdict: str
     caveats: list[str] = field(default_factory=list)
+    clocks: Clocks | None = None
 
 
 def _fmt_s(ns: int) -> str:
@@ -58,6 +61,8 @@ class _World:
 
 
 def analyze(vantages: list[VantageData]) -> Analysis:
+    clocks = estimate(vantages)
+    apply_clocks(vantages, clocks)
     w = _World(vantages)
     resets = group_resets(vantages)
     for r in resets:
@@ -87,7 +92,7 @@ def analyze(vantages: list[VantageData]) -> Analysis:
     firsts = [r for r in resets if r.chain_role == "first"]
     first = min(firsts, key=lambda r: r.time_ns) if firsts else None
     caveats = _caveats(w, vantages, resets)
-    return Analysis(vantages, resets, first, _sentence(w, first, resets), caveats)
+    return Analysis(vantages, resets, first, _sentence(w, first, resets), caveats, clocks)
 
 
 # ---- origin ---------------------------------------------------------------------------------
@@ -342,12 +347,13 @@ def _caveats(w: _World, vantages: list[VantageData], resets: list[Reset]) -> lis
                 f"with its addresses)."
             )
         out.extend(d.problems)
-    clocked = [d.name for d in vantages if d.captured and d.segments]
-    if len(clocked) > 1 and all(d.clock_method == "none" for d in vantages if d.name in clocked):
+    clocked = [d for d in vantages if d.captured and d.segments]
+    unaligned = [d.name for d in clocked if d.clock_method == "none"]
+    if len(clocked) > 1 and unaligned:
         out.append(
-            "Times are each host's own capture clock, not aligned with each other (offsets are not "
-            "estimated yet): across hosts, order comes from the packets (same segment, propagation), "
-            "and time differences smaller than the hosts' clock disagreement prove nothing."
+            f"Clock of {', '.join(unaligned)} not aligned with the others (no packet seen leaving one capture "
+            f"and arriving at another, both ways): its times are its own, and time differences with other hosts "
+            f"smaller than their clocks' disagreement prove nothing."
         )
     unknown = sorted({ip for r in resets for ip in (r.tuple4[0], r.tuple4[2]) if ip not in w.owner})
     if unknown:

@@ -85,3 +85,20 @@ def pcapng(frames: list[tuple[int, bytes]], linktype: int = dpkt.pcap.DLT_EN10MB
     for ts_ns, frame in frames:
         w.writepkt(frame, ts=ts_ns / 1e9)
     return buf.getvalue()
+
+
+def shift_pcap(data: bytes, shift_ns: int) -> bytes:
+    """The same classic pcap (nanosecond or microsecond) with every timestamp moved by shift_ns."""
+    import struct as _s
+
+    magic = data[:4]
+    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+    unit = 1 if magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d") else 1000
+    out, off = bytearray(data[:24]), 24
+    while off + 16 <= len(data):
+        sec, frac, incl, orig = _s.unpack_from(endian + "IIII", data, off)
+        t = sec * 10**9 + frac * unit + shift_ns
+        out += _s.pack(endian + "IIII", t // 10**9, (t % 10**9) // unit, incl, orig)
+        out += data[off + 16 : off + 16 + incl]
+        off += 16 + incl
+    return bytes(out)

@@ -130,7 +130,9 @@ def clock_line(a: Analysis) -> str | None:
         if method == "none":
             parts.append(f"{name} not aligned")
         elif method != "reference":
-            parts.append(f"{name} {c.offset_ns[name] / 1e9:+.6f} s +-{c.uncertainty_ns[name] / 1e3:.0f} us")
+            off = c.offset_ns[name]
+            shown = f"{off / 1e3:+.1f} us" if abs(off) < 1_000_000 else f"{off / 1e9:+.6f} s"
+            parts.append(f"{name} {shown} +-{c.uncertainty_ns[name] / 1e3:.0f} us")
     return f"clocks (reference {c.reference}, from the packets): " + ", ".join(parts)
 
 

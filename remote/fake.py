@@ -49,13 +49,11 @@ class FakeHost:
     def default(self, cmd: RemoteCommand) -> CommandResult:
         now = time.time_ns()
         if cmd.phase == "prepare":
-            ifaces = cmd.args[2:]
             out = (
                 "@@ssh 198.19.0.1 40000 198.19.0.20 22\n@@section preflight\nuid=0\nowner=root\n"
                 "tcpdump=/usr/sbin/tcpdump\ntcpdump_version=tcpdump version 4.99.3\n"
                 f"free_kb=1000000\ndir={self.remote_dir}\n" + _snapshot()
             )
-            del ifaces
         elif cmd.phase == "arm":
             ifaces = cmd.args[8:]
             out = f"@@section arm\narmed_ns={now}\njob_pid=4242\n" + "".join(

@@ -90,8 +90,6 @@ def test_through_a_jump_host(clean_lab: Lab, tmp_path: Path, capsys: pytest.Capt
         'listen = ["198.18.3.10:80", "198.18.3.10:81"]\n',
         'listen = ["198.18.3.10:80"]\nssh = { jump_host = "root@198.19.0.13" }\n',
     )
-    clean_lab.stop_sshd("backend")
-    clean_lab.start_sshd("backend")
     code, _, _ = run_cli(
         capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(tmp_path / "b"), "--hosts", "backend"
     )

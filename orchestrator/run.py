@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio
 
@@ -86,7 +86,6 @@ class RunResult:
     start_skew_ms: float | None
     reproduce_exit: int | None = None
     interrupted: bool = False
-    events: list[str] = field(default_factory=list)
 
 
 def _raise_for(host: str, sudo: bool, result: CommandResult, parsed: Parsed) -> None:

@@ -6,7 +6,7 @@ fast tests of the orchestrator's fan-out, failures and deadlines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -44,7 +44,6 @@ class CommandResult:
     stderr: str
     started_ns: int = 0
     ended_ns: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 class Transport(Protocol):

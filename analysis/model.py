@@ -22,6 +22,16 @@ class HostFacts:
 
 
 @dataclass
+class ClockProbe:
+    """One SSH clock probe of a host (the best of several samples: the shortest round trip)."""
+
+    phase: str  # start | end
+    at_ns: int  # controller's clock, mid-sample
+    offset_ns: int  # host clock minus controller clock
+    bound_ns: int  # the offset is within +- this (half the round trip, plus the host's resolution)
+
+
+@dataclass
 class VantageInput:
     name: str
     role: str = "other"
@@ -31,6 +41,7 @@ class VantageInput:
     kernel_drops: int | None = None
     facts: HostFacts = field(default_factory=HostFacts)
     clock_offset_ns: int = 0  # added to every timestamp of this vantage to align it
+    probes: list[ClockProbe] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -57,7 +68,8 @@ class VantageData:
     problems: list[str] = field(default_factory=list)
     inferred_macs: bool = False
     directions_unknown: bool = False  # no snapshot, no addresses, and two MACs in every frame
-    clock_method: str = "none"  # how clock_offset_ns was found: none (not aligned), probe, packets
+    clock_method: str = "none"  # how its clock was aligned: reference, packets, probe, none (not aligned)
+    probes: list[ClockProbe] = field(default_factory=list)
     # Around each RST this vantage saw (aligned time): connection hash -> last data time (-1: none).
     activity: dict[int, dict[int, int]] = field(default_factory=dict)
 

@@ -81,6 +81,7 @@ def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]
             for v in a.vantages
         ],
         "clock_reference": a.clocks.reference if a.clocks else None,
+        "clock_findings": a.clocks.findings if a.clocks else [],
         "resets": [
             {
                 "id": r.id,
@@ -114,26 +115,41 @@ def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]
 
 def _clock(a: Analysis, name: str) -> dict[str, Any]:
     c = a.clocks
+    v = next((v for v in a.vantages if v.name == name), None)
+    probes = [{"phase": p.phase, "at_ns": p.at_ns, "offset_ns": p.offset_ns, "bound_ns": p.bound_ns}
+              for p in (v.probes if v else [])]  # fmt: skip
     if c is None or name not in c.method:
-        return {"method": "none", "offset_ns": 0, "uncertainty_ns": None}
-    unc = c.uncertainty_ns[name] if c.method[name] != "none" else None
-    return {"method": c.method[name], "offset_ns": c.offset_ns[name], "uncertainty_ns": unc}
+        return {"method": "none", "offset_ns": 0, "uncertainty_ns": None, "drift_ppm": None, "probe": probes}
+    aligned = c.method[name] != "none"
+    return {
+        "method": c.method[name],
+        "offset_ns": c.offset_ns[name],
+        "at_ns": c.at_ns,
+        "uncertainty_ns": c.uncertainty_ns[name] if aligned else None,
+        "drift_ppm": round(c.drift_ppm.get(name, 0.0), 3) if aligned else None,
+        "probe": probes,
+    }
+
+
+_METHOD = {"packets": "from the packets", "probe": "from the SSH probe (no packet shared both ways)"}
 
 
 def clock_line(a: Analysis) -> str | None:
-    """'clocks (reference client, from the packets): router +0.000004 s +-3 us, ...' for several hosts."""
+    """'clocks (reference client): router +4.0 us +-3 us from the packets, ...' for several hosts."""
     c = a.clocks
     if c is None or len(c.method) < 2:
         return None
     parts = []
     for name, method in c.method.items():
         if method == "none":
-            parts.append(f"{name} not aligned")
+            parts.append(f"{name} not aligned (no packet shared both ways, no SSH probe)")
         elif method != "reference":
             off = c.offset_ns[name]
             shown = f"{off / 1e3:+.1f} us" if abs(off) < 1_000_000 else f"{off / 1e9:+.6f} s"
-            parts.append(f"{name} {shown} +-{c.uncertainty_ns[name] / 1e3:.0f} us")
-    return f"clocks (reference {c.reference}, from the packets): " + ", ".join(parts)
+            drift = c.drift_ppm.get(name, 0.0)
+            extra = f", gaining {drift:+.1f} ppm on the reference" if drift else ""
+            parts.append(f"{name} {shown} +-{c.uncertainty_ns[name] / 1e3:.0f} us {_METHOD[method]}{extra}")
+    return f"clocks (reference {c.reference}, offsets added at the first reset): " + "; ".join(parts)
 
 
 def _aligned(a: Analysis) -> bool:
@@ -148,7 +164,7 @@ def _packet(s: Seen) -> str:
 def terminal(a: Analysis) -> list[str]:
     lines: list[str] = []
     if a.first is not None:
-        how = "one clock for all hosts (aligned from the packets)" if _aligned(a) else "each host's own clock"
+        how = "one clock for all hosts (aligned)" if _aligned(a) else "each host's own clock"
         lines.append(f"timeline around the first reset ({a.first.id}), {how}:")
         for s, mark in timeline(a, a.first):
             g = s.seg
@@ -168,6 +184,8 @@ def terminal(a: Analysis) -> list[str]:
     line = clock_line(a)
     if line:
         lines.append(f"  {line}")
+    for f in a.clocks.findings if a.clocks else []:
+        lines.append(f"  clock: {f}")
     for c in a.caveats:
         lines.append(f"  caveat: {c}")
     lines.append(f"verdict: {a.verdict}")
@@ -180,6 +198,8 @@ def markdown(a: Analysis, flow: str) -> str:
         out += ["**Caveats.**", ""] + [f"- {c}" for c in a.caveats] + [""]
     line = clock_line(a)
     out += ["## Hosts", ""] + ([line, ""] if line else [])
+    if a.clocks and a.clocks.findings:
+        out += ["**Clock findings.**", ""] + [f"- {f}" for f in a.clocks.findings] + [""]
     out += ["| host | role | status | packets | kernel drops |", "|---|---|---|---|---|"]
     for v in a.vantages:
         status = "ok" if v.captured else f"failed: {v.error}"

@@ -89,10 +89,64 @@ def analyze(vantages: list[VantageData]) -> Analysis:
                 )
             else:
                 r.evidence.insert(0, f"Follows reset {src.id} on the same connection: part of the same teardown.")
+    unordered = _clock_order(clocks, resets, by_id)
     firsts = [r for r in resets if r.chain_role == "first"]
     first = min(firsts, key=lambda r: r.time_ns) if firsts else None
     caveats = _caveats(w, vantages, resets)
-    return Analysis(vantages, resets, first, _sentence(w, first, resets), caveats, clocks)
+    sentence = _sentence(w, first, resets)
+    if first is not None:
+        sentence += _order_note(clocks, first, resets, unordered)
+    return Analysis(vantages, resets, first, sentence, caveats, clocks)
+
+
+def _uncertainty(clocks: Clocks, r: Reset) -> float:
+    """How far off the aligned time of a reset may be: its vantage's clock uncertainty."""
+    out = r.at(r.origin_host, "out") if r.origin_host else []
+    v = (out[0] if out else r.seen[0]).vantage
+    if clocks.method.get(v, "none") == "none":
+        return float("inf")
+    return float(clocks.uncertainty_ns.get(v, 0))
+
+
+def _clock_order(clocks: Clocks, resets: list[Reset], by_id: dict[str, Reset]) -> set[str]:
+    """Propagated resets whose order the aligned clocks alone could not prove: the packets did
+    (the propagating host received the cause before it sent its own, on its one clock)."""
+    out = set()
+    for r in resets:
+        src = by_id.get(r.propagated_from or "")
+        if src is None or src.key == r.key or not r.origin_host:
+            continue
+        unc = _uncertainty(clocks, r) + _uncertainty(clocks, src)
+        gap = r.time_ns - src.time_ns
+        if gap <= unc:
+            width = "unknown" if unc == float("inf") else f"+-{unc / 1e3:.0f} us"
+            r.evidence.append(
+                f"On the aligned clocks {r.id} is {gap / 1e3:+.0f} us from {src.id}, within the clocks' "
+                f"uncertainty ({width}): the clocks cannot order them. The packets do: {r.origin_host} "
+                f"received {src.id} before it sent {r.id}, both on its own clock."
+            )
+            out.add(r.id)
+    return out
+
+
+def _order_note(clocks: Clocks, first: Reset, resets: list[Reset], unordered: set[str]) -> str:
+    note = ""
+    if any(r.chain == first.chain and r.id in unordered for r in resets):
+        note += " The clocks alone could not order this chain (closer than their uncertainty); the packets did."
+    rivals = [
+        r
+        for r in resets
+        if r.chain_role == "first"
+        and r is not first
+        and r.time_ns - first.time_ns <= _uncertainty(clocks, r) + _uncertainty(clocks, first)
+    ]
+    if rivals:
+        ids = ", ".join(r.id for r in rivals)
+        note += (
+            f" The clocks cannot tell whether {first.id} or {ids} came first (closer in time than their "
+            f"uncertainty) and no packet links them: treat them as simultaneous."
+        )
+    return note
 
 
 # ---- origin ---------------------------------------------------------------------------------

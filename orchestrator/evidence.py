@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis.extract import extract_all
-from analysis.model import HostFacts, VantageData, VantageInput
+from analysis.model import ClockProbe, HostFacts, VantageData, VantageInput
 from analysis.report import markdown, to_json
 from analysis.verdict import Analysis, analyze
 from orchestrator import __version__
@@ -59,6 +59,16 @@ def host_facts(host_dir: Path, addresses: list[str]) -> HostFacts:
     )
 
 
+def _probes(host: dict[str, Any]) -> list[ClockProbe]:
+    out = []
+    for p in host.get("clock_probes") or []:
+        try:
+            out.append(ClockProbe(str(p["phase"]), int(p["at_ns"]), int(p["offset_ns"]), int(p["bound_ns"])))
+        except (KeyError, TypeError, ValueError):
+            continue  # a hand-edited manifest: that probe is ignored, the packets still count
+    return out
+
+
 def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
     try:
         manifest = json.loads((root / "manifest.json").read_text())
@@ -84,6 +94,7 @@ def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
                     captures=files,
                     kernel_drops=sum(d for d in drops if d) if any(d is not None for d in drops) else None,
                     facts=host_facts(root / h["name"], h.get("addresses", [])),
+                    probes=_probes(h),
                 )
             )
         result = analyze(_extract(inputs))

@@ -19,6 +19,18 @@ class CaptureFile(BaseModel):
     tcpdump_exit: int | None = None
 
 
+class ClockProbeRecord(BaseModel):
+    """The host's clock against the controller's (SSH probe, best of several round trips)."""
+
+    phase: str  # start | end of the run
+    at_ns: int  # controller clock
+    offset_ns: int  # host clock minus controller clock
+    bound_ns: int  # offset within +- this
+    rtt_ns: int
+    samples: int
+    resolution_ns: int
+
+
 class HostRecord(BaseModel):
     name: str
     role: str
@@ -38,6 +50,7 @@ class HostRecord(BaseModel):
     stopped_ns: int | None = None
     stop_reason: str | None = None
     captures: list[CaptureFile] = []
+    clock_probes: list[ClockProbeRecord] = []
     notes: list[str] = []
 
 

@@ -22,7 +22,7 @@ import anyio
 
 from orchestrator.bundle import Bundle, sha256_file
 from orchestrator.flow import ssh_exclusion
-from orchestrator.manifest import CaptureFile, HostRecord
+from orchestrator.manifest import CaptureFile, ClockProbeRecord, HostRecord
 from orchestrator.plan import HostPlan, Plan
 from remote import commands
 from remote.errors import (
@@ -43,10 +43,13 @@ from remote.parse import (
     parse_arm,
     parse_finish,
     parse_preflight,
+    parse_probe,
     parse_sections,
     snapshot_files,
 )
 from remote.transport import CommandResult, Connector, Transport
+
+PROBE_SAMPLES = 8  # clock probe round trips per host, at the start and at the end
 
 # host ("*" for the whole run), state, detail
 EventSink = Callable[[str, str, str], None]
@@ -206,8 +209,29 @@ class HostRun:
                 raise PrivilegeError(name, f"commands run as uid {pre.uid}; tcpdump needs root: set sudo = true")
             if not pre.remote_dir:
                 raise CommandError(name, "prepare did not report its temp directory")
+            self.sink(name, "preparing", "clock probe")
+            await self.probe("start")
         except RemoteError as exc:
             self.fail("prepare", exc)
+
+    async def probe(self, phase: str) -> None:
+        """Sample the host's clock against ours (NTP-style, PROBE_SAMPLES round trips, the
+        shortest kept). Never fails the host: a probe that does not work is a note."""
+        if self.transport is None:
+            return
+        cmd = commands.clock_probe()
+        try:
+            with anyio.fail_after(cmd.timeout):
+                header, samples = await self.transport.exchange(cmd, PROBE_SAMPLES)
+        except (RemoteError, TimeoutError) as exc:
+            why = exc.message if isinstance(exc, RemoteError) else f"no answer within {cmd.timeout:.0f} s"
+            self.record.notes.append(f"clock probe at {phase} failed: {why}")
+            return
+        got = parse_probe(header, samples)
+        if got is None:
+            self.record.notes.append(f"clock probe at {phase}: no usable answer ({header or 'nothing'})")
+            return
+        self.record.clock_probes.append(ClockProbeRecord(phase=phase, **vars(got)))
 
     def bpf(self) -> str:
         ssh = self.preflight.ssh if self.preflight else None
@@ -264,6 +288,7 @@ class HostRun:
                 self.transport = await self._connect()
                 parsed = await self._finish_once()
             fin = parse_finish(parsed)
+            await self.probe("end")
             self.record.stopped_ns = fin.done_ns
             self.record.stop_reason = _stop_reason(fin)
             for fname, text in snapshot_files(parsed).items():

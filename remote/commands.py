@@ -249,6 +249,17 @@ echo "removed=$dir"
 """
 
 
+# The SSH clock probe: answers each line it reads with the host's clock, until stdin closes.
+# bash's $EPOCHREALTIME needs no fork (microseconds); otherwise `date` (nanoseconds, a fork).
+PROBE_SCRIPT = r"""
+if command -v bash >/dev/null 2>&1 && [ "$(bash -c 'echo ${EPOCHREALTIME:+y}' 2>/dev/null)" = y ]; then
+  exec bash -c 'echo "@@clock us"; while read -r _; do echo "${EPOCHREALTIME//[!0-9]/}"; done'
+fi
+echo "@@clock ns"
+while read -r _; do date +%s%N; done
+"""
+
+
 def _line(script: str, args: tuple[str, ...], *, timeout: float, sudo: bool, prefix: str = "") -> str:
     argv = ["timeout", "-k", "5", str(int(timeout)), "sh", "-c", script, "capture-all", *args]
     if sudo:
@@ -313,3 +324,9 @@ def reproduce(command: str, *, timeout_s: int) -> RemoteCommand:
     argv = ["timeout", "-k", "2", str(int(timeout_s)), "sh", "-c", command]
     line = " ".join(shlex.quote(a) for a in argv)
     return RemoteCommand("reproduce", args, line, timeout_s + 5, privileged=False)
+
+
+def clock_probe(*, timeout_s: int = 20) -> RemoteCommand:
+    """Reads the host's clock on request (see PROBE_SCRIPT); needs no privilege."""
+    return RemoteCommand("probe", (), _line(PROBE_SCRIPT, (), timeout=timeout_s, sudo=False), timeout_s,
+                         privileged=False)  # fmt: skip

@@ -45,6 +45,7 @@ class FakeHost:
     delays: dict[str, float] = field(default_factory=dict)
     log: list[RemoteCommand] = field(default_factory=list)
     remote_dir: str = "/tmp/capture-all.FAKEFAKE"
+    clock_offset_ns: int = 0  # this host's clock minus the controller's, as its probe reports it
 
     def default(self, cmd: RemoteCommand) -> CommandResult:
         now = time.time_ns()
@@ -100,6 +101,20 @@ class FakeTransport:
                 answer.command if answer.command else command, answer.exit_status, answer.stdout, answer.stderr
             )
         return answer(command)
+
+    async def exchange(self, command: RemoteCommand, count: int) -> tuple[str, list[tuple[int, str, int]]]:
+        if self.closed:
+            raise ConnectionLost(self.name, "connection closed")
+        self.host.log.append(command)
+        answer = self.host.answers.get(command.phase)
+        if isinstance(answer, BaseException):
+            raise answer
+        samples = []
+        for _ in range(count):
+            sent = time.time_ns()
+            remote = time.time_ns() + self.host.clock_offset_ns
+            samples.append((sent, str(remote), time.time_ns()))
+        return "@@clock ns", samples
 
     async def get(self, remote_path: str, local_path: Path) -> None:
         if not remote_path.startswith(self.host.remote_dir + "/"):

@@ -285,3 +285,29 @@ def parse_nstat(text: str) -> dict[str, int]:
         if len(parts) >= 2 and not line.startswith("#") and parts[1].isdigit():
             out[parts[0]] = int(parts[1])
     return out
+
+
+@dataclass
+class ProbeResult:
+    at_ns: int  # controller clock, middle of the best sample
+    offset_ns: int  # host clock minus controller clock
+    bound_ns: int  # half the best round trip, plus the host clock's resolution
+    rtt_ns: int
+    samples: int
+    resolution_ns: int
+
+
+def parse_probe(header: str, samples: list[tuple[int, str, int]]) -> ProbeResult | None:
+    """NTP-style: the host read its clock somewhere between our send and our receive, so with
+    the shortest round trip, offset = host - (send + receive) / 2 within +- round trip / 2.
+    None when no answer was a number (the first sample, which pays for the shell, is dropped)."""
+    unit = 1000 if header.strip() == "@@clock us" else 1
+    good = []
+    for sent, text, received in samples[1:] if len(samples) > 1 else samples:
+        if text.isdigit() and received >= sent:
+            good.append((received - sent, sent, int(text) * unit, received))
+    if not good:
+        return None
+    rtt, sent, remote, received = min(good)
+    mid = (sent + received) // 2
+    return ProbeResult(mid, remote - mid, (rtt + 1) // 2 + unit, rtt, len(good), unit)

@@ -100,6 +100,22 @@ class SshTransport:
             time.time_ns(),
         )
 
+    async def exchange(self, command: RemoteCommand, count: int) -> tuple[str, list[tuple[int, str, int]]]:
+        samples = []
+        try:
+            async with self._conn.create_process(command.line, encoding="utf-8", errors="replace") as proc:
+                header = (await proc.stdout.readline()).strip()
+                for _ in range(count):
+                    sent = time.time_ns()
+                    proc.stdin.write("t\n")
+                    answer = await proc.stdout.readline()
+                    samples.append((sent, answer.strip(), time.time_ns()))
+                proc.stdin.write_eof()
+                await proc.wait(check=False, timeout=5)
+        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionLost(self.name, f"clock probe failed: {exc}") from exc
+        return header, samples
+
     async def get(self, remote_path: str, local_path: Path) -> None:
         tmp = local_path.with_name(local_path.name + ".part")
         try:

@@ -55,6 +55,12 @@ class Transport(Protocol):
         """Run one command. Raises ConnectionLost, CommandTimeout (see ``remote.errors``)."""
         ...
 
+    async def exchange(self, command: RemoteCommand, count: int) -> tuple[str, list[tuple[int, str, int]]]:
+        """Start ``command``, read the header line it prints first, then ``count`` times send it a
+        line and read its one-line answer: (header, [(controller ns sent, answer, controller ns
+        received)]). Used for the clock probe. Raises ConnectionLost."""
+        ...
+
     async def get(self, remote_path: str, local_path: Path) -> None:
         """Copy one remote file to ``local_path`` (created 0600). Raises TransferError."""
         ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import socket
 import struct
+from collections.abc import Callable
 from decimal import Decimal
 
 import dpkt
@@ -87,8 +88,11 @@ def pcapng(frames: list[tuple[int, bytes]], linktype: int = dpkt.pcap.DLT_EN10MB
     return buf.getvalue()
 
 
-def shift_pcap(data: bytes, shift_ns: int) -> bytes:
-    """The same classic pcap (nanosecond or microsecond) with every timestamp moved by shift_ns."""
+def shift_pcap(data: bytes, shift_ns: int, ppm: float = 0.0, since_ns: int = 0,
+               keep: Callable[[int, bytes], bool] | None = None) -> bytes:  # fmt: skip
+    """The same classic pcap (nanosecond or microsecond) with every timestamp t moved by
+    shift_ns + ppm * (t - since_ns) / 1e6 (a clock off by shift_ns at since_ns, drifting), and
+    only the records ``keep(t, frame)`` accepts, when given."""
     import struct as _s
 
     magic = data[:4]
@@ -97,8 +101,12 @@ def shift_pcap(data: bytes, shift_ns: int) -> bytes:
     out, off = bytearray(data[:24]), 24
     while off + 16 <= len(data):
         sec, frac, incl, orig = _s.unpack_from(endian + "IIII", data, off)
-        t = sec * 10**9 + frac * unit + shift_ns
-        out += _s.pack(endian + "IIII", t // 10**9, (t % 10**9) // unit, incl, orig)
-        out += data[off + 16 : off + 16 + incl]
+        t0 = sec * 10**9 + frac * unit
+        t = t0 + shift_ns + round(ppm * (t0 - since_ns) / 1e6)
+        frame = data[off + 16 : off + 16 + incl]
         off += 16 + incl
+        if keep is not None and not keep(t0, frame):
+            continue
+        out += _s.pack(endian + "IIII", t // 10**9, (t % 10**9) // unit, incl, orig)
+        out += frame
     return bytes(out)

@@ -12,8 +12,8 @@ from orchestrator.bundle import Bundle, verify
 from orchestrator.flow import parse_flow
 from orchestrator.inventory import Inventory
 from orchestrator.plan import build_plan
-from orchestrator.run import RunOptions, run_capture
-from remote.errors import AuthError, ConnectError, HostKeyError
+from orchestrator.run import PROBE_SAMPLES, RunOptions, run_capture
+from remote.errors import AuthError, ConnectError, ConnectionLost, HostKeyError
 from remote.fake import FakeConnector, FakeHost
 from remote.transport import CommandResult
 
@@ -77,10 +77,24 @@ async def test_all_hosts_captured_pulled_and_cleaned(tmp_path: Path) -> None:
     assert (tmp_path / "b/proxy/eth1.pcap").read_bytes() == fakes["proxy"].pcap
     assert all(r.remote_dir_removed for r in recs.values())
     for f in fakes.values():
-        assert [c.phase for c in f.log] == ["prepare", "arm", "finish", "cleanup"]
+        assert [c.phase for c in f.log] == ["prepare", "probe", "arm", "finish", "probe", "cleanup"]
     # The capture filter excludes our own SSH session as the host reported it.
     assert "not (host 198.19.0.1 and host 198.19.0.20 and port 40000 and port 22)" in (recs["client"].bpf_filter or "")
     assert result.start_skew_ms is not None
+
+
+async def test_clock_probes_are_recorded_and_a_failing_probe_is_only_a_note(tmp_path: Path) -> None:
+    fakes = hosts(
+        proxy=FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA", clock_offset_ns=2_500_000_000),
+        backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA",
+                         answers={"probe": ConnectionLost("backend", "channel closed")}),
+    )  # fmt: skip
+    _, recs = await go(tmp_path, fakes)
+    assert [p.phase for p in recs["proxy"].clock_probes] == ["start", "end"]
+    for p in recs["proxy"].clock_probes:
+        assert abs(p.offset_ns - 2_500_000_000) <= p.bound_ns and p.samples == PROBE_SAMPLES - 1
+    assert recs["backend"].status == "ok" and not recs["backend"].clock_probes
+    assert "clock probe at start failed: channel closed" in recs["backend"].notes
 
 
 @pytest.mark.parametrize(

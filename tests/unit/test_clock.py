@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from analysis.clock import estimate
+from collections.abc import Callable
+
+from analysis.clock import apply, estimate
 from analysis.decode import Segment
-from analysis.model import HostFacts, Seen, VantageData
+from analysis.model import ClockProbe, HostFacts, Seen, VantageData
 
 T = 1_795_000_000 * 10**9
 
@@ -48,3 +50,71 @@ def test_one_way_only_or_nothing_shared_is_not_aligned() -> None:
     c = vantage("c", [(T, 9, "out", "C", "D")])
     clocks = estimate([a, b, c], reference="a")
     assert clocks.method["b"] == "none" and clocks.method["c"] == "none"
+
+
+def two_hosts(theta: Callable[[int], int], seconds: int = 60) -> tuple[VantageData, VantageData, list[int]]:
+    """a and b exchange a segment each way every 100 ms for ``seconds``; b's clock reads
+    true time + theta(true time). Returns the vantages and each b segment's true time."""
+    a_rows, b_rows, truth = [], [], []
+    for i in range(seconds * 10):
+        t = T + i * 100_000_000
+        d1, d2 = 30_000 + (i * 7919) % 60_000, 25_000 + (i * 104729) % 55_000
+        a_rows.append((t, i, "out", "A", "B"))
+        b_rows.append((t + d1 + theta(t + d1), i, "in", "A", "B"))
+        truth.append(t + d1)
+        t2 = t + 50_000_000
+        b_rows.append((t2 + theta(t2), 10_000 + i, "out", "B", "A"))
+        truth.append(t2)
+        a_rows.append((t2 + d2, 10_000 + i, "in", "B", "A"))
+    return vantage("a", a_rows), vantage("b", b_rows), truth
+
+
+def aligned_errors(b: VantageData, truth: list[int]) -> list[int]:
+    return [s.ts_ns - t for s, t in zip(sorted(b.segments, key=lambda s: s.seg.seq), _by_seq(truth), strict=True)]
+
+
+def _by_seq(truth: list[int]) -> list[int]:
+    # two_hosts appends (in, seq i) and (out, seq 10000 + i) alternately: reorder by seq.
+    return truth[0::2] + truth[1::2]
+
+
+def test_drift_is_estimated_and_followed() -> None:
+    """50 ppm over a minute is 3 ms: a constant offset would be 1.5 ms wrong at the ends."""
+    a, b, truth = two_hosts(lambda t: 2_500_000_000 + (t - T) * 50 // 1_000_000)
+    clocks = estimate([a, b], reference="a")
+    assert abs(clocks.drift_ppm["b"] - 50) < 1, clocks.drift_ppm
+    assert not clocks.findings
+    apply([a, b], clocks)
+    errors = aligned_errors(b, truth)
+    assert max(abs(e) for e in errors) <= 50_000, (min(errors), max(errors))
+
+
+def test_clock_step_is_detected_and_aligned_piecewise() -> None:
+    """b's clock jumps 200 ms forward half-way through (ntpd stepping it)."""
+    half = T + 30 * 10**9
+    a, b, truth = two_hosts(lambda t: 700_000_000 + (200_000_000 if t >= half else 0))
+    clocks = estimate([a, b], reference="a")
+    assert len(clocks.links[0].steps) == 1 and abs(clocks.links[0].steps[0].by_ns - 200_000_000) < 100_000
+    assert any("stepped" in f for f in clocks.findings), clocks.findings
+    apply([a, b], clocks)
+    errors = aligned_errors(b, truth)
+    # Away from the step's window (where it cannot be placed more precisely) every time is right.
+    near = [e for e, t in zip(errors, _by_seq(truth), strict=True) if abs(t - half) < 8 * 10**9]
+    far = [e for e, t in zip(errors, _by_seq(truth), strict=True) if abs(t - half) >= 8 * 10**9]
+    assert max(abs(e) for e in far) <= 50_000
+    assert len(near) < len(far)
+
+
+def test_a_host_sharing_no_packet_falls_back_on_the_ssh_probe() -> None:
+    a = vantage("a", [(T, 1, "out", "A", "B")])
+    b = vantage("b", [(T + 50, 1, "in", "A", "B"), (T + 60, 2, "out", "B", "A")])
+    a.segments.append(Seen("a", "eth0", T + 120, "in", seg(2, "B", "A")))
+    c = vantage("c", [(T + 5_000_000_000, 9, "out", "C", "D")])
+    a.probes = [ClockProbe("start", T, 1_000, 300_000), ClockProbe("end", T + 10**10, 1_000, 300_000)]
+    c.probes = [ClockProbe("start", T, 3_200_000_000, 400_000), ClockProbe("end", T + 10**10, 3_200_000_000, 400_000)]
+    clocks = estimate([a, b, c], reference="a")
+    assert clocks.method == {"a": "reference", "b": "packets", "c": "probe"}
+    assert abs(clocks.offset_ns["c"] + 3_199_999_000) <= 1_000 and clocks.uncertainty_ns["c"] == 700_000
+    assert any(f.startswith("c's clock is 3.200 s ahead of the controller's") for f in clocks.findings)
+    c.probes = []
+    assert estimate([a, b, c], reference="a").method["c"] == "none"

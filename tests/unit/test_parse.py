@@ -68,3 +68,20 @@ def test_ssh_connection() -> None:
     ep = parse_ssh_connection("198.19.0.1 51234 198.19.0.13 22")
     assert ep is not None and (ep.client_ip, ep.client_port, ep.server_port) == ("198.19.0.1", 51234, 22)
     assert parse_ssh_connection("") is None and parse_ssh_connection("a b c d") is None
+
+
+def test_clock_probe_keeps_the_shortest_round_trip_and_drops_the_first() -> None:
+    from remote.parse import parse_probe
+
+    samples = [
+        (1_000_000_000, "999", 1_090_000_000),  # the shell's start-up: dropped whatever it says
+        (2_000_000_000, "2500001500", 2_000_004_000),  # rtt 4 us: the best
+        (3_000_000_000, "3500000000", 3_000_900_000),
+        (4_000_000_000, "not a number", 4_000_001_000),
+    ]
+    got = parse_probe("@@clock us", [(s, t[:-3] if t.isdigit() else t, r) for s, t, r in samples])
+    assert got is not None
+    assert (got.at_ns, got.rtt_ns, got.samples, got.resolution_ns) == (2_000_002_000, 4_000, 2, 1000)
+    # host 2.500001 s (us resolution) at controller 2.000002 s: +500 ms -0.5 us, within rtt/2 + 1 us
+    assert got.offset_ns == 2_500_001_000 - 2_000_002_000 and got.bound_ns == 3_000
+    assert parse_probe("@@clock ns", [(1, "x", 2), (3, "", 4)]) is None

@@ -6,7 +6,7 @@ import io
 
 from analysis.decode import ACK, PSH, RST, SYN
 from analysis.extract import extract_all
-from analysis.model import HostFacts, VantageInput
+from analysis.model import ClockProbe, HostFacts, VantageInput
 from analysis.verdict import analyze
 from tests.pcapgen import ethernet, pcap, tcp_packet
 
@@ -124,3 +124,31 @@ def test_host_clock_skew_does_not_turn_a_host_reset_into_an_injection() -> None:
     skewed = [(t + 2_500_000_000, ip, mine) for t, ip, mine in handshake_and_request(64) + [rst_at_proxy]]
     a, r = first([client_capture(handshake_and_request(63) + [rst_at_client]), proxy_capture(skewed)])
     assert (r.origin_kind, r.origin_host) == ("host", "proxy"), r.evidence
+
+
+def test_resets_closer_than_the_clocks_can_tell_are_ordered_by_the_packets() -> None:
+    """The backend shares no packet both ways with the proxy, so only the SSH probe (+-1 ms)
+    aligns it; the proxy resets the client 300 ns after receiving the backend's reset."""
+    up = [
+        (T, tcp_packet(P, B, 50000, 80, SYN, seq=10), True),
+        (T + 100, tcp_packet(B, P, 80, 50000, SYN | ACK, seq=90, ack=11), False),
+        (T + 200, tcp_packet(P, B, 50000, 80, PSH | ACK, seq=11, ack=91, payload=b"GET /"), True),
+        (T + 3500, tcp_packet(B, P, 80, 50000, RST | ACK, seq=91, ack=16), False),
+    ]
+    down = handshake_and_request(64) + [(T + 3800, tcp_packet(P, C, 443, 40000, RST | ACK, seq=501, ack=106), False)]
+    frames = [(t, ethernet(ip, src_mac=MAC_P if mine else MAC_R, dst_mac=MAC_R if mine else MAC_P))
+              for t, ip, mine in up + [(t, ip, not mine) for t, ip, mine in down]]  # fmt: skip
+    frames.sort(key=lambda f: f[0])
+    mac_b = b"\x02\x00\x00\x00\x00\x0d"
+    probe = [ClockProbe("start", T, 0, 1_000_000)]
+    proxy = VantageInput("proxy", "proxy", captures=[("eth1", io.BytesIO(pcap(frames)))],
+                         facts=HostFacts(own_ips={P}, own_macs={MAC_P}), probes=probe)  # fmt: skip
+    backend_frames = [(T + 3400, ethernet(up[3][1], src_mac=mac_b, dst_mac=MAC_R))]
+    backend = VantageInput("backend", "backend", captures=[("eth0", io.BytesIO(pcap(backend_frames)))],
+                           facts=HostFacts(own_ips={B}, own_macs={mac_b}), probes=probe)  # fmt: skip
+    a = analyze(extract_all([proxy, backend]))
+    assert a.clocks is not None and a.clocks.method == {"proxy": "reference", "backend": "probe"}
+    to_client = next(r for r in a.resets if r.tuple4[2] == C)
+    assert a.first is not None and a.first.origin_host == "backend" and to_client.chain_role == "propagated"
+    assert any("the clocks cannot order them. The packets do: proxy received" in e for e in to_client.evidence)
+    assert "The clocks alone could not order this chain" in a.verdict

@@ -98,10 +98,6 @@ class ClockFn:
         u = t - self.at(round(u))
         return round(t - self.at(round(u)))
 
-    @property
-    def slope(self) -> float:
-        return self.pieces[-1].slope
-
 
 @dataclass
 class Step:
@@ -122,10 +118,6 @@ class Link:
     samples_ba: int
     steps: list[Step] = field(default_factory=list)
 
-    @property
-    def theta_ns(self) -> int:
-        return round(self.fn.pieces[0].theta_ns)
-
 
 @dataclass
 class Clocks:
@@ -136,7 +128,6 @@ class Clocks:
     links: list[Link] = field(default_factory=list)
     fn: dict[str, ClockFn] = field(default_factory=dict)  # vantage clock minus reference clock
     drift_ppm: dict[str, float] = field(default_factory=dict)
-    steps: dict[str, list[Step]] = field(default_factory=dict)
     at_ns: int = 0  # the (reference) time offset_ns is quoted at: the first reset, if any
     findings: list[str] = field(default_factory=list)
 

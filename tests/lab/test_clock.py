@@ -25,8 +25,14 @@ CLIENT_PPM = 50.0
 SCENARIOS = {
     # a: idle reuse, traffic spread over ~1.6 s (so 50 ppm moves the client's clock by ~80 us in it)
     "a": (f"{CLIENT_IP}->{BACKEND_IP}:81", f"{CLIENTS} reuse {BACKEND_IP} 81 1.6", "3"),
+    # b: the proxy's own policy (HAProxy rejects /admin)
+    "b": (f"{CLIENT_IP}->{PROXY_FRONT}:8083", f"{CLIENTS} hold {PROXY_FRONT} 8083 /admin 1", "2"),
     # c: the router forges the reset
     "c": (f"{CLIENT_IP}->{PROXY_FRONT}:8081", f"curl -sS -m 3 http://{PROXY_FRONT}:8081/", "2"),
+    # e: connection refused
+    "e": (f"{CLIENT_IP}->{PROXY_FRONT}:9999", f"curl -sS -m 3 http://{PROXY_FRONT}:9999/", "2"),
+    # f: the backend closes with unread data
+    "f": (f"{CLIENT_IP}->{BACKEND_IP}:80", f"{CLIENTS} upload {BACKEND_IP} 80 /early 2000000", "2"),
     # g: the backend resets, the proxy propagates; every host sees part of it
     "g": (f"{CLIENT_IP}->{PROXY_FRONT}:8082", f"{CLIENTS} hold {PROXY_FRONT} 8082 /partial 1", "2"),
 }

@@ -16,6 +16,7 @@ from analysis.pcap import Record
 from analysis.report import clock_line
 from orchestrator.evidence import analyze_bundle
 from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, Lab
+from tests.lab import test_scenarios as scenarios
 from tests.lab.test_scenarios import CLIENTS, capture
 from tests.pcapgen import shift_pcap
 
@@ -135,3 +136,17 @@ def test_a_host_sharing_no_packet_falls_back_on_the_ssh_probe(
     _, report = summary(tmp_path / "s")
     assert {h["name"]: h["clock"]["method"] for h in report["hosts"]}["backend"] == "none"
     assert any("backend not aligned" in c or "Clock of backend" in c for c in report["caveats"]), report["caveats"]
+
+
+def test_scenario_d_verdict_survives_shifted_and_drifting_clocks(clean_lab: Lab, tmp_path: Path) -> None:
+    """d (the backend killed and restarted) needs its own choreography: run it, then shift it."""
+    scenarios.test_d_backend_killed_with_connections_open(clean_lab, tmp_path)
+    before, report0 = summary(tmp_path / "b")
+    shifted_copy(tmp_path / "b", tmp_path / "s", before.clocks.at_ns, SHIFTS, {"client": CLIENT_PPM})
+    after, report1 = summary(tmp_path / "s")
+    assert verdicts(report1) == verdicts(report0)
+    ref_shift = SHIFTS[after.clocks.reference]
+    for host, offset in after.clocks.offset_ns.items():
+        assert abs(offset + SHIFTS[host] - ref_shift) <= 100_000, (host, offset)
+    t0, t1 = seen_times(report0), seen_times(report1)
+    assert t0.keys() == t1.keys() and all(abs(t1[k] - t0[k] - ref_shift) <= 100_000 for k in t0)

@@ -15,8 +15,8 @@ from analysis.decode import decode
 from analysis.pcap import Record
 from analysis.report import clock_line
 from orchestrator.evidence import analyze_bundle
-from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, Lab
 from tests.lab import test_scenarios as scenarios
+from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, Lab
 from tests.lab.test_scenarios import CLIENTS, capture
 from tests.pcapgen import shift_pcap
 

@@ -95,17 +95,26 @@ def test_unknown_when_no_host_of_the_run_owns_the_source() -> None:
     assert any("Not in the inventory" in c and P in c for c in a.caveats)
 
 
-def test_a_proxy_reset_after_an_upstream_reset_is_propagation() -> None:
+BACKEND_RST = (T + 3500, tcp_packet(B, P, 80, 50000, RST | ACK, seq=91, ack=16), False)
+
+
+def proxy_propagates() -> list[tuple[int, bytes]]:
+    """The proxy's capture: its upstream connection is reset by the backend at T+3.5 us, and
+    0.3 us later the proxy resets its client."""
     up = [
         (T, tcp_packet(P, B, 50000, 80, SYN, seq=10), True),
         (T + 100, tcp_packet(B, P, 80, 50000, SYN | ACK, seq=90, ack=11), False),
         (T + 200, tcp_packet(P, B, 50000, 80, PSH | ACK, seq=11, ack=91, payload=b"GET /"), True),
-        (T + 3500, tcp_packet(B, P, 80, 50000, RST | ACK, seq=91, ack=16), False),
+        BACKEND_RST,
     ]
     down = handshake_and_request(64) + [(T + 3800, tcp_packet(P, C, 443, 40000, RST | ACK, seq=501, ack=106), False)]
     frames = [(t, ethernet(ip, src_mac=MAC_P if mine else MAC_R, dst_mac=MAC_R if mine else MAC_P))
               for t, ip, mine in up + [(t, ip, not mine) for t, ip, mine in down]]  # fmt: skip
-    frames.sort(key=lambda f: f[0])
+    return sorted(frames, key=lambda f: f[0])
+
+
+def test_a_proxy_reset_after_an_upstream_reset_is_propagation() -> None:
+    frames = proxy_propagates()
     proxy = VantageInput("proxy", "proxy", captures=[("eth1", io.BytesIO(pcap(frames)))],
                          facts=HostFacts(own_ips={P}, own_macs={MAC_P}))  # fmt: skip
     a = analyze(extract_all([proxy]))
@@ -129,21 +138,12 @@ def test_host_clock_skew_does_not_turn_a_host_reset_into_an_injection() -> None:
 def test_resets_closer_than_the_clocks_can_tell_are_ordered_by_the_packets() -> None:
     """The backend shares no packet both ways with the proxy, so only the SSH probe (+-1 ms)
     aligns it; the proxy resets the client 300 ns after receiving the backend's reset."""
-    up = [
-        (T, tcp_packet(P, B, 50000, 80, SYN, seq=10), True),
-        (T + 100, tcp_packet(B, P, 80, 50000, SYN | ACK, seq=90, ack=11), False),
-        (T + 200, tcp_packet(P, B, 50000, 80, PSH | ACK, seq=11, ack=91, payload=b"GET /"), True),
-        (T + 3500, tcp_packet(B, P, 80, 50000, RST | ACK, seq=91, ack=16), False),
-    ]
-    down = handshake_and_request(64) + [(T + 3800, tcp_packet(P, C, 443, 40000, RST | ACK, seq=501, ack=106), False)]
-    frames = [(t, ethernet(ip, src_mac=MAC_P if mine else MAC_R, dst_mac=MAC_R if mine else MAC_P))
-              for t, ip, mine in up + [(t, ip, not mine) for t, ip, mine in down]]  # fmt: skip
-    frames.sort(key=lambda f: f[0])
+    frames = proxy_propagates()
     mac_b = b"\x02\x00\x00\x00\x00\x0d"
     probe = [ClockProbe("start", T, 0, 1_000_000)]
     proxy = VantageInput("proxy", "proxy", captures=[("eth1", io.BytesIO(pcap(frames)))],
                          facts=HostFacts(own_ips={P}, own_macs={MAC_P}), probes=probe)  # fmt: skip
-    backend_frames = [(T + 3400, ethernet(up[3][1], src_mac=mac_b, dst_mac=MAC_R))]
+    backend_frames = [(T + 3400, ethernet(BACKEND_RST[1], src_mac=mac_b, dst_mac=MAC_R))]
     backend = VantageInput("backend", "backend", captures=[("eth0", io.BytesIO(pcap(backend_frames)))],
                            facts=HostFacts(own_ips={B}, own_macs={mac_b}), probes=probe)  # fmt: skip
     a = analyze(extract_all([proxy, backend]))

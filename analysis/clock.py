@@ -9,8 +9,8 @@ took a one-way delay d >= 0. With theta = (B's clock - A's clock):
 With samples both ways, theta = (L + U) / 2 within +-(U - L) / 2: the minimum-delay envelope of
 Paxson, "On Calibrating Measurements of Packet Transit Times" (SIGMETRICS 1998). Over a long
 capture theta moves: the samples are cut into time windows, each window gives its own envelope,
-and a line through the windows' estimates is the drift (kept only when it moves theta by more
-than the windows' own uncertainty). Where no line fits (a window's estimate off the line by more
+and a line through the windows' estimates is the drift (kept when it bounds theta tighter than
+the best constant does). Where no line fits (a window's estimate off the line by more
 than its uncertainty) the clock stepped or changed its rate (NTP): the fit is split there, and
 the report says so. Pairwise estimates are chained along the vantage graph by least total
 uncertainty from a reference vantage; a proxy's two legs share its clock, so the graph connects
@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+from analysis.decode import RST
 from analysis.model import ClockProbe, Seen, VantageData
 
 WINDOWS = 8  # at most this many windows per pair of vantages
@@ -170,8 +171,6 @@ class _Window:
     t: int
     theta: float
     hw: float
-    fwd: list[Sample]
-    bwd: list[Sample]
 
 
 def _envelope(fwd: list[Sample], bwd: list[Sample]) -> _Window:
@@ -179,7 +178,7 @@ def _envelope(fwd: list[Sample], bwd: list[Sample]) -> _Window:
     u = min(fwd, key=lambda s: s[1])
     low = max(bwd, key=lambda s: s[1])
     theta = (u[1] + low[1]) / 2
-    return _Window((u[0] + low[0]) // 2, theta, abs(u[1] - low[1]) / 2, fwd, bwd)
+    return _Window((u[0] + low[0]) // 2, theta, abs(u[1] - low[1]) / 2)
 
 
 def _fit(ws: list[_Window]) -> tuple[ClockFn, float, bool]:
@@ -265,7 +264,7 @@ def probe_fn(probes: list[ClockProbe]) -> tuple[ClockFn, int] | None:
 
 
 def _at(vantages: list[VantageData]) -> int:
-    resets = [s.ts_ns for v in vantages for s in v.segments if s.seg.flags & 0x04]
+    resets = [s.ts_ns for v in vantages for s in v.segments if s.seg.flags & RST]
     if resets:
         return min(resets)
     times = sorted(s.ts_ns for v in vantages for s in v.segments)
@@ -353,12 +352,6 @@ def apply(vantages: list[VantageData], clocks: Clocks) -> None:
         v.clock_method = clocks.method.get(v.name, "none")
         fn = clocks.fn.get(v.name)
         if fn is None or v.clock_method == "reference":
-            continue
-        if len(fn.pieces) == 1 and fn.pieces[0].slope == 0.0:
-            off = -round(fn.pieces[0].theta_ns)
-            for s in v.segments:
-                s.ts_ns += off
-            v.activity = {t + off: a for t, a in v.activity.items()}
             continue
         for s in v.segments:
             s.ts_ns = fn.to_reference(s.ts_ns)

@@ -99,6 +99,18 @@ def capture_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reproduce-on", metavar="HOST", help="run --reproduce there instead of the first client host")
     p.add_argument("--reproduce-timeout", type=_positive(int), default=60, help="seconds (default 60)")
+    p.add_argument(
+        "--no-witness",
+        action="store_true",
+        help="do not run the kernel reset witness (an ftrace instance with tcp:tcp_send_reset) on the hosts",
+    )
+    p.add_argument(
+        "--witness-buffer",
+        type=_size,
+        default=256 << 10,
+        metavar="SIZE",
+        help="the witness's kernel trace buffer per CPU, e.g. 1M (default 256K)",
+    )
     p.add_argument("--hosts", help="comma-separated subset of inventory host names")
     p.add_argument("--concurrency", type=_positive(int), default=32, help="SSH connections opened at once (default 32)")
     p.add_argument(
@@ -192,6 +204,7 @@ async def _capture(args: argparse.Namespace) -> int:
         reproduce=args.reproduce,
         reproduce_on=args.reproduce_on,
         reproduce_timeout=args.reproduce_timeout,
+        witness_kb=0 if args.no_witness else max(4, args.witness_buffer >> 10),
     )
     if opts.reproduce is not None:
         from remote.commands import reproduce

@@ -31,6 +31,19 @@ class ClockProbeRecord(BaseModel):
     resolution_ns: int
 
 
+class WitnessRecord(BaseModel):
+    """The kernel reset witness on a host: whether it ran, why not, and its files in the bundle."""
+
+    state: str = "not started"  # off | unavailable | ran | running (never stopped) | not started
+    reason: str | None = None
+    instance: str | None = None  # the ftrace instance the host's job created (and removed)
+    removed: bool | None = None
+    clock: str | None = None
+    events: list[str] = []
+    files: list[str] = []  # bundle paths
+    error: str | None = None
+
+
 class HostRecord(BaseModel):
     name: str
     role: str
@@ -51,6 +64,7 @@ class HostRecord(BaseModel):
     stop_reason: str | None = None
     captures: list[CaptureFile] = []
     clock_probes: list[ClockProbeRecord] = []
+    witness: WitnessRecord = WitnessRecord()
     notes: list[str] = []
 
 

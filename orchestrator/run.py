@@ -40,6 +40,7 @@ from remote.parse import (
     Finished,
     Parsed,
     Preflight,
+    WitnessStatus,
     parse_arm,
     parse_finish,
     parse_preflight,
@@ -72,6 +73,7 @@ class RunOptions:
     reproduce_on: str | None = None
     reproduce_timeout: int = 60
     controller_slack: float = 10.0  # the controller gives up this long after the host's own limit
+    witness_kb: int = 256  # per-CPU buffer of the kernel reset witness; 0 turns it off (--no-witness)
 
     @property
     def limit_s(self) -> int:
@@ -251,13 +253,17 @@ class HostRun:
                 max_bytes=self.opts.max_bytes,
                 snaplen=self.opts.snaplen,
                 keep_s=self.opts.keep,
+                witness_kb=self.opts.witness_kb,
                 sudo=self.plan.sudo,
             )
             _, parsed = await self._run(cmd)
             self.armed = parse_arm(parsed)
             self.record.armed_ns = time.time_ns()
             self.record.remote_armed_ns = self.armed.armed_ns or None
-            self.sink(self.plan.name, "armed", ", ".join(self.plan.interfaces))
+            self._witness(self.armed.witness)
+            w = self.record.witness
+            witness = "kernel witness on" if w.state == "running" else f"no kernel witness: {w.reason or w.state}"
+            self.sink(self.plan.name, "armed", f"{', '.join(self.plan.interfaces)}; {witness}")
         except RemoteError as exc:
             if isinstance(exc, CommandError) and exc.partial_output:
                 for iface, text in parse_sections(exc.partial_output).sections.items():
@@ -266,6 +272,28 @@ class HostRun:
             self.fail("arm", exc)
         except commands.UnsafeValue as exc:
             self.fail("arm", CommandError(self.plan.name, str(exc)))
+
+    def _witness(self, status: WitnessStatus) -> None:
+        w = self.record.witness
+        if status.state == "unknown":
+            return  # the job wrote no status (yet): keep what we knew
+        w.state, w.reason = status.state, status.reason or None
+        w.instance = status.instance or w.instance
+        w.clock = status.clock or w.clock
+        w.events = status.events or w.events
+        w.removed = status.removed
+        w.error = status.error or None
+        note = f"removed {status.swept} stale ftrace instance(s) of an earlier capture-all job"
+        if status.swept and note not in self.record.notes:  # reported at arm and again at finish
+            self.record.notes.append(note)
+
+    async def _pull(self, remote_name: str, local_rel: str, sha256: str) -> None:
+        assert self.transport is not None and self.record.remote_dir is not None
+        local = self.bundle.folder(self.plan.name) / local_rel
+        local.parent.mkdir(parents=True, exist_ok=True)
+        await self.transport.get(f"{self.record.remote_dir}/{remote_name}", local)
+        if sha256_file(local) != sha256:
+            raise TransferError(self.plan.name, f"{remote_name}: SHA-256 after transfer differs from the host's")
 
     async def _finish_once(self) -> Parsed:
         assert self.record.remote_dir is not None
@@ -295,14 +323,10 @@ class HostRun:
                 self.bundle.write(f"{name}/after/{fname}", text)
             for iface, text in fin.tcpdump_stderr.items():
                 self.bundle.write(f"{name}/{iface}.tcpdump.txt", text)
-            self.sink(name, "pulling", f"{len(fin.files)} file(s)")
+            self.sink(name, "pulling", f"{len(fin.files) + len(fin.witness.files)} file(s)")
             for rf in fin.files:
                 iface = rf.name.removesuffix(".pcap")
-                local = self.bundle.folder(name) / rf.name
-                assert self.transport is not None
-                await self.transport.get(f"{self.record.remote_dir}/{rf.name}", local)
-                if sha256_file(local) != rf.sha256:
-                    raise TransferError(name, f"{rf.name}: SHA-256 after transfer differs from the host's")
+                await self._pull(rf.name, rf.name, rf.sha256)
                 stats = fin.stats.get(iface)
                 self.record.captures.append(
                     CaptureFile(
@@ -314,6 +338,15 @@ class HostRun:
                         kernel_drops=stats.dropped if stats else None,
                         tcpdump_exit=fin.exit_codes.get(iface),
                     )
+                )
+            self._witness(fin.witness)
+            for wf in fin.witness.files:
+                await self._pull(wf.name, f"witness/{wf.name}", wf.sha256)
+                self.record.witness.files.append(f"{name}/witness/{wf.name}")
+            if self.record.witness.removed is False:
+                self.record.notes.append(
+                    f"the job could not remove its ftrace instance {self.record.witness.instance}; the next "
+                    f"capture-all job on this host removes it"
                 )
             missing = [i for i in self.plan.interfaces if f"{i}.pcap" not in {f.name for f in fin.files}]
             bad = {i: c for i, c in fin.exit_codes.items() if c not in (0, 124, None)}

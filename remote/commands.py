@@ -125,15 +125,102 @@ echo "dir=$dir"
     + _SNAPSHOT
 )
 
-# The detached capture job. Args: dir limit maxpk maxbytes snaplen keep filter tcpdump owner iface...
-# Runs in its own session so neither the SSH channel nor `timeout` on the arm line can kill it;
-# it is bounded by its own `timeout`, a size watchdog, and the reaper at the end.
-JOB_SCRIPT = r"""
+# The kernel reset witness, part of the job: its own ftrace instance (never the global buffer),
+# named capture-all.<dir suffix>.<job pid>, with tcp:tcp_send_reset and tcp:tcp_receive_reset on,
+# a bounded per-CPU buffer that keeps the first events when full (overwrite off), and the
+# "mono" trace clock tied to the wall clock by trace_marker writes bracketed by wall-clock reads
+# (bash's $EPOCHREALTIME, no fork, when there is a bash; else `date`). The job removes the instance
+# when the capture ends, whatever the controller does; an instance of ours whose job no longer
+# runs (a job killed outright) is removed by the next job on that host. tracefs is never mounted
+# here: where it is missing the witness reports why and the capture goes on without it.
+_WITNESS = r"""
+wi=""
+wstatus() { printf '%s\n' "$@" > "$dir/witness.status"; }
+wset() { echo "$2" > "$wi/$1" 2>> "$dir/witness.err"; }
+wsync() {
+  if [ -n "$wbash" ]; then
+    "$wbash" -c 'for k in 1 2 3; do
+        a=$EPOCHREALTIME; echo "capture-all-sync $1 $k" > "$2/trace_marker"; b=$EPOCHREALTIME
+        echo "$1 $k ${a//[!0-9]/}000 ${b//[!0-9]/}000"
+      done' wsync "$1" "$wi" >> "$dir/witness.sync" 2>> "$dir/witness.err"
+  else
+    for k in 1 2 3; do a=$(date +%s%N); echo "capture-all-sync $1 $k" > "$wi/trace_marker"; b=$(date +%s%N)
+      echo "$1 $k $a $b" >> "$dir/witness.sync"; done 2>> "$dir/witness.err"
+  fi
+}
+witness_start() {
+  tfs=""
+  for t in /sys/kernel/tracing /sys/kernel/debug/tracing; do [ -d "$t/instances" ] && { tfs=$t; break; }; done
+  if [ "$witness_kb" = 0 ]; then wstatus state=off "reason=turned off (--no-witness)"; return; fi
+  if [ "$(id -u)" != 0 ]; then wstatus state=unavailable "reason=needs root to create an ftrace instance"; return; fi
+  if [ -z "$tfs" ]; then
+    wstatus state=unavailable \
+      "reason=tracefs is not mounted (no /sys/kernel/tracing/instances); capture-all does not mount it on a host"
+    return
+  fi
+  if [ ! -d "$tfs/events/tcp/tcp_send_reset" ]; then
+    wstatus state=unavailable "reason=this kernel ($(uname -r)) has no tcp:tcp_send_reset tracepoint"; return
+  fi
+  swept=0
+  for old in "$tfs"/instances/capture-all.*; do
+    [ -d "$old" ] || continue
+    p=${old##*.}
+    case "$p" in *[!0-9]*|"") continue;; esac
+    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q capture-all-job && continue
+    rmdir "$old" 2>/dev/null && swept=$((swept + 1))
+  done
+  wi="$tfs/instances/capture-all.${dir##*.}.$$"
+  if ! mkdir "$wi" 2>> "$dir/witness.err"; then
+    wstatus state=unavailable "reason=cannot create an ftrace instance: $(tail -n 1 "$dir/witness.err")"; wi=""; return
+  fi
+  ok=1
+  wset tracing_on 0 && wset buffer_size_kb "$witness_kb" && wset options/overwrite 0 || ok=0
+  wset options/irq-info 1
+  clock=local
+  grep -qw mono "$wi/trace_clock" && wset trace_clock mono && clock=mono
+  events=""
+  for ev in tcp_send_reset tcp_receive_reset; do
+    [ -d "$wi/events/tcp/$ev" ] || continue
+    cat "$wi/events/tcp/$ev/format" > "$dir/witness.$ev.format" && wset "events/tcp/$ev/enable" 1 || ok=0
+    events="$events,$ev"
+  done
+  wset tracing_on 1 || ok=0
+  if [ "$ok" != 1 ]; then
+    rmdir "$wi" 2>/dev/null
+    wstatus state=unavailable "reason=cannot set up the ftrace instance: $(tail -n 1 "$dir/witness.err")"; wi=""; return
+  fi
+  wbash=""
+  b=$(command -v bash 2>/dev/null) && [ "$("$b" -c 'echo ${EPOCHREALTIME:+y}' 2>/dev/null)" = y ] && wbash=$b
+  wsync start
+  wstatus state=running "instance=$wi" "clock=$clock" "events=${events#,}" "buffer_kb=$witness_kb" "swept=$swept"
+}
+witness_stop() {
+  [ -n "$wi" ] || return 0
+  wsync end
+  wset tracing_on 0
+  cat "$wi/trace" > "$dir/witness.trace" 2>> "$dir/witness.err"
+  for s in "$wi"/per_cpu/cpu*/stats; do echo "@@cpu ${s%/stats}"; cat "$s"; done > "$dir/witness.stats" 2>/dev/null
+  n=0
+  while ! rmdir "$wi" 2>/dev/null && [ "$n" -lt 25 ]; do sleep 0.2; n=$((n + 1)); done
+  if [ -d "$wi" ]; then removed=0; else removed=1; fi
+  printf '%s\n' state=ran "removed=$removed" >> "$dir/witness.status"
+}
+"""
+
+# The detached capture job. Args: dir limit maxpk maxbytes snaplen keep filter tcpdump owner
+# witness_kb iface... Runs in its own session so neither the SSH channel nor `timeout` on the arm
+# line can kill it; it is bounded by its own `timeout`, a size watchdog, and the reaper at the end.
+JOB_SCRIPT = (
+    _WITNESS
+    + r"""
 dir=$1 limit=$2 maxpk=$3 maxbytes=$4 snaplen=$5 keep=$6 filter=$7 tcpdump=$8 owner=$9
 shift 9
+witness_kb=$1
+shift
 zuser=""
 [ "$(id -u)" = 0 ] && zuser=$owner
 echo $$ > "$dir/job.pid"
+witness_start
 pids=""
 for i in "$@"; do
   timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" \
@@ -160,6 +247,7 @@ done
 wd=$!
 for i in "$@"; do wait "$(cat "$dir/$i.pid")"; echo "$?" > "$dir/$i.rc"; done
 kill "$wd" 2>/dev/null
+witness_stop
 date +%s%N > "$dir/done"
 # Reaper: whatever the controller does, nothing of ours stays on the disk beyond `keep` seconds
 # after the capture ended (the controller renews the lease while it collects).
@@ -170,20 +258,21 @@ while [ -d "$dir" ]; do
   sleep 1
 done
 """
+)
 
 # Phase 2: start the job and return once every tcpdump says "listening on" (or failed).
-# Args: job dir limit maxpk maxbytes snaplen keep filter iface...
+# Args: job dir limit maxpk maxbytes snaplen keep filter witness_kb iface...
 ARM_SCRIPT = r"""
 set -u
-job=$1; dir=$2; limit=$3; maxpk=$4; maxbytes=$5; snaplen=$6; keep=$7; filter=$8
-shift 8
+job=$1; dir=$2; limit=$3; maxpk=$4; maxbytes=$5; snaplen=$6; keep=$7; filter=$8; witness_kb=$9
+shift 9
 case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit 14;; esac
 [ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit 14; }
 owner=$(stat -c %U "$dir")
 umask 077
 tcpdump=$(command -v tcpdump 2>/dev/null || echo /usr/sbin/tcpdump)
 setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" \
-  "$filter" "$tcpdump" "$owner" "$@" < /dev/null > /dev/null 2>&1 &
+  "$filter" "$tcpdump" "$owner" "$witness_kb" "$@" < /dev/null > /dev/null 2>&1 &
 n=0; ready=0
 while [ "$n" -lt 200 ]; do
   ready=1
@@ -196,6 +285,8 @@ echo "@@section arm"
 echo "armed_ns=$(date +%s%N)"
 echo "job_pid=$(cat "$dir/job.pid" 2>/dev/null)"
 for i in "$@"; do echo "pid $i $(cat "$dir/$i.pid" 2>/dev/null)"; done
+echo "@@section witness"
+cat "$dir/witness.status" 2>/dev/null
 if [ "$ready" != 1 ]; then
   for i in "$@"; do echo "@@section tcpdump_err $i"; cat "$dir/$i.tcpdump.err" 2>/dev/null; done
   echo "@@fail not_armed tcpdump did not start listening"
@@ -233,6 +324,12 @@ for i in "$@"; do
   [ -f "$f" ] && echo "file $i.pcap $(stat -c %s "$f") $(sha256sum < "$f" | cut -d' ' -f1)"
 done
 for i in "$@"; do echo "@@section tcpdump_err $i"; cat "$dir/$i.tcpdump.err" 2>/dev/null; done
+echo "@@section witness"
+cat "$dir/witness.status" 2>/dev/null
+for f in "$dir"/witness.*; do
+  [ -f "$f" ] && echo "file ${f##*/} $(stat -c %s "$f") $(sha256sum < "$f" | cut -d' ' -f1)"
+done
+[ -s "$dir/witness.err" ] && echo "error=$(tail -n 1 "$dir/witness.err")"
 """
     + _SNAPSHOT
 )
@@ -285,8 +382,10 @@ def arm(
     max_bytes: int,
     snaplen: int,
     keep_s: int,
+    witness_kb: int,
     sudo: bool,
 ) -> RemoteCommand:
+    """``witness_kb`` is the witness's per-CPU trace buffer; 0 turns the witness off."""
     args = (
         JOB_SCRIPT,
         validate_remote_dir(remote_dir),
@@ -296,6 +395,7 @@ def arm(
         str(int(snaplen)),
         str(int(keep_s)),
         bpf_filter,
+        str(int(witness_kb)),
         *map(validate_interface, interfaces),
     )
     return RemoteCommand("arm", args, _line(ARM_SCRIPT, args, timeout=30, sudo=sudo), 30)

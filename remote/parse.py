@@ -147,17 +147,65 @@ def parse_preflight(parsed: Parsed) -> Preflight:
 
 
 @dataclass
+class RemoteFile:
+    name: str
+    size: int
+    sha256: str
+
+
+def _files(parsed: Parsed, section: str) -> list[RemoteFile]:
+    return [
+        RemoteFile(w[0], int(w[1]), w[2])
+        for w in parsed.words(section, "file")
+        if len(w) == 3 and w[1].isdigit() and re.fullmatch(r"[0-9a-f]{64}", w[2])
+    ]
+
+
+@dataclass
+class WitnessStatus:
+    """The kernel reset witness as the host's job reported it (``witness.status``)."""
+
+    state: str = "unknown"  # off | unavailable | running | ran | unknown (the job wrote nothing)
+    reason: str = ""  # why it is off or unavailable
+    instance: str = ""  # the ftrace instance the job created
+    clock: str = ""  # the instance's trace clock
+    events: list[str] = field(default_factory=list)
+    removed: bool | None = None  # the job removed its instance afterwards
+    swept: int = 0  # stale instances of ours (whose job was gone) removed before starting
+    error: str = ""
+    files: list[RemoteFile] = field(default_factory=list)
+
+
+def parse_witness(parsed: Parsed) -> WitnessStatus:
+    kv = parsed.kv("witness")
+    removed = kv.get("removed")
+    swept = kv.get("swept", "0")
+    return WitnessStatus(
+        state=kv.get("state", "unknown"),
+        reason=kv.get("reason", ""),
+        instance=kv.get("instance", ""),
+        clock=kv.get("clock", ""),
+        events=[e for e in kv.get("events", "").split(",") if e],
+        removed=None if removed is None else removed == "1",
+        swept=int(swept) if swept.isdigit() else 0,
+        error=kv.get("error", ""),
+        files=[f for f in _files(parsed, "witness") if re.fullmatch(r"witness\.[a-z_]+(\.format)?", f.name)],
+    )
+
+
+@dataclass
 class Armed:
     armed_ns: int
     job_pid: int | None
     pids: dict[str, int]
+    witness: WitnessStatus = field(default_factory=WitnessStatus)
 
 
 def parse_arm(parsed: Parsed) -> Armed:
     kv = parsed.kv("arm")
     pids = {w[0]: int(w[1]) for w in parsed.words("arm", "pid") if len(w) == 2 and w[1].isdigit()}
     job = kv.get("job_pid", "")
-    return Armed(int(kv.get("armed_ns", "0") or 0), int(job) if job.isdigit() else None, pids)
+    return Armed(int(kv.get("armed_ns", "0") or 0), int(job) if job.isdigit() else None, pids, parse_witness(parsed))
 
 
 @dataclass
@@ -177,13 +225,6 @@ def parse_tcpdump_stats(stderr: str) -> TcpdumpStats:
 
 
 @dataclass
-class RemoteFile:
-    name: str
-    size: int
-    sha256: str
-
-
-@dataclass
 class Finished:
     already_done: bool
     done_ns: int | None
@@ -192,6 +233,7 @@ class Finished:
     files: list[RemoteFile]
     tcpdump_stderr: dict[str, str]
     stats: dict[str, TcpdumpStats]
+    witness: WitnessStatus = field(default_factory=WitnessStatus)
 
 
 def parse_finish(parsed: Parsed) -> Finished:
@@ -200,11 +242,7 @@ def parse_finish(parsed: Parsed) -> Finished:
     for w in parsed.words("finish", "rc"):
         if w:
             codes[w[0]] = int(w[1]) if len(w) > 1 and w[1].lstrip("-").isdigit() else None
-    files = [
-        RemoteFile(w[0], int(w[1]), w[2])
-        for w in parsed.words("finish", "file")
-        if len(w) == 3 and w[1].isdigit() and re.fullmatch(r"[0-9a-f]{64}", w[2])
-    ]
+    files = _files(parsed, "finish")
     errs = {
         name[len("tcpdump_err ") :]: sec.body
         for name, sec in parsed.sections.items()
@@ -219,6 +257,7 @@ def parse_finish(parsed: Parsed) -> Finished:
         files=files,
         tcpdump_stderr=errs,
         stats={iface: parse_tcpdump_stats(text) for iface, text in errs.items()},
+        witness=parse_witness(parsed),
     )
 
 
@@ -311,3 +350,81 @@ def parse_probe(header: str, samples: list[tuple[int, str, int]]) -> ProbeResult
     rtt, sent, remote, received = min(good)
     mid = (sent + received) // 2
     return ProbeResult(mid, remote - mid, (rtt + 1) // 2 + unit, rtt, len(good), unit)
+
+
+_IFLINE_RE = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:")
+
+
+def parse_ip_s_link(text: str) -> dict[str, dict[str, int]]:
+    """``ip -s link`` -> {interface: {"rx_dropped": N, "tx_dropped": N, "rx_missed": N, ...}}.
+    The column names come from the header lines, so older and newer iproute2 both read."""
+    out: dict[str, dict[str, int]] = {}
+    iface = None
+    header: tuple[str, list[str]] | None = None
+    for line in text.splitlines():
+        m = _IFLINE_RE.match(line)
+        if m:
+            iface, header = m.group(1), None
+            out[iface] = {}
+            continue
+        words = line.split()
+        if iface is None or not words:
+            continue
+        if words[0] in ("RX:", "TX:"):
+            header = (words[0][:2].lower(), words[1:])
+            continue
+        if header is not None and all(w.isdigit() for w in words):
+            direction, names = header
+            for name, value in zip(names, words, strict=False):
+                out[iface][f"{direction}_{name}"] = int(value)
+            header = None
+    return out
+
+
+def _endpoint(text: str) -> tuple[str, int] | None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    host = host.strip("[]").split("%")[0]
+    if host.startswith("::ffff:") and "." in host:
+        host = host[len("::ffff:") :]
+    return host, int(port)
+
+
+_USER_RE = re.compile(r'\("([^"]*)",pid=(\d+)')
+
+
+def parse_sockets(ss_text: str) -> dict[tuple[str, int, str, int], list[tuple[str, int]]]:
+    """``ss -tnpi`` (or ``ss -tnp``) -> {(local ip, port, peer ip, port): [(command, pid), ...]}:
+    which process owned each connection at snapshot time."""
+    out: dict[tuple[str, int, str, int], list[tuple[str, int]]] = {}
+    for line in ss_text.splitlines():
+        if not line or line[0].isspace():
+            continue  # the -i info line of the socket above
+        parts = line.split()
+        if len(parts) < 5 or parts[0] in ("State", "LISTEN"):
+            continue
+        local, peer = _endpoint(parts[3]), _endpoint(parts[4])
+        if local is None or peer is None:
+            continue
+        out[(*local, *peer)] = [(name, int(pid)) for name, pid in _USER_RE.findall(line)]
+    return out
+
+
+def parse_listener_names(ss_tlnp: str) -> dict[int, list[tuple[str, int]]]:
+    """``ss -tlnp`` -> {port: [(command, pid), ...]} of the listening processes."""
+    out: dict[int, list[tuple[str, int]]] = {}
+    for line in ss_tlnp.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or parts[0] != "LISTEN":
+            continue
+        ep = _endpoint(parts[3])
+        if ep is not None:
+            out.setdefault(ep[1], []).extend((n, int(p)) for n, p in _USER_RE.findall(line))
+    return out
+
+
+def parse_int(text: str) -> int | None:
+    """A /proc value such as nf_conntrack_count (None when the file was missing)."""
+    first = text.strip().split("\n", 1)[0].strip()
+    return int(first) if first.isdigit() else None

@@ -33,6 +33,7 @@ def test_hostile_filter_and_command_stay_single_words(value: str) -> None:
         max_bytes=1,
         snaplen=1,
         keep_s=1,
+        witness_kb=256,
         sudo=True,
     )
     assert argv_after_script(cmd.line, commands.ARM_SCRIPT)[7] == value
@@ -78,6 +79,7 @@ def test_every_line_is_bounded_on_the_host() -> None:
             max_bytes=1,
             snaplen=1,
             keep_s=1,
+            witness_kb=0,
             sudo=False,
         ),
         commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=15, sudo=False),

@@ -356,3 +356,8 @@ def apply(vantages: list[VantageData], clocks: Clocks) -> None:
         for s in v.segments:
             s.ts_ns = fn.to_reference(s.ts_ns)
         v.activity = {fn.to_reference(t): a for t, a in v.activity.items()}
+        w = v.witness
+        for e in w.events:
+            e.ts_ns = fn.to_reference(e.ts_ns)
+        w.start_ns = None if w.start_ns is None else fn.to_reference(w.start_ns)
+        w.end_ns = None if w.end_ns is None else fn.to_reference(w.end_ns)

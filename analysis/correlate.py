@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from analysis.decode import RST
 from analysis.model import Seen, VantageData
+from analysis.witness import KernelEvent
 
 # The same packet at two vantages: (seq, ack, flags, IP ID) identifies it; time only keeps a
 # 32-bit sequence coincidence out. Wide, because host clocks are not aligned: a narrow window would
@@ -39,6 +40,11 @@ class Reset:
     propagated_from: str | None = None
     cause: str = "unknown"
     evidence: list[str] = field(default_factory=list)
+    # The witness: the sender's own tcp_send_reset event, and the receivers' tcp_receive_reset.
+    kernel_sent: tuple[str, KernelEvent] | None = None
+    kernel_received: list[tuple[str, KernelEvent]] = field(default_factory=list)
+    witness_absent: str | None = None  # host whose running witness logged no send event for it
+    owners: dict[str, str] = field(default_factory=dict)  # host -> process owning its end (snapshots)
 
     @property
     def first_seen(self) -> Seen:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from analysis.decode import Segment
+from analysis.witness import Witness
 
 
 @dataclass
@@ -19,6 +20,15 @@ class HostFacts:
     listeners_after: dict[int, set[int]] = field(default_factory=dict)
     counters_before: dict[str, int] = field(default_factory=dict)  # nstat
     counters_after: dict[str, int] = field(default_factory=dict)
+    # (local ip, port, peer ip, port) -> [(command, pid)] from `ss -tnpi`
+    sockets_before: dict[tuple[str, int, str, int], list[tuple[str, int]]] = field(default_factory=dict)
+    sockets_after: dict[tuple[str, int, str, int], list[tuple[str, int]]] = field(default_factory=dict)
+    listener_names: dict[int, list[tuple[str, int]]] = field(default_factory=dict)  # port -> [(command, pid)]
+    conntrack_before: int | None = None
+    conntrack_after: int | None = None
+    conntrack_max: int | None = None
+    links_before: dict[str, dict[str, int]] = field(default_factory=dict)  # `ip -s link`: iface -> counters
+    links_after: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,6 +52,7 @@ class VantageInput:
     facts: HostFacts = field(default_factory=HostFacts)
     clock_offset_ns: int = 0  # added to every timestamp of this vantage to align it
     probes: list[ClockProbe] = field(default_factory=list)
+    witness: Witness = field(default_factory=Witness)  # the host kernel's own account of its resets
 
 
 @dataclass(slots=True)
@@ -70,6 +81,7 @@ class VantageData:
     directions_unknown: bool = False  # no snapshot, no addresses, and two MACs in every frame
     clock_method: str = "none"  # how its clock was aligned: reference, packets, probe, none (not aligned)
     probes: list[ClockProbe] = field(default_factory=list)
+    witness: Witness = field(default_factory=Witness)
     # Around each RST this vantage saw (aligned time): connection hash -> last data time (-1: none).
     activity: dict[int, dict[int, int]] = field(default_factory=dict)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from analysis.correlate import Reset, flow_key
+from analysis.counters import deltas
 from analysis.decode import RST, flag_text
-from analysis.model import Seen
+from analysis.model import Seen, VantageData
 from analysis.verdict import Analysis
+from analysis.witness import KernelEvent
 
 SCHEMA = "capture-all/report/1"
 TIMELINE_BEFORE_NS = 3 * 10**9
@@ -21,30 +24,82 @@ def clock(ns: int) -> str:
     return f"{t}.{ns % 10**9:09d}"[:15]
 
 
-def timeline(a: Analysis, first: Reset) -> list[tuple[Seen, str | None]]:
-    """Every segment of the first reset's chain's connections, at every vantage, around it."""
+@dataclass
+class KernelRow:
+    """A witness event on the timeline: what a host's own kernel logged."""
+
+    vantage: str
+    event: KernelEvent
+
+    @property
+    def ts_ns(self) -> int:
+        return self.event.ts_ns
+
+
+Row = Seen | KernelRow
+
+
+def timeline(a: Analysis, first: Reset) -> list[tuple[Row, str | None]]:
+    """Every segment of the first reset's chain's connections, at every vantage, around it, and
+    what the hosts' kernels logged about resets on those connections."""
     chain = [r for r in a.resets if r.chain == first.chain]
     keys = {r.key for r in chain}
-    marks = {id(o): r.id for r in chain for o in r.seen}
+    marks: dict[int, str] = {id(o): r.id for r in chain for o in r.seen}
+    for r in chain:
+        if r.kernel_sent is not None:
+            marks[id(r.kernel_sent[1])] = r.id
+        for _, e in r.kernel_received:
+            marks[id(e)] = r.id
     lo = min(r.time_ns for r in chain) - TIMELINE_BEFORE_NS
     hi = max(r.time_ns for r in chain) + TIMELINE_AFTER_NS
-    rows = [
+    rows: list[Row] = [
         s
         for v in a.vantages
         for s in v.segments
         if lo <= s.ts_ns <= hi and flow_key(s.seg.src, s.seg.sport, s.seg.dst, s.seg.dport) in keys
     ]
+    rows += [
+        KernelRow(v.name, e)
+        for v in a.vantages
+        for e in v.witness.events
+        if lo <= e.ts_ns <= hi and flow_key(*e.tuple4()) in keys
+    ]
     rows.sort(key=lambda s: (s.ts_ns, s.vantage))
+
+    def marked(s: Row) -> bool:
+        return id(s.event if isinstance(s, KernelRow) else s) in marks
+
     if len(rows) > TIMELINE_MAX:
         t0 = first.time_ns
-        keep = sorted(rows, key=lambda s: (id(s) not in marks, abs(s.ts_ns - t0)))[:TIMELINE_MAX]
+        keep = sorted(rows, key=lambda s: (not marked(s), abs(s.ts_ns - t0)))[:TIMELINE_MAX]
         rows = sorted(keep, key=lambda s: (s.ts_ns, s.vantage))
-    return [(s, marks.get(id(s))) for s in rows]
+    return [(s, marks.get(id(s.event if isinstance(s, KernelRow) else s))) for s in rows]
 
 
-def _row(s: Seen, mark: str | None) -> dict[str, Any]:
+def _kernel(e: KernelEvent) -> dict[str, Any]:
+    return {
+        "event": f"tcp_{e.kind}_reset",
+        "time_ns": e.ts_ns,
+        "src": e.src,
+        "sport": e.sport,
+        "dst": e.dst,
+        "dport": e.dport,
+        "state": e.state,
+        "reason": e.reason,
+        "pid": e.pid,
+        "comm": e.comm,
+        "softirq": e.softirq,
+        "sender_process": None if e.softirq or e.kind != "send" else f"{e.comm} pid {e.pid}",
+    }
+
+
+def _row(s: Row, mark: str | None) -> dict[str, Any]:
+    if isinstance(s, KernelRow):
+        return {"kind": "kernel", "host": s.vantage, "text": s.event.describe(s.vantage), **_kernel(s.event),
+                "reset_id": mark}  # fmt: skip
     g = s.seg
     return {
+        "kind": "packet",
         "time_ns": s.ts_ns,
         "host": s.vantage,
         "iface": s.iface,
@@ -77,6 +132,8 @@ def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]
                 "packets": v.packets,
                 "kernel_drops": v.kernel_drops,
                 "clock": _clock(a, v.name),
+                "witness": _witness(v),
+                **_counters(v),
             }
             for v in a.vantages
         ],
@@ -103,6 +160,12 @@ def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]
                     for o in r.seen
                 ],
                 "evidence": r.evidence,
+                "kernel": {
+                    "sent": {"host": r.kernel_sent[0], **_kernel(r.kernel_sent[1])} if r.kernel_sent else None,
+                    "received": [{"host": h, **_kernel(e)} for h, e in r.kernel_received],
+                    "no_send_event_at": r.witness_absent,
+                },
+                "owners": r.owners,
             }
             for r in a.resets
         ],
@@ -111,6 +174,47 @@ def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]
         "caveats": a.caveats,
         "timeline": [_row(s, m) for s, m in timeline(a, a.first)] if a.first else [],
     }
+
+
+def _witness(v: VantageData) -> dict[str, Any]:
+    w = v.witness
+    return {
+        "state": w.state,
+        "reason": w.reason or None,
+        "events": len(w.events),
+        "lost": w.lost,
+        "other_hosts_events": w.foreign,
+        "reason_field": w.has_reason,
+        "start_ns": w.start_ns,
+        "end_ns": w.end_ns,
+        "clock_bound_ns": w.clock_bound_ns if w.ran else None,
+    }
+
+
+def _counters(v: VantageData) -> dict[str, Any]:
+    d = deltas(v.facts)
+    before, after, top = d.conntrack
+    return {
+        "counters": d.counters,
+        "conntrack": {"before": before, "after": after, "max": top},
+        "interface_drops": d.links,
+    }
+
+
+def witness_line(a: Analysis) -> str | None:
+    """'kernel witness: client ran (2 events), proxy unavailable (tracefs is not mounted ...)'."""
+    parts = []
+    for v in a.vantages:
+        w = v.witness
+        if w.state == "none":
+            continue
+        if w.ran:
+            lost = f", {w.lost} lost" if w.lost else ""
+            reason = "" if w.has_reason or not any(e.kind == "send" for e in w.events) else ", no reason field"
+            parts.append(f"{v.name} ran ({len(w.events)} event{'s' * (len(w.events) != 1)}{lost}{reason})")
+        else:
+            parts.append(f"{v.name} {w.state}" + (f" ({w.reason})" if w.reason else ""))
+    return "kernel witness: " + "; ".join(parts) if parts else None
 
 
 def _clock(a: Analysis, name: str) -> dict[str, Any]:
@@ -167,6 +271,10 @@ def terminal(a: Analysis) -> list[str]:
         how = "one clock for all hosts (aligned)" if _aligned(a) else "each host's own clock"
         lines.append(f"timeline around the first reset ({a.first.id}), {how}:")
         for s, mark in timeline(a, a.first):
+            if isinstance(s, KernelRow):
+                tag = f"<== {mark}" if mark else ""
+                lines.append(f"  {clock(s.ts_ns)} {s.event.describe(s.vantage)} {tag}".rstrip())
+                continue
             g = s.seg
             flag = f"[{flag_text(g.flags)}]"
             arrow = f"<== {mark}" if mark and g.flags & RST else ""
@@ -178,12 +286,20 @@ def terminal(a: Analysis) -> list[str]:
             if r.chain == a.first.chain:
                 lines.append(f"  {r.id} ({r.chain_role}, cause {r.cause}):")
                 lines.extend(f"    - {e}" for e in r.evidence)
+                lines.extend(f"    - owner at {h}: {o}" for h, o in r.owners.items())
         others = [r for r in a.resets if r.chain != a.first.chain and r.chain_role == "first"]
         for r in others:
             lines.append(f"  also: {r.id} {r.describe()} origin {r.origin_host or r.origin_kind}, cause {r.cause}")
     line = clock_line(a)
     if line:
         lines.append(f"  {line}")
+    wline = witness_line(a)
+    if wline:
+        lines.append(f"  {wline}")
+    for v in a.vantages:
+        moved = deltas(v.facts).nonzero()
+        if moved:
+            lines.append(f"  counters at {v.name} (after - before): {', '.join(moved)}")
     for f in a.clocks.findings if a.clocks else []:
         lines.append(f"  clock: {f}")
     for c in a.caveats:
@@ -200,11 +316,17 @@ def markdown(a: Analysis, flow: str) -> str:
     out += ["## Hosts", ""] + ([line, ""] if line else [])
     if a.clocks and a.clocks.findings:
         out += ["**Clock findings.**", ""] + [f"- {f}" for f in a.clocks.findings] + [""]
-    out += ["| host | role | status | packets | kernel drops |", "|---|---|---|---|---|"]
+    out += [
+        "| host | role | status | packets | kernel drops | kernel witness | counters (after - before) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for v in a.vantages:
         status = "ok" if v.captured else f"failed: {v.error}"
         drops = "?" if v.kernel_drops is None else v.kernel_drops
-        out.append(f"| {v.name} | {v.role} | {status} | {v.packets} | {drops} |")
+        w = v.witness
+        wit = f"ran, {len(w.events)} events" if w.ran else (f"{w.state}: {w.reason}" if w.reason else w.state)
+        moved = ", ".join(deltas(v.facts).nonzero()) or "-"
+        out.append(f"| {v.name} | {v.role} | {status} | {v.packets} | {drops} | {wit} | {moved} |")
     out.append("")
     if a.resets:
         out += ["## Resets", ""]
@@ -219,6 +341,7 @@ def markdown(a: Analysis, flow: str) -> str:
                     f"- seen at: {where}",
                 ]
                 + [f"- {e}" for e in r.evidence]
+                + [f"- owner at {h}: {o}" for h, o in r.owners.items()]
                 + [""]
             )
     if a.first is not None:
@@ -229,6 +352,12 @@ def markdown(a: Analysis, flow: str) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s, mark in timeline(a, a.first):
+            if isinstance(s, KernelRow):
+                tag = f"**{mark}**" if mark else ""
+                out.append(
+                    f"| {clock(s.ts_ns)} | {s.vantage}/kernel | | {s.event.describe(s.vantage)} | | | | | | {tag} |"
+                )
+                continue
             g = s.seg
             out.append(
                 f"| {clock(s.ts_ns)} | {s.vantage}/{s.iface} | {s.direction} | {_packet(s)} | "

@@ -18,12 +18,19 @@ from dataclasses import dataclass, field
 from analysis.clock import Clocks, estimate
 from analysis.clock import apply as apply_clocks
 from analysis.correlate import Reset, flow_key, group_resets, link_chains
+from analysis.counters import deltas, owner
 from analysis.decode import ACK, FIN, RST, SYN
 from analysis.model import Seen, VantageData
 from analysis.scan import conn_hash
+from analysis.witness import KernelEvent
 
 IDLE_GAP_NS = 1_000_000_000  # a silence this long before reused data counts as "idle"
 ANSWER_NS = 200_000_000  # an RST within this of the peer's segment answers it
+# A witness event and a packet of the same host are on one clock (the trace clock is mapped onto
+# the capture clock within microseconds); the kernel logs a reset microseconds from its packet.
+KERNEL_MATCH_NS = 50_000_000
+# For a reset not seen at the claimed sender, its time there is only as good as the clocks.
+KERNEL_ABSENT_NS = 2_000_000_000
 
 
 @dataclass
@@ -67,6 +74,8 @@ def analyze(vantages: list[VantageData]) -> Analysis:
     resets = group_resets(vantages)
     for r in resets:
         _origin(w, r)
+        _witness(w, r, clocks)
+        _owners(w, r)
     link_chains(resets)
     by_id = {r.id: r for r in resets}
     for r in resets:
@@ -216,6 +225,130 @@ def _origin(w: _World, r: Reset) -> None:
     _ttl_evidence(w, r, claimed)
 
 
+# ---- the kernel witness ----------------------------------------------------------------------
+REASON_TEXT = {
+    "NO_SOCKET": "no socket for this 4-tuple (nothing listening, or the connection was already gone)",
+    "TCP_TIMEWAIT_SOCKET": "a segment arrived for a connection it had already closed (TIME_WAIT)",
+    "TCP_ABORT_ON_CLOSE": "the application closed the socket with unread data",
+    "TCP_ABORT_ON_DATA": "data arrived after the application had closed the socket",
+    "TCP_ABORT_ON_LINGER": "the FIN_WAIT2 linger time ran out",
+    "TCP_STATE": "the application aborted the connection (close with SO_LINGER 0, or a disconnect)",
+    "TCP_KEEPALIVE_TIMEOUT": "its keepalive probes went unanswered",
+    "TCP_ABORT_ON_MEMORY": "out of socket memory",
+    "TCP_DISCONNECT_WITH_DATA": "a disconnect with data still queued",
+    "NOT_SPECIFIED": "no reason given",
+}
+# The cause a kernel reason stands for, when the packets matched no pattern (or contradict it).
+_REASON_CAUSE = {
+    "TCP_TIMEWAIT_SOCKET": "idle_reuse",
+    "TCP_ABORT_ON_CLOSE": "unread_data_close",
+    "TCP_ABORT_ON_DATA": "unread_data_close",
+    "TCP_STATE": "app_abort",
+    "TCP_ABORT_ON_LINGER": "app_abort",
+    "TCP_DISCONNECT_WITH_DATA": "app_abort",
+    "TCP_KEEPALIVE_TIMEOUT": "keepalive_timeout",
+    "TCP_ABORT_ON_MEMORY": "capacity",
+}
+# Kernel reasons that agree with a cause found from the packets.
+_AGREES = {
+    "idle_reuse": {"TCP_TIMEWAIT_SOCKET", "NO_SOCKET"},
+    "peer_restart": {"NO_SOCKET", "TCP_TIMEWAIT_SOCKET", "TCP_ABORT_ON_CLOSE", "TCP_STATE"},
+    "unread_data_close": {"TCP_ABORT_ON_CLOSE", "TCP_ABORT_ON_DATA"},
+    "refused": {"NO_SOCKET"},
+    "capacity": {"NO_SOCKET", "TCP_ABORT_ON_MEMORY"},
+    "proxy_policy": {"TCP_STATE", "TCP_ABORT_ON_CLOSE", "TCP_ABORT_ON_DATA", "TCP_ABORT_ON_LINGER",
+                     "TCP_KEEPALIVE_TIMEOUT", "TCP_DISCONNECT_WITH_DATA"},
+}  # fmt: skip
+
+
+def _nearest(events: list[KernelEvent], t: int, within: float) -> KernelEvent | None:
+    best = min(events, key=lambda e: abs(e.ts_ns - t), default=None)
+    return best if best is not None and abs(best.ts_ns - t) <= within else None
+
+
+def _witness(w: _World, r: Reset, clocks: Clocks) -> None:
+    """Put the hosts' own kernel accounts next to the packets: the sender's tcp_send_reset (proof
+    of origin, and why), its absence where the claimed sender's witness was running (forgery),
+    and the receivers' tcp_receive_reset (their stack accepted it)."""
+    src = r.tuple4[0]
+    for o in r.seen:
+        if o.direction == "in":
+            got = _nearest(
+                [e for e in w.v[o.vantage].witness.events if e.kind == "receive" and e.tuple4() == r.tuple4],
+                o.ts_ns,
+                KERNEL_MATCH_NS,
+            )
+            if got is not None and all(h != o.vantage for h, _ in r.kernel_received):
+                r.kernel_received.append((o.vantage, got))
+    sender = r.origin_host if r.origin_kind == "host" else w.owner.get(src)
+    if sender is None or sender not in w.v:
+        return
+    wit = w.v[sender].witness
+    if not wit.ran:
+        return
+    out = r.at(sender, "out") if r.origin_kind == "host" else []
+    t = out[0].ts_ns if out else r.seen[0].ts_ns
+    aligned = clocks.method.get(sender, "none") != "none" and clocks.method.get(r.seen[0].vantage, "none") != "none"
+    within = KERNEL_MATCH_NS if out else (KERNEL_ABSENT_NS if aligned else float("inf"))
+    sent = _nearest(wit.sends(r.tuple4), t, within)
+    if sent is not None:
+        r.kernel_sent = (sender, sent)
+        why = f": {REASON_TEXT.get(sent.reason, sent.reason.lower())}" if sent.reason else ""
+        reason = f" with reason {sent.reason}{why}" if sent.reason else " (this kernel logs no reason)"
+        r.evidence.append(f"{sender}'s kernel logged sending it (tcp_send_reset){reason}; {sent.who()}.")
+        if r.origin_kind != "host":
+            r.evidence.append(
+                f"But {sender}'s own kernel says it sent a reset on this connection: the packets' verdict "
+                f"({r.origin_kind}) conflicts with the host's own account."
+            )
+        return
+    if wit.lost:
+        r.evidence.append(
+            f"{sender}'s kernel witness logged no send for it, but lost {wit.lost} events (buffer full): "
+            f"its silence proves nothing."
+        )
+        return
+    # The witness must have been running when the reset went by. On unaligned clocks its time at
+    # the sender is unknown: the witness ran over the whole capture (it starts before tcpdump and
+    # stops after), and the reset was captured, so only a witness that stopped early is doubted.
+    if (out or aligned) and not wit.covers(t):
+        return
+    if not (out or aligned) and wit.end_ns is None:
+        return
+    r.witness_absent = sender
+    if r.origin_kind == "host":
+        r.evidence.append(
+            f"{sender}'s kernel witness was running and logged no tcp_send_reset for it: {sender}'s TCP stack "
+            f"did not build it; a firewall rule on {sender} (nftables/iptables `reject with tcp-reset`) or a raw "
+            f"socket did."
+        )
+        return
+    r.evidence.append(
+        f"{sender}'s kernel witness was running and logged no tcp_send_reset for {r.describe()}: "
+        f"{sender}'s TCP stack never sent it."
+    )
+    if r.origin_kind == "unknown":
+        earliest = r.seen[0].vantage
+        r.origin_kind = "middlebox"
+        r.between = [earliest, sender]
+        r.evidence.append(
+            f"So something between {earliest} and {sender}'s TCP stack injected it (a box on the path, or a "
+            f"firewall rule on {sender} itself)."
+        )
+
+
+def _owners(w: _World, r: Reset) -> None:
+    """Which process owned each end of the reset connection, where a snapshot shows it."""
+    src, sport, dst, dport = r.tuple4
+    for ip, port, peer_ip, peer_port in ((src, sport, dst, dport), (dst, dport, src, sport)):
+        host = w.owner.get(ip)
+        if host is None:
+            continue
+        who = owner(w.v[host].facts, (ip, port), (peer_ip, peer_port))
+        if who:
+            r.owners[host] = f"{ip}:{port} {who}"
+
+
 def _ttl_evidence(w: _World, r: Reset, claimed: str | None) -> None:
     """Compare the RST's TTL/DF with the claimed sender's genuine packets, at the receiver."""
     src, sport = r.tuple4[0], r.tuple4[1]
@@ -253,6 +386,38 @@ def _ttl_evidence(w: _World, r: Reset, claimed: str | None) -> None:
 
 # ---- cause ----------------------------------------------------------------------------------
 def _cause(w: _World, r: Reset) -> None:
+    _packet_cause(w, r)
+    _kernel_cause(r)
+
+
+def _kernel_cause(r: Reset) -> None:
+    """The sender's kernel reason confirms the packets' cause, or names it where they could not."""
+    if r.origin_kind != "host":
+        return
+    if r.kernel_sent is None:
+        if r.witness_absent == r.origin_host:
+            r.cause = "host_firewall"
+        return
+    reason = r.kernel_sent[1].reason
+    if not reason:
+        return
+    if reason in _AGREES.get(r.cause, set()):
+        r.evidence.append(f"The kernel's reason ({reason}) agrees with the packets.")
+        return
+    mapped = _REASON_CAUSE.get(reason)
+    if mapped is None:
+        if r.cause == "unknown" and reason == "NO_SOCKET":
+            r.cause = "no_socket"
+        return
+    if r.cause != "unknown":
+        r.evidence.append(
+            f"The packets pointed to {r.cause}, but the kernel's reason {reason} means {mapped}: the sender's "
+            f"own kernel is the better witness of why."
+        )
+    r.cause = mapped
+
+
+def _packet_cause(w: _World, r: Reset) -> None:
     if r.origin_kind == "middlebox":
         r.cause = "middlebox"
         return
@@ -267,11 +432,10 @@ def _cause(w: _World, r: Reset) -> None:
     peer = [s for s in before if s.seg.src != src]
     mine = [s for s in before if s.seg.src == src]
     restart = _listener_change(d, sport)
-    overflow = {
-        k: d.facts.counters_after.get(k, 0) - d.facts.counters_before.get(k, 0)
-        for k in ("TcpExtListenOverflows", "TcpExtListenDrops")
-    }
-    overflow = {k: v for k, v in overflow.items() if v > 0}
+    counted = deltas(d.facts)
+    overflow = [f"{k} +{v}" for k, v in counted.listen_overflow.items()]
+    if counted.conntrack_near_full:
+        overflow.append(counted.conntrack_near_full)
 
     last_peer = peer[-1] if peer else None
     answers_syn = (
@@ -284,8 +448,7 @@ def _cause(w: _World, r: Reset) -> None:
         if overflow:
             r.cause = "capacity"
             r.evidence.append(
-                f"It answers a SYN while {h}'s listen queue overflowed during the capture "
-                f"({', '.join(f'{k} +{v}' for k, v in overflow.items())})."
+                f"It answers a SYN while {h} was out of capacity during the capture ({', '.join(overflow)})."
             )
         elif restart:
             r.cause = "peer_restart"
@@ -401,6 +564,21 @@ def _caveats(w: _World, vantages: list[VantageData], resets: list[Reset]) -> lis
                 f"with its addresses)."
             )
         out.extend(d.problems)
+        counted = deltas(d.facts)
+        full = [f"{k} +{v}" for k, v in counted.listen_overflow.items()]
+        if full:
+            out.append(
+                f"{d.name}'s listen queue overflowed during the capture ({', '.join(full)}): connections "
+                f"were dropped there before any application saw them."
+            )
+        if counted.conntrack_near_full:
+            out.append(f"{d.name}: {counted.conntrack_near_full}: new connections may be dropped there.")
+        drops = [f"{i} {k} {v:+d}" for i, x in counted.links.items() for k, v in x.items() if v > 0]
+        if drops:
+            out.append(f"{d.name}'s interfaces dropped packets during the capture ({', '.join(drops)}).")
+        wit = d.witness
+        if wit.problems:
+            out.extend(f"{d.name} witness: {p}" for p in wit.problems)
     clocked = [d for d in vantages if d.captured and d.segments]
     unaligned = [d.name for d in clocked if d.clock_method == "none"]
     if len(clocked) > 1 and unaligned:
@@ -421,8 +599,12 @@ _CAUSE_TEXT = {
     "unread_data_close": "it closed with unread data (answered early while the peer was still sending)",
     "refused": "connection refused: nothing was listening",
     "proxy_policy": "the proxy's own policy or timeout, its upstream leg being healthy",
-    "capacity": "its listen queue overflowed",
+    "capacity": "it was out of capacity (listen queue overflow, conntrack table full, or socket memory)",
     "middlebox": "a middlebox",
+    "app_abort": "the application aborted the connection (close with SO_LINGER 0)",
+    "keepalive_timeout": "its keepalive probes went unanswered",
+    "no_socket": "a segment arrived for a connection it no longer had",
+    "host_firewall": "a firewall rule or raw socket on that host, not its TCP stack (its kernel logged no reset)",
     "unknown": "cause not recognised from the packets",
 }
 
@@ -436,24 +618,34 @@ def _sentence(w: _World, first: Reset | None, resets: list[Reset]) -> str:
     if chain:
         hops = ", ".join(f"{r.origin_host or 'an unknown box'} ({r.id})" for r in chain)
         tail = f" It was then propagated by {hops}."
-    if first.origin_kind == "host":
+    if first.origin_kind == "host" and first.cause == "host_firewall":
         return (
-            f"{first.origin_host}'s own TCP stack sent the first reset ({first.id}, {t}): "
+            f"The first reset ({first.id}, {t}) left {first.origin_host} with its address, but "
             f"{_CAUSE_TEXT[first.cause]}.{tail}"
         )
+    if first.origin_kind == "host":
+        kernel = ""
+        if first.kernel_sent is not None:
+            reason = first.kernel_sent[1].reason
+            kernel = f"; its kernel logged it{', reason ' + reason if reason else ''}"
+        return (
+            f"{first.origin_host}'s own TCP stack sent the first reset ({first.id}, {t}{kernel}): "
+            f"{_CAUSE_TEXT[first.cause]}.{tail}"
+        )
+    absent = f" {first.witness_absent}'s own kernel logged no reset on this connection." if first.witness_absent else ""
     claimed = w.owner.get(first.tuple4[0], first.tuple4[0])
     ttl = next((e for e in first.evidence if "TTL" in e and "different path" in e), "")
     if first.origin_kind == "middlebox" and first.origin_host:
         return (
             f"The first reset ({first.id}, {t}) was forged by {first.origin_host} in {claimed}'s name; "
-            f"{claimed} never sent it.{tail}"
+            f"{claimed} never sent it.{absent}{tail}"
         )
     if first.origin_kind == "middlebox" and first.between:
         a, b = first.between
         extra = " " + ttl if ttl else ""
         return (
             f"The first reset ({first.id}, {t}) was injected by a box between {a} and {b}: {b} never sent "
-            f"it.{extra}{tail}"
+            f"it.{extra}{absent}{tail}"
         )
     why = first.evidence[0] if first.evidence else "no vantage shows it leaving its emitter"
     return f"The first reset ({first.id}, {t}) cannot be attributed: {why}{tail}"

@@ -16,9 +16,18 @@ from analysis.extract import extract_all
 from analysis.model import ClockProbe, HostFacts, VantageData, VantageInput
 from analysis.report import markdown, to_json
 from analysis.verdict import Analysis, analyze
+from analysis.witness import Witness, parse_witness
 from orchestrator import __version__
 from orchestrator.errors import UsageError
-from remote.parse import host_addresses, parse_listeners, parse_nstat
+from remote.parse import (
+    host_addresses,
+    parse_int,
+    parse_ip_s_link,
+    parse_listener_names,
+    parse_listeners,
+    parse_nstat,
+    parse_sockets,
+)
 
 if TYPE_CHECKING:
     from orchestrator.inventory import Inventory
@@ -56,6 +65,14 @@ def host_facts(host_dir: Path, addresses: list[str]) -> HostFacts:
         listeners_after=parse_listeners(_read(a / "ss_tlnp.txt")),
         counters_before=parse_nstat(_read(b / "nstat.txt")),
         counters_after=parse_nstat(_read(a / "nstat.txt")),
+        sockets_before=parse_sockets(_read(b / "ss_tnpi.txt")),
+        sockets_after=parse_sockets(_read(a / "ss_tnpi.txt")),
+        listener_names=parse_listener_names(_read(b / "ss_tlnp.txt") + _read(a / "ss_tlnp.txt")),
+        conntrack_before=parse_int(_read(b / "conntrack_count.txt")),
+        conntrack_after=parse_int(_read(a / "conntrack_count.txt")),
+        conntrack_max=parse_int(_read(a / "conntrack_max.txt")) or parse_int(_read(b / "conntrack_max.txt")),
+        links_before=parse_ip_s_link(_read(b / "ip_s_link.txt")),
+        links_after=parse_ip_s_link(_read(a / "ip_s_link.txt")),
     )
 
 
@@ -67,6 +84,25 @@ def _probes(host: dict[str, Any]) -> list[ClockProbe]:
         except (KeyError, TypeError, ValueError):
             continue  # a hand-edited manifest: that probe is ignored, the packets still count
     return out
+
+
+def witness(host_dir: Path, record: dict[str, Any] | None, own_ips: set[str]) -> Witness:
+    """The host's witness files (``HOST/witness/``) as analysis input; state and reason from the
+    manifest (a bundle from before the witness existed has neither: state "none")."""
+    rec = record if isinstance(record, dict) else {}
+    state = str(rec.get("state") or "none")
+    if state == "not started":
+        state = "none"
+    d = host_dir / "witness"
+    formats = {ev: _read(d / f"witness.{ev}.format") for ev in ("tcp_send_reset", "tcp_receive_reset")}
+    return parse_witness(
+        {"state": state, "reason": str(rec.get("reason") or "")},
+        _read(d / "witness.trace"),
+        {k: v for k, v in formats.items() if v},
+        _read(d / "witness.sync"),
+        _read(d / "witness.stats"),
+        own_ips,
+    )
 
 
 def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
@@ -85,6 +121,7 @@ def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
                     files.append((c["interface"], stack.enter_context((root / c["path"]).open("rb"))))
                 except OSError:
                     pass
+            facts = host_facts(root / h["name"], h.get("addresses", []))
             inputs.append(
                 VantageInput(
                     name=h["name"],
@@ -93,8 +130,9 @@ def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
                     error=h.get("error"),
                     captures=files,
                     kernel_drops=sum(d for d in drops if d) if any(d is not None for d in drops) else None,
-                    facts=host_facts(root / h["name"], h.get("addresses", [])),
+                    facts=facts,
                     probes=_probes(h),
+                    witness=witness(root / h["name"], h.get("witness"), facts.own_ips),
                 )
             )
         result = analyze(_extract(inputs))

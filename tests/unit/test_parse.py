@@ -85,3 +85,62 @@ def test_clock_probe_keeps_the_shortest_round_trip_and_drops_the_first() -> None
     # host 2.500001 s (us resolution) at controller 2.000002 s: +500 ms -0.5 us, within rtt/2 + 1 us
     assert got.offset_ns == 2_500_001_000 - 2_000_002_000 and got.bound_ns == 3_000
     assert parse_probe("@@clock ns", [(1, "x", 2), (3, "", 4)]) is None
+
+
+def test_interface_drop_counters_are_read_by_their_column_names() -> None:
+    from remote.parse import parse_ip_s_link
+
+    text = (
+        "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\n"
+        "    link/loopback 00:00:00:00:00:00 brd 00:00:00:00:00:00\n"
+        "    RX:  bytes packets errors dropped  missed   mcast\n"
+        "          9631      88      0       0       0       0\n"
+        "    TX:  bytes packets errors dropped carrier collsns\n"
+        "          9631      88      0       0       0       0\n"
+        "7: eth1@if8: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP mode DEFAULT\n"
+        "    link/ether 02:00:00:00:00:0b brd ff:ff:ff:ff:ff:ff link-netns router\n"
+        "    RX: bytes  packets  errors  dropped overrun mcast\n"
+        "    1000       10       0       3       0       0\n"
+        "    TX: bytes  packets  errors  dropped carrier collsns\n"
+        "    2000       20       1       0       0       0\n"
+    )
+    links = parse_ip_s_link(text)
+    assert links["eth1"]["rx_dropped"] == 3 and links["eth1"]["tx_errors"] == 1 and links["lo"]["rx_missed"] == 0
+
+
+def test_each_connection_maps_to_its_process() -> None:
+    from remote.parse import parse_listener_names, parse_sockets
+
+    ss = (
+        "State Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n"
+        'ESTAB 0      0        198.18.2.10:8081  198.18.1.10:47008 users:(("haproxy",pid=98,fd=12))\n'
+        "\t bbr wscale:10,10 rto:204 rtt:1.39/1.397\n"
+        "ESTAB 0      0     [::ffff:198.18.3.10]:80 [::ffff:198.18.3.1]:50286 "
+        'users:(("nginx",pid=7,fd=3),("nginx",pid=8,fd=3))\n'
+    )
+    socks = parse_sockets(ss)
+    assert socks[("198.18.2.10", 8081, "198.18.1.10", 47008)] == [("haproxy", 98)]
+    assert socks[("198.18.3.10", 80, "198.18.3.1", 50286)] == [("nginx", 7), ("nginx", 8)]
+    tlnp = 'LISTEN 0      512      198.18.2.10:8083      0.0.0.0:*    users:(("haproxy",pid=98,fd=7))\n'
+    assert parse_listener_names(tlnp) == {8083: [("haproxy", 98)]}
+
+
+def test_the_witness_section_of_finish() -> None:
+    from remote.parse import parse_witness
+
+    sha = "a" * 64
+    out = (
+        "@@section witness\n"
+        "state=running\ninstance=/sys/kernel/tracing/instances/capture-all.2zDAHZNT.249\nclock=mono\n"
+        "events=tcp_send_reset,tcp_receive_reset\nbuffer_kb=256\nswept=1\nstate=ran\nremoved=1\n"
+        f"file witness.trace 1200 {sha}\nfile witness.tcp_send_reset.format 2100 {sha}\n"
+        f"file ../../etc/passwd 10 {sha}\n"
+        "error=sh: 1: echo: I/O error\n"
+    )
+    w = parse_witness(parse_sections(out))
+    assert (w.state, w.clock, w.removed, w.swept) == ("ran", "mono", True, 1)
+    assert w.events == ["tcp_send_reset", "tcp_receive_reset"]
+    assert [f.name for f in w.files] == ["witness.trace", "witness.tcp_send_reset.format"]  # nothing else is pulled
+    assert w.error == "sh: 1: echo: I/O error"
+    off = parse_witness(parse_sections("@@section witness\nstate=off\nreason=turned off (--no-witness)\n"))
+    assert (off.state, off.reason, off.removed) == ("off", "turned off (--no-witness)", None)

@@ -3,6 +3,8 @@
 clients.py reuse HOST PORT GAP    GET, stay idle GAP seconds on the same connection, GET again
 clients.py upload HOST PORT PATH BYTES   POST a large body (the server may answer early)
 clients.py hold HOST PORT PATH SECONDS   GET, read until closed/reset, keep our end open
+clients.py flood HOST PORT N     open N connections at once and hold them a second (a listener
+                                 that never accepts overflows its queue)
 """
 
 from __future__ import annotations
@@ -60,12 +62,27 @@ def hold(host: str, port: int, path: str, seconds: float) -> int:
     return 0
 
 
+def flood(host: str, port: int, n: int) -> int:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex((host, port))
+        socks.append(s)
+    time.sleep(1.0)
+    for s in socks:
+        s.close()
+    return 0
+
+
 def main() -> int:
     cmd, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     if cmd == "reuse":
         return reuse(host, port, float(sys.argv[4]))
     if cmd == "hold":
         return hold(host, port, sys.argv[4], float(sys.argv[5]))
+    if cmd == "flood":
+        return flood(host, port, int(sys.argv[4]))
     if cmd == "upload":
         return upload(host, port, sys.argv[4], int(sys.argv[5]))
     raise SystemExit(f"unknown command {cmd}")

@@ -34,6 +34,10 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
     """The lab, with any router rule or stopped sshd of a test undone afterwards."""
     yield lab
     lab.router_clear()
+    for name in [n for n in lab.procs if n.startswith("stuck-")]:
+        lab.stop(name)
+    for h in sorted(lab.without_tracefs):
+        lab.stop_sshd(h)
     for h in ("client", "router", "proxy", "backend"):
         if f"sshd-{h}" not in lab.procs:
             lab.start_sshd(h)

@@ -109,6 +109,7 @@ class Lab:
     root: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     host_keys: dict[str, str] = field(default_factory=dict)
+    without_tracefs: set[str] = field(default_factory=set)  # hosts whose sshd runs without tracefs
 
     @property
     def inventory(self) -> Path:
@@ -145,6 +146,8 @@ class Lab:
         # /run on tmpfs: `ip netns add` leaves files in /run/netns, sshd wants /run/sshd.
         sh("mount", "--make-rprivate", "/")
         sh("mount", "-t", "tmpfs", "-o", "mode=755", "lab-run", "/run")
+        if not Path("/sys/kernel/tracing/instances").is_dir():
+            sh("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing")
         for d in ("/run/netns", "/run/sshd"):
             os.makedirs(d, exist_ok=True)
         # root's ~/.bashrc may run slow init (pyenv): every remote command would pay for it.
@@ -251,8 +254,15 @@ class Lab:
         with open(self.root / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=log, cwd=REPO)
 
-    def start_sshd(self, h: str) -> None:
-        self._spawn(f"sshd-{h}", h, ["/usr/sbin/sshd", "-D", "-e", "-f", str(self._sshd_config(h))])
+    def start_sshd(self, h: str, *, tracefs: bool = True) -> None:
+        """sshd for host h. `ip netns exec` gives each host a fresh /sys; with tracefs the host also
+        gets the kernel's tracefs mounted there (its own mount namespace, as on a real host that
+        has it), so the kernel reset witness can run; without, the witness must say it cannot."""
+        argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(self._sshd_config(h))]
+        (self.without_tracefs.discard if tracefs else self.without_tracefs.add)(h)
+        if tracefs:
+            argv = ["sh", "-c", 'mount -t tracefs nodev /sys/kernel/tracing && exec "$@"', "lab-sshd", *argv]
+        self._spawn(f"sshd-{h}", h, argv)
         wait_banner(MGMT[h])
 
     def stop_sshd(self, h: str) -> None:
@@ -260,6 +270,12 @@ class Lab:
         p = self.procs.pop(f"sshd-{h}")
         p.terminate()
         p.wait(5)
+
+    def trace_instances(self) -> list[str]:
+        """capture-all's ftrace instances in the (one, shared) kernel, seen through the lab's own
+        tracefs mount."""
+        root = Path("/sys/kernel/tracing/instances")
+        return sorted(p.name for p in root.glob("capture-all.*")) if root.is_dir() else []
 
     def _sshd_all(self) -> None:
         for h in HOSTS:
@@ -279,6 +295,23 @@ class Lab:
         argv = [sys.executable, "-m", "tests.lab.backend", "--listen", f"{BACKEND_IP}:{port}", "--idle", str(idle)]
         self._spawn(f"backend-{port}", "backend", argv)
         self.wait_listening("backend", port)
+
+    def stuck_listener(self, port: int) -> None:
+        """A listener on BACKEND_IP:port with the shortest queue that never accepts: a flood of
+        connections overflows its listen queue (TcpExtListenOverflows). Stop it with stop()."""
+        code = (
+            "import socket, time; s = socket.socket(); "
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            f"s.bind(({BACKEND_IP!r}, {port})); s.listen(0); time.sleep(300)"
+        )
+        self._spawn(f"stuck-{port}", "backend", [sys.executable, "-c", code])
+        self.wait_listening("backend", port)
+
+    def stop(self, name: str) -> None:
+        """Stop a lab process we started, by the PID we recorded."""
+        p = self.procs.pop(name)
+        p.terminate()
+        p.wait(5)
 
     def kill_backend(self, port: int = 80) -> None:
         """SIGKILL the backend process (by the PID we started), its connections open."""

@@ -274,10 +274,13 @@ def test_sigkilled_controller_leaves_nothing_behind(clean_lab: Lab, tmp_path: Pa
     running = lab.our_processes()
     assert sum(prog == "tcpdump" for _, prog, _ in running) == 6, running  # 1 + 2 + 2 + 1 interfaces
     assert len(lab.remote_dirs()) == 4
+    assert len(lab.trace_instances()) == 4  # each host's kernel reset witness
 
     # No tcpdump of ours survives duration + grace (plus a second of slack for the signal).
     time.sleep(max(0.0, killed_at + duration + grace + 1 - time.monotonic()))
     assert [p for p in lab.our_processes() if p[1] in ("tcpdump", "timeout")] == []
+    # The jobs remove their ftrace instances as soon as their captures end.
+    assert wait_until(lambda: lab.trace_instances() == [], 5), lab.trace_instances()
     # The evidence stays for `keep` seconds, then the host removes it and nothing of ours runs.
     assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], keep + 4), (
         lab.remote_dirs(),

@@ -48,9 +48,25 @@ def verdicts(report: dict[str, Any]) -> list[tuple[object, ...]]:
 
 
 def seen_times(report: dict[str, Any]) -> dict[tuple[str, str, str, str], int]:
-    return {
+    """Every observation of every reset, packets and the hosts' kernel witness events."""
+    seen = {
         (r["id"], o["host"], o["iface"], o["direction"]): o["time_ns"] for r in report["resets"] for o in r["seen_at"]
     }
+    for r in report["resets"]:
+        k = r["kernel"]
+        for e in ([k["sent"]] if k["sent"] else []) + k["received"]:
+            seen[(r["id"], e["host"], "kernel", e["event"])] = e["time_ns"]
+    return seen
+
+
+def shift_sync(text: str, shift: int, ppm: float, since_ns: int) -> str:
+    """The witness's wall-clock readings (``witness.sync``) as a host with that clock took them."""
+    out = []
+    for line in text.splitlines():
+        label, k, lo, hi = line.split()
+        moved = [int(t) + shift + round(ppm * (int(t) - since_ns) / 1e6) for t in (lo, hi)]
+        out.append(f"{label} {k} {moved[0]} {moved[1]}")
+    return "\n".join(out) + "\n"
 
 
 def shifted_copy(src: Path, dst: Path, since_ns: int, shifts: dict[str, int], ppm: dict[str, float],
@@ -60,6 +76,9 @@ def shifted_copy(src: Path, dst: Path, since_ns: int, shifts: dict[str, int], pp
         for pcap in (dst / host).glob("*.pcap"):
             data = pcap.read_bytes()
             pcap.write_bytes(shift_pcap(data, shift, ppm.get(host, 0.0), since_ns, (keep or {}).get(host)))
+        sync = dst / host / "witness/witness.sync"
+        if sync.is_file():
+            sync.write_text(shift_sync(sync.read_text(), shift, ppm.get(host, 0.0), since_ns))
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
@@ -83,6 +102,7 @@ def test_offsets_and_drift_are_recovered_and_the_verdict_does_not_change(
     # Every reported time moved by the same amount (the reference's shift): drift included.
     t0, t1 = seen_times(report0), seen_times(report1)
     assert t0.keys() == t1.keys()
+    assert any(k[2] == "kernel" for k in t0), t0  # the witness's events move with their host's clock
     moved = {k: t1[k] - t0[k] - ref_shift for k in t0}
     assert all(abs(m) <= 100_000 for m in moved.values()), moved
     if scenario == "a":

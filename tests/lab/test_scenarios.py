@@ -37,6 +37,18 @@ def origin(r: dict[str, Any]) -> tuple[str, str | None]:
     return r["origin"]["kind"], r["origin"]["host"]
 
 
+def kernel_sent(report: dict[str, Any], r: dict[str, Any], host: str, reason: str) -> dict[str, Any]:
+    """The sender's own tcp_send_reset for reset r, with the kernel's reason, also on the timeline."""
+    sent = r["kernel"]["sent"]
+    assert sent is not None, r
+    assert (sent["host"], sent["reason"]) == (host, reason), sent
+    t = r["tuple"]
+    assert (sent["src"], sent["sport"], sent["dst"], sent["dport"]) == (t["src"], t["sport"], t["dst"], t["dport"])
+    rows = [x for x in report["timeline"] if x["kind"] == "kernel" and x["reset_id"] == r["id"]]
+    assert any(f"{host} kernel sent RST to {t['dst']}:{t['dport']}, reason {reason}" in x["text"] for x in rows), rows
+    return dict(sent)
+
+
 def test_a_idle_keepalive_reused_after_the_backend_reaped_it(
     clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -49,6 +61,12 @@ def test_a_idle_keepalive_reused_after_the_backend_reaped_it(
     assert any("FIN" in e and "silence" in e for e in r["evidence"]), r["evidence"]
     assert "backend's own TCP stack sent the first reset" in report["verdict"]
     assert "timeline around the first reset" in stdout and "<== R" in stdout
+    # Data arriving on a connection the backend had closed: answered in softirq, so the process
+    # that happened to be on the CPU is not credited.
+    sent = kernel_sent(report, r, "backend", "TCP_TIMEWAIT_SOCKET")
+    assert sent["softirq"] is True and sent["sender_process"] is None
+    assert "backend kernel sent RST to" in stdout and "reason TCP_TIMEWAIT_SOCKET" in stdout
+    assert "its kernel logged it, reason TCP_TIMEWAIT_SOCKET" in report["verdict"]
 
 
 def test_b_proxy_resets_the_client_on_its_own(
@@ -65,6 +83,9 @@ def test_b_proxy_resets_the_client_on_its_own(
     r = first(report)
     assert origin(r) == ("host", "proxy") and r["cause"] == "proxy_policy", r
     assert not any(x["origin"]["host"] == "backend" for x in report["resets"])
+    # HAProxy's nolinger: an SO_LINGER-0 close, in HAProxy's own process context.
+    sent = kernel_sent(report, r, "proxy", "TCP_STATE")
+    assert sent["softirq"] is False and sent["sender_process"].startswith("haproxy pid ")
 
 
 def test_c_router_forges_a_reset(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,6 +101,12 @@ def test_c_router_forges_a_reset(clean_lab: Lab, tmp_path: Path, capsys: pytest.
     assert r["origin"] == {"kind": "middlebox", "host": "router", "between": ["client", "proxy"]}
     assert r["cause"] == "middlebox"
     assert any("TTL 64" in e and "TTL 63" in e for e in r["evidence"])
+    # nft's reject builds the RST outside any TCP stack: no host's kernel logged sending it, and
+    # the proxy's witness, running all along, is cited for that.
+    assert r["kernel"]["sent"] is None and r["kernel"]["no_send_event_at"] == "proxy"
+    assert any("proxy's kernel witness was running and logged no tcp_send_reset" in e for e in r["evidence"])
+    assert "proxy's own kernel logged no reset on this connection" in report["verdict"]
+    assert [x["host"] for x in r["kernel"]["received"]] == ["client"]  # the client's stack accepted it
 
 
 def test_c2_forged_reset_without_the_router_captured(
@@ -125,6 +152,9 @@ def test_d_backend_killed_with_connections_open(clean_lab: Lab, tmp_path: Path) 
     r = first(report)
     assert origin(r) == ("host", "backend") and r["cause"] == "peer_restart", r
     assert any("restarted" in e and "PID" in e for e in r["evidence"]), r["evidence"]
+    # The killed process's socket was closed by the kernel (FIN); the reused connection's data met
+    # what was left of it.
+    kernel_sent(report, r, "backend", "TCP_TIMEWAIT_SOCKET")
 
 
 def test_e_connection_refused_is_not_a_reset_of_an_established_connection(
@@ -141,6 +171,7 @@ def test_e_connection_refused_is_not_a_reset_of_an_established_connection(
     assert origin(r) == ("host", "proxy") and r["cause"] == "refused", r
     assert any("answers a SYN" in e for e in r["evidence"])
     assert "connection refused" in report["verdict"]
+    assert kernel_sent(report, r, "proxy", "NO_SOCKET")["sender_process"] is None  # softirq
 
 
 def test_f_server_closes_with_unread_data(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -155,6 +186,8 @@ def test_f_server_closes_with_unread_data(clean_lab: Lab, tmp_path: Path, capsys
     r = first(report)
     assert origin(r) == ("host", "backend") and r["cause"] == "unread_data_close", r
     assert any("still sending" in e for e in r["evidence"])
+    sent = kernel_sent(report, r, "backend", "TCP_ABORT_ON_CLOSE")
+    assert sent["sender_process"].startswith("python")  # close() in the backend's own process
 
 
 def test_g_backend_resets_and_the_proxy_propagates(
@@ -176,6 +209,9 @@ def test_g_backend_resets_and_the_proxy_propagates(
         assert origin(x) == ("host", "proxy") and x["chain_role"] == "propagated" and x["chain"] == r["chain"]
     assert any(x["propagated_from"] == r["id"] for x in to_client)
     assert "propagated by proxy" in report["verdict"]
+    kernel_sent(report, r, "backend", "TCP_STATE")  # the backend's SO_LINGER-0 abort
+    for x in to_client:
+        kernel_sent(report, x, "proxy", "TCP_STATE")  # and HAProxy's nolinger
 
 
 def test_analyze_hand_taken_pcaps_and_its_exit_statuses(

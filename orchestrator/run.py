@@ -289,8 +289,8 @@ class HostRun:
 
     async def _pull(self, remote_name: str, local_rel: str, sha256: str) -> None:
         assert self.transport is not None and self.record.remote_dir is not None
-        local = self.bundle.folder(self.plan.name) / local_rel
-        local.parent.mkdir(parents=True, exist_ok=True)
+        sub, _, fname = local_rel.rpartition("/")
+        local = self.bundle.folder(self.plan.name, *([sub] if sub else [])) / fname  # 0700 folders
         await self.transport.get(f"{self.record.remote_dir}/{remote_name}", local)
         if sha256_file(local) != sha256:
             raise TransferError(self.plan.name, f"{remote_name}: SHA-256 after transfer differs from the host's")
@@ -341,7 +341,14 @@ class HostRun:
                 )
             self._witness(fin.witness)
             for wf in fin.witness.files:
-                await self._pull(wf.name, f"witness/{wf.name}", wf.sha256)
+                # The witness adds to the packets; a file of it that cannot be pulled is a note,
+                # never a reason to lose the host's captures.
+                try:
+                    await self._pull(wf.name, f"witness/{wf.name}", wf.sha256)
+                except RemoteError as exc:
+                    self.record.notes.append(f"kernel witness file {wf.name} not pulled: {exc.message}")
+                    self.record.witness.error = f"{wf.name} not pulled"
+                    continue
                 self.record.witness.files.append(f"{name}/witness/{wf.name}")
             if self.record.witness.removed is False:
                 self.record.notes.append(

@@ -194,6 +194,8 @@ witness_start() {
   wsync start
   wstatus state=running "instance=$wi" "clock=$clock" "events=${events#,}" "buffer_kb=$witness_kb" "swept=$swept"
 }
+# Like tcpdump's files (-Z): owned by the SSH user, who pulls them over SFTP.
+wown() { if [ -n "$zuser" ]; then chown "$zuser" "$dir"/witness.* 2>/dev/null; fi; return 0; }
 witness_stop() {
   [ -n "$wi" ] || return 0
   wsync end
@@ -221,6 +223,7 @@ zuser=""
 [ "$(id -u)" = 0 ] && zuser=$owner
 echo $$ > "$dir/job.pid"
 witness_start
+wown
 pids=""
 for i in "$@"; do
   timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" \
@@ -248,6 +251,7 @@ wd=$!
 for i in "$@"; do wait "$(cat "$dir/$i.pid")"; echo "$?" > "$dir/$i.rc"; done
 kill "$wd" 2>/dev/null
 witness_stop
+wown
 date +%s%N > "$dir/done"
 # Reaper: whatever the controller does, nothing of ours stays on the disk beyond `keep` seconds
 # after the capture ended (the controller renews the lease while it collects).

@@ -45,6 +45,9 @@ def test_unprivileged_user_with_passwordless_sudo_captures(
     proxy = host(manifest(out), "proxy")
     assert proxy["status"] == "ok" and proxy["remote_dir_removed"]
     assert all(c["packets"] and c["packets"] > 0 for c in proxy["captures"])
+    # The witness ran as root through sudo; its files were handed to the user for SFTP, like the pcaps.
+    assert proxy["witness"]["state"] == "ran" and proxy["notes"] == [], proxy
+    assert "proxy/witness/witness.trace" in proxy["witness"]["files"]
     assert clean_lab.remote_dirs() == []
 
 

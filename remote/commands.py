@@ -176,8 +176,10 @@ witness_start() {
   ok=1
   wset tracing_on 0 && wset buffer_size_kb "$witness_kb" && wset options/overwrite 0 || ok=0
   wset options/irq-info 1
-  clock=local
-  grep -qw mono "$wi/trace_clock" && wset trace_clock mono && clock=mono
+  # mono follows CLOCK_MONOTONIC; else global (one clock for all CPUs; never the per-CPU local).
+  clock=""
+  for c in mono global; do grep -qw "$c" "$wi/trace_clock" && wset trace_clock "$c" && { clock=$c; break; }; done
+  [ -n "$clock" ] || ok=0
   events=""
   for ev in tcp_send_reset tcp_receive_reset; do
     [ -d "$wi/events/tcp/$ev" ] || continue

@@ -107,7 +107,7 @@ def test_offsets_and_drift_are_recovered_and_the_verdict_does_not_change(
     assert all(abs(m) <= 100_000 for m in moved.values()), moved
     if scenario == "a":
         # Traffic over 1.6 s: the client's 50 ppm shows. Window estimates good to 15-40 us over
-        # 1.6 s bound the rate to about +-25 ppm (measured over many runs: 24 to 44 ppm; one run
+        # 1.6 s bound the rate to about +-25 ppm (measured in several runs: 24 to 44 ppm; one run
         # gave 24.5, outside the +-25 this test first allowed). The sign and size are what count.
         rel = {h: c.drift_ppm[h] - c.drift_ppm["client"] for h in c.drift_ppm if h != "client"}
         assert rel and all(abs(d + CLIENT_PPM) < 30 for d in rel.values()), rel

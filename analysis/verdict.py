@@ -347,6 +347,13 @@ def _owners(w: _World, r: Reset) -> None:
         who = owner(w.v[host].facts, (ip, port), (peer_ip, peer_port))
         if who:
             r.owners[host] = f"{ip}:{port} {who}"
+    claimed = w.owner.get(src)
+    if r.origin_kind == "middlebox" and claimed is not None:
+        procs = w.v[claimed].facts.sockets_after.get((src, sport, dst, dport))
+        if procs is not None:
+            r.evidence.append(
+                f"{claimed} still had this connection open after the capture (ss -tnpi): it never reset it."
+            )
 
 
 def _ttl_evidence(w: _World, r: Reset, claimed: str | None) -> None:

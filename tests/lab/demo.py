@@ -49,7 +49,8 @@ def run(out: Path, duration: float) -> int:
         print(
             "\nWhat to read above: the client's RST claims to come from the proxy, but it arrives with "
             "a TTL unlike the proxy's own packets, the router's capture shows it leaving the router, "
-            "and the proxy's capture has no RST at all."
+            "the proxy's capture has no RST at all, and the proxy's own kernel (its reset witness) logged "
+            "no reset on that connection."
         )
         print(f"capture-all exited {code}; the evidence bundle is {out}")
         return code

@@ -107,6 +107,8 @@ def test_c_router_forges_a_reset(clean_lab: Lab, tmp_path: Path, capsys: pytest.
     assert any("proxy's kernel witness was running and logged no tcp_send_reset" in e for e in r["evidence"])
     assert "proxy's own kernel logged no reset on this connection" in report["verdict"]
     assert [x["host"] for x in r["kernel"]["received"]] == ["client"]  # the client's stack accepted it
+    # HAProxy (client timeout 30 s) still held the connection when the capture ended.
+    assert "proxy still had this connection open after the capture (ss -tnpi): it never reset it." in r["evidence"]
 
 
 def test_c2_forged_reset_without_the_router_captured(

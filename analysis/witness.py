@@ -18,7 +18,8 @@ into ``KernelEvent``s on the host's capture clock. No IO here.
   reads; the narrowest bracket at the start and at the end define a line (NTP may slew the wall
   clock against the monotonic one during a long capture).
 - The ftrace flags column's ``s`` (softirq) means the event ran while the CPU was serving an
-  incoming packet: its pid/comm are whoever was on that CPU, not the sender.
+  incoming packet (likewise ``h``/``H``, a hard irq): its pid/comm are whoever was on that CPU, not
+  the sender.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class KernelEvent:
     reason: str | None  # the kernel's reason (send events, kernels >= 6.10), None if not logged
     pid: int
     comm: str
-    softirq: bool  # ran in softirq context: pid/comm are not the sender's
+    softirq: bool  # ran in interrupt context (softirq, or a hard irq): pid/comm are not the sender's
 
     @property
     def local(self) -> str:
@@ -221,6 +222,9 @@ def parse_witness(
     w = Witness(state=state, reason=status.get("reason", ""))
     if state not in ("ran", "running"):
         return w
+    if not trace.strip():
+        w.state, w.reason = "unusable", "its trace is not in the bundle (not pulled back)"
+        return w
     fmts = {name: parse_format(text) for name, text in formats.items()}
     send = fmts.get("tcp_send_reset")
     w.has_reason = bool(send and send.has_reason)
@@ -254,7 +258,7 @@ def parse_witness(
             w.problems.append(f"{event} lines do not match the host's format file; skipped")
             continue
         flags = m.group("flags")
-        softirq = len(flags) > 2 and flags[2] in "sH"
+        softirq = len(flags) > 2 and flags[2] != "."  # s softirq, h/H hard irq, z/Z NMI
         raw.append((mono_us, event, m.group("comm").strip(), kv, softirq, int(m.group("pid")), flags))
     mapping = _mapping(syncs)
     if mapping is None:

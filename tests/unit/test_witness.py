@@ -185,3 +185,8 @@ def test_the_claimed_senders_silent_witness_makes_an_unattributed_reset_an_injec
     assert (r.origin_kind, r.between, r.witness_absent) == ("middlebox", ["client", "proxy"], "proxy")
     assert any("proxy's kernel witness was running and logged no tcp_send_reset" in e for e in r.evidence)
     assert "proxy's own kernel logged no reset on this connection" in a.verdict
+
+
+def test_a_witness_whose_trace_did_not_come_back_says_so() -> None:
+    w = parse_witness({"state": "ran"}, "", formats(), read("refused-6.18.sync"), "", {P})
+    assert (w.state, w.ran) == ("unusable", False) and "not in the bundle" in w.reason

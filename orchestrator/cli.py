@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4
 EXIT_NO_RESET, EXIT_UNATTRIBUTED = 5, 6  # analyze only
+WITNESS_BUFFER_MAX = 64 << 20  # per CPU
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,7 +110,7 @@ def capture_parser() -> argparse.ArgumentParser:
         type=_size,
         default=256 << 10,
         metavar="SIZE",
-        help="the witness's kernel trace buffer per CPU, e.g. 1M (default 256K)",
+        help="the witness's kernel trace buffer per CPU, e.g. 1M (default 256K, at most 64M)",
     )
     p.add_argument("--hosts", help="comma-separated subset of inventory host names")
     p.add_argument("--concurrency", type=_positive(int), default=32, help="SSH connections opened at once (default 32)")
@@ -187,6 +188,9 @@ async def _capture(args: argparse.Namespace) -> int:
     from orchestrator.run import RunOptions, run_capture
     from remote.ssh import SshConnector  # the CLI is the one place that picks the real transport
 
+    if args.witness_buffer > WITNESS_BUFFER_MAX:
+        # Kernel memory on every CPU of every host: kept small on production machines.
+        raise UsageError(f"--witness-buffer: at most {WITNESS_BUFFER_MAX >> 20}M per CPU")
     flow = parse_flow(args.flow)
     inv, digest = load_inventory(args.inventory)
     only = [h.strip() for h in args.hosts.split(",")] if args.hosts else None

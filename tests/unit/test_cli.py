@@ -36,6 +36,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         (["--flow", "10.0.0.1->10.0.0.2:80", "-i", "inventory.example.toml", "--max-bytes", "lots"], "not a size"),
         (["--flow", "10.0.0.1->10.0.0.2:80", "-i", "inventory.example.toml", "--hosts", "nope"], "--hosts: nope"),
         (["--flow", "10.0.0.1->10.0.0.2:80"], "required: -i/--inventory"),
+        (
+            ["--flow", "10.0.0.1->10.0.0.2:80", "-i", "inventory.example.toml", "--witness-buffer", "1G"],
+            "--witness-buffer: at most 64M per CPU",
+        ),
         (["analyze", "/nonexistent"], "not a capture-all bundle"),
     ],
 )

@@ -299,21 +299,10 @@ def host_addresses(ip_addr_json: str, ip_link_json: str = "") -> tuple[set[str],
     return ips, macs
 
 
-_PID_RE = re.compile(r"pid=(\d+)")
-
-
 def parse_listeners(ss_tlnp: str) -> dict[int, set[int]]:
     """``ss -tlnp`` -> {port: PIDs of the processes listening there}. A changed PID set between
     the before and after snapshots means the listener restarted during the capture."""
-    out: dict[int, set[int]] = {}
-    for line in ss_tlnp.splitlines():
-        parts = line.split()
-        if len(parts) < 5 or parts[0] != "LISTEN":
-            continue
-        _, _, port = parts[3].rpartition(":")
-        if port.isdigit():
-            out.setdefault(int(port), set()).update(int(p) for p in _PID_RE.findall(line))
-    return out
+    return {port: {pid for _, pid in procs} for port, procs in parse_listener_names(ss_tlnp).items()}
 
 
 def parse_nstat(text: str) -> dict[str, int]:

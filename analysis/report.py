@@ -66,14 +66,14 @@ def timeline(a: Analysis, first: Reset) -> list[tuple[Row, str | None]]:
     ]
     rows.sort(key=lambda s: (s.ts_ns, s.vantage))
 
-    def marked(s: Row) -> bool:
-        return id(s.event if isinstance(s, KernelRow) else s) in marks
+    def mark(s: Row) -> str | None:
+        return marks.get(id(s.event if isinstance(s, KernelRow) else s))
 
     if len(rows) > TIMELINE_MAX:
         t0 = first.time_ns
-        keep = sorted(rows, key=lambda s: (not marked(s), abs(s.ts_ns - t0)))[:TIMELINE_MAX]
+        keep = sorted(rows, key=lambda s: (mark(s) is None, abs(s.ts_ns - t0)))[:TIMELINE_MAX]
         rows = sorted(keep, key=lambda s: (s.ts_ns, s.vantage))
-    return [(s, marks.get(id(s.event if isinstance(s, KernelRow) else s))) for s in rows]
+    return [(s, mark(s)) for s in rows]
 
 
 def _kernel(e: KernelEvent) -> dict[str, Any]:

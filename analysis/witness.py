@@ -127,12 +127,12 @@ class Witness:
     def ran(self) -> bool:
         return self.state in ("ran", "running") and self.start_ns is not None
 
-    def covers(self, ts_ns: int, slack_ns: int = 0) -> bool:
+    def covers(self, ts_ns: int) -> bool:
         if not self.ran or self.start_ns is None:
             return False
         # No end marker: the trace was still read when the job stopped, after the capture.
         end = self.end_ns if self.end_ns is not None else ts_ns
-        return self.start_ns - slack_ns <= ts_ns <= end + slack_ns
+        return self.start_ns <= ts_ns <= end
 
     def sends(self, tuple4: tuple[str, int, str, int]) -> list[KernelEvent]:
         return [e for e in self.events if e.kind == "send" and e.tuple4() == tuple4]
@@ -234,7 +234,7 @@ def parse_witness(
         if len(p) == 4 and p[2].isdigit() and p[3].isdigit():
             brackets[(p[0], p[1])] = (int(p[2]), int(p[3]))
     syncs: list[_Sync] = []
-    raw: list[tuple[int, str, str, dict[str, str], bool, int, str]] = []
+    raw: list[tuple[int, str, str, dict[str, str], bool, int]] = []
     for line in trace.splitlines():
         if line.startswith("#"):
             continue
@@ -259,7 +259,7 @@ def parse_witness(
             continue
         flags = m.group("flags")
         softirq = len(flags) > 2 and flags[2] != "."  # s softirq, h/H hard irq, z/Z NMI
-        raw.append((mono_us, event, m.group("comm").strip(), kv, softirq, int(m.group("pid")), flags))
+        raw.append((mono_us, event, m.group("comm").strip(), kv, softirq, int(m.group("pid"))))
     mapping = _mapping(syncs)
     if mapping is None:
         w.state = "unusable"
@@ -275,7 +275,7 @@ def parse_witness(
     # Without the end markers the job never reached its end: the window's end is unknown.
     w.end_ns = wall(marks[-1]) if any(k[0] == "end" for k in brackets) else None
     w.lost = parse_stats(stats)
-    for mono_us, event, comm, kv, softirq, pid, _flags in raw:
+    for mono_us, event, comm, kv, softirq, pid in raw:
         addrs = _addresses(kv)
         if addrs is None:
             continue

@@ -300,7 +300,8 @@ def _findings(vantages: list[VantageData], found: list[Link]) -> list[str]:
 
 
 def estimate(vantages: list[VantageData], reference: str | None = None) -> Clocks:
-    names = [v.name for v in vantages if v.segments]
+    # A host whose capture missed the flow may still have witness events to place in time.
+    names = [v.name for v in vantages if v.segments or v.witness.events]
     found = links(vantages)
     if not names:
         return Clocks(None, findings=_findings(vantages, found))

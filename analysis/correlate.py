@@ -1,8 +1,8 @@
 """One RST seen at several vantages is one reset; resets linked by a proxy form a chain.
 
 Rules (DOMAIN.md):
-- The same segment is recognised by (seq, ack, flags, IPv4 ID) within a short window of aligned
-  time: addresses and ports are left out, so a NAT rewrite does not hide the match.
+- The same segment is recognised by (seq, ack, flags, IPv4 ID) within a window of time:
+  addresses and ports are left out, so a NAT rewrite does not hide the match.
 - An L7 proxy never forwards a reset: it receives one on one leg and originates a new one on
   another leg shortly after. That link is the chain; its earliest member is the first reset.
 """
@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from analysis.decode import RST
+from analysis.evidence import Cause, ChainRole, Evidence, Origin
 from analysis.model import Seen, VantageData
+from analysis.names import Names
 from analysis.witness import KernelEvent
 
 # The same packet at two vantages: (seq, ack, flags, IP ID) identifies it; time only keeps a
@@ -32,14 +34,19 @@ def flow_key(src: str, sport: int, dst: str, dport: int) -> tuple[str, int, str,
 class Reset:
     id: str
     seen: list[Seen]  # every observation, in aligned time order
-    origin_kind: str = "unknown"  # host | middlebox | unknown
+    origin_kind: Origin = Origin.UNKNOWN
     origin_host: str | None = None
     between: list[str] | None = None
     chain: int = 0
-    chain_role: str = "first"
+    chain_role: ChainRole = ChainRole.FIRST
     propagated_from: str | None = None
-    cause: str = "unknown"
-    evidence: list[str] = field(default_factory=list)
+    cause: Cause = Cause.UNKNOWN
+    evidence: list[Evidence] = field(default_factory=list)
+    # The connection it belongs to on its 4-tuple: the initiator's initial sequence number (None:
+    # opened before any handshake the captures hold). Resets of different incarnations never chain.
+    isn: int | None = None
+    names: list[tuple[str, int, str, int]] = field(default_factory=list)  # every name (NAT), tuple4 first
+    blocked: list[Evidence] = field(default_factory=list)  # contrary evidence that stopped a conviction
     # The witness: the sender's own tcp_send_reset event, and the receivers' tcp_receive_reset.
     kernel_sent: tuple[str, KernelEvent] | None = None
     kernel_received: list[tuple[str, KernelEvent]] = field(default_factory=list)
@@ -102,10 +109,12 @@ def group_resets(vantages: list[VantageData]) -> list[Reset]:
     return [Reset(f"R{i + 1}", sorted(g, key=lambda s: s.ts_ns)) for i, g in enumerate(groups)]
 
 
-def link_chains(resets: list[Reset]) -> None:
+def link_chains(resets: list[Reset], names: Names) -> None:
     """Mark propagation: a reset a host originated shortly after it *received* another reset on a
     different connection was caused by that one. Same-connection resets close together (a box
-    resetting both ends) share a chain too. Chain ids and roles are written into the resets."""
+    resetting both ends) share a chain too, unless a new handshake on the 4-tuple separates them
+    (different incarnations). Connections are compared under every name they have (NAT).
+    Chain ids and roles are written into the resets."""
     parent: dict[str, str] = {r.id: r.id for r in resets}
 
     def root(x: str) -> str:
@@ -114,8 +123,11 @@ def link_chains(resets: list[Reset]) -> None:
             x = parent[x]
         return x
 
+    def same(a: Reset, b: Reset) -> bool:
+        return names.same_connection(a.tuple4, b.tuple4)
+
     for r2 in resets:
-        if r2.origin_kind != "host" or r2.origin_host is None:
+        if r2.origin_kind != Origin.HOST or r2.origin_host is None:
             continue
         sent = r2.at(r2.origin_host, "out")
         if not sent:
@@ -123,22 +135,27 @@ def link_chains(resets: list[Reset]) -> None:
         t2 = sent[0].ts_ns
         cause = None
         for r1 in resets:
-            if r1 is r2 or r1.key == r2.key:
+            if r1 is r2 or same(r1, r2):
                 continue
             got = r1.at(r2.origin_host, "in")
             if got and 0 <= t2 - got[0].ts_ns <= CHAIN_WINDOW_NS:
                 if cause is None or got[0].ts_ns > cause[1]:
                     cause = (r1, got[0].ts_ns)
         if cause is not None:
-            r2.chain_role = "propagated"
+            r2.chain_role = ChainRole.PROPAGATED
             r2.propagated_from = cause[0].id
             parent[root(r2.id)] = root(cause[0].id)
     for i, a in enumerate(resets):
         for b in resets[i + 1 :]:
-            if a.key == b.key and abs(a.time_ns - b.time_ns) <= CHAIN_WINDOW_NS and root(a.id) != root(b.id):
+            if (
+                same(a, b)
+                and a.isn == b.isn  # a new SYN on the 4-tuple started another connection
+                and abs(a.time_ns - b.time_ns) <= CHAIN_WINDOW_NS
+                and root(a.id) != root(b.id)
+            ):
                 parent[root(b.id)] = root(a.id)
-                if b.chain_role == "first" and b.time_ns >= a.time_ns:
-                    b.chain_role = "propagated"
+                if b.chain_role == ChainRole.FIRST and b.time_ns >= a.time_ns:
+                    b.chain_role = ChainRole.PROPAGATED
                     b.propagated_from = a.id
     ids: dict[str, int] = {}
     for r in resets:

@@ -18,8 +18,9 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from analysis.correlate import flow_key
-from analysis.decode import LINK_ETHERNET, PKT_OUTGOING, RST, Segment, decode
+from analysis.decode import ACK, LINK_ETHERNET, PKT_OUTGOING, RST, SYN, Segment, decode
 from analysis.model import HostFacts, Seen, VantageData, VantageInput
+from analysis.names import learn
 from analysis.pcap import NotACapture, ReadStats
 from analysis.scan import Chunk, conn_hash, scan
 
@@ -79,8 +80,11 @@ def _infer_directions(v: VantageInput, d: VantageData, majority: set[bytes]) -> 
         s.direction = "in" if d.directions_unknown else direction(s.seg, d.facts)
 
 
-def _rst_rows(chunk: Chunk) -> np.ndarray:
-    return np.flatnonzero(((chunk.flags >= 0) & ((chunk.flags & RST) != 0)) | (chunk.flags == -2))
+def _rst_syn_rows(chunk: Chunk) -> np.ndarray:
+    """Resets, and SYNs (no ACK): a SYN's initial sequence number names its connection through any
+    address translation, so pass 2 can collect the connection under every name it has."""
+    f = chunk.flags
+    return np.flatnonzero(((f >= 0) & (((f & RST) != 0) | ((f & (SYN | ACK)) == SYN))) | (f == -2))
 
 
 @dataclass
@@ -88,6 +92,7 @@ class _FirstPass:
     start: int
     stats: ReadStats
     resets: list[Segment] = field(default_factory=list)
+    syns: list[Segment] = field(default_factory=list)
     macs: Counter[int] = field(default_factory=Counter)
     frames: int = 0
     error: str | None = None
@@ -97,10 +102,12 @@ def _first_pass(v: VantageInput, fh: BinaryIO, use_numba: bool | None) -> _First
     out = _FirstPass(fh.tell(), ReadStats())
     try:
         for chunk in scan(fh, out.stats, use_numba=use_numba, keys=False):
-            for i in _rst_rows(chunk):
+            for i in _rst_syn_rows(chunk):
                 seg = decode(chunk.record(int(i)))
                 if seg is not None and seg.flags & RST:
                     out.resets.append(seg)
+                elif seg is not None and seg.flags & (SYN | ACK) == SYN:
+                    out.syns.append(seg)
             if not v.facts.own_macs:
                 _count_macs(chunk, out.macs)
                 out.frames += len(chunk.off) if chunk.link == LINK_ETHERNET else 0
@@ -137,6 +144,7 @@ def extract_all(
         count.update(first.macs)
         macs[n] = (count, frames + first.frames)
     majority = {n: _own_mac(count, frames) for n, (count, frames) in macs.items()}
+    keys = _every_name(keys, files, firsts)
     hashes = np.array(sorted({conn_hash(*k) for k in keys}), dtype=np.uint64)
     # Pass 2: the segments of every connection that was reset anywhere; activity near resets.
     todo = [(f, first) for f, first in zip(files, firsts, strict=True) if first.error is None]
@@ -157,6 +165,25 @@ def extract_all(
             _infer_directions(v, d, majority.get(n, set()))
         d.segments.sort(key=lambda s: s.ts_ns)
     return datas
+
+
+def _every_name(keys: set[tuple[str, int, str, int]], files: list[tuple[int, str, BinaryIO]],
+                firsts: list[_FirstPass]) -> set[tuple[str, int, str, int]]:  # fmt: skip
+    """The reset connections' keys, plus their other names where a SYN or a reset was seen under
+    two names (a NAT between two vantages): B's capture of a connection matters under B's name."""
+    names = learn(
+        (str(n), iface, seg.ts_ns, seg)
+        for (n, iface, _fh), first in zip(files, firsts, strict=True)
+        for seg in (*first.resets, *first.syns)
+    )
+    if not names.learned:
+        return keys
+    out = set(keys)
+    for a, b, _how in names.learned:
+        for n in (a, b):
+            if flow_key(*n) in keys:
+                out |= names.keys(n)
+    return out
 
 
 def _second_pass(v: VantageInput, d: VantageData, iface: str, fh: BinaryIO, start: int,

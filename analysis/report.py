@@ -1,4 +1,8 @@
-"""Renderings of an ``Analysis``: report.json (schema capture-all/report/1), report.md, terminal."""
+"""Renderings of an ``Analysis``: report.json (schema capture-all/report/2), report.md, terminal.
+
+Schema history: /2 made each reset's ``evidence`` a list of records (``kind``, ``text``, the
+numbers) and added ``names`` (the connection's names through address translation), ``isn`` (its
+incarnation) and ``blocked_by`` (contrary evidence that stopped a middlebox conviction)."""
 
 from __future__ import annotations
 
@@ -9,11 +13,12 @@ from typing import Any
 from analysis.correlate import Reset, flow_key
 from analysis.counters import deltas
 from analysis.decode import RST, flag_text
+from analysis.evidence import ChainRole
 from analysis.model import Seen, VantageData
 from analysis.verdict import Analysis
 from analysis.witness import KernelEvent
 
-SCHEMA = "capture-all/report/1"
+SCHEMA = "capture-all/report/2"
 TIMELINE_BEFORE_NS = 3 * 10**9
 TIMELINE_AFTER_NS = 1 * 10**9
 TIMELINE_MAX = 40
@@ -43,7 +48,7 @@ def timeline(a: Analysis, first: Reset) -> list[tuple[Row, str | None]]:
     """Every segment of the first reset's chain's connections, at every vantage, around it, and
     what the hosts' kernels logged about resets on those connections."""
     chain = [r for r in a.resets if r.chain == first.chain]
-    keys = {r.key for r in chain}
+    keys = {k for r in chain for k in (a.world.names.keys(r.tuple4) if a.world else {r.key})}
     marks: dict[int, str] = {id(o): r.id for r in chain for o in r.seen}
     for r in chain:
         if r.kernel_sent is not None:
@@ -159,7 +164,10 @@ def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]
                     }
                     for o in r.seen
                 ],
-                "evidence": r.evidence,
+                "names": [dict(zip(("src", "sport", "dst", "dport"), n, strict=True)) for n in r.names],
+                "isn": r.isn,
+                "evidence": [e.to_json() for e in r.evidence],
+                "blocked_by": [str(e.kind) for e in r.blocked],
                 "kernel": {
                     "sent": {"host": r.kernel_sent[0], **_kernel(r.kernel_sent[1])} if r.kernel_sent else None,
                     "received": [{"host": h, **_kernel(e)} for h, e in r.kernel_received],
@@ -285,9 +293,9 @@ def terminal(a: Analysis) -> list[str]:
         for r in a.resets:
             if r.chain == a.first.chain:
                 lines.append(f"  {r.id} ({r.chain_role}, cause {r.cause}):")
-                lines.extend(f"    - {e}" for e in r.evidence)
+                lines.extend(f"    - {e.text}" for e in r.evidence)
                 lines.extend(f"    - owner at {h}: {o}" for h, o in r.owners.items())
-        others = [r for r in a.resets if r.chain != a.first.chain and r.chain_role == "first"]
+        others = [r for r in a.resets if r.chain != a.first.chain and r.chain_role == ChainRole.FIRST]
         for r in others:
             lines.append(f"  also: {r.id} {r.describe()} origin {r.origin_host or r.origin_kind}, cause {r.cause}")
     line = clock_line(a)
@@ -340,7 +348,7 @@ def markdown(a: Analysis, flow: str) -> str:
                     f"- origin: {r.origin_kind} ({origin}); chain {r.chain}, {r.chain_role}; cause: {r.cause}",
                     f"- seen at: {where}",
                 ]
-                + [f"- {e}" for e in r.evidence]
+                + [f"- {e.text}" for e in r.evidence]
                 + [f"- owner at {h}: {o}" for h, o in r.owners.items()]
                 + [""]
             )

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 # that `capture-all analyze` starts quickly.
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4
-EXIT_NO_RESET, EXIT_UNATTRIBUTED = 5, 6  # analyze only
+EXIT_NO_RESET, EXIT_UNATTRIBUTED, EXIT_NOTHING_CAPTURED = 5, 6, 7  # analyze only
 WITNESS_BUFFER_MAX = 64 << 20  # per CPU
 
 
@@ -308,7 +308,7 @@ def _analyze(args: argparse.Namespace) -> int:
     else:
         print("\n".join(lines + terminal(result)))
     if result.first is None:
-        return EXIT_NO_RESET
+        return EXIT_NO_RESET if any(v.captured and v.packets for v in result.vantages) else EXIT_NOTHING_CAPTURED
     return EXIT_OK if result.first.origin_kind != "unknown" else EXIT_UNATTRIBUTED
 
 

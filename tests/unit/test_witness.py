@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from analysis.decode import ACK, RST
+from analysis.evidence import Fact
 from analysis.report import to_json
 from analysis.witness import KernelEvent, Witness, parse_format, parse_stats, parse_witness
 from tests.pcapgen import tcp_packet
-from tests.unit.test_verdict import C, P, T, client_capture, first, handshake_and_request, proxy_capture
+from tests.unit.test_verdict import C, P, T, client_capture, fact, first, handshake_and_request, proxy_capture
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "witness"
 
@@ -127,16 +128,14 @@ def test_the_senders_kernel_proves_origin_and_names_the_cause() -> None:
     a, r = first([client_capture(at_client), proxy_capture(at_proxy, witness=witness(send("TCP_ABORT_ON_CLOSE")))])
     assert r.kernel_sent is not None and r.kernel_sent[0] == "proxy"
     # A proxy resetting on its own, upstream healthy: its policy; the kernel's reason agrees.
-    assert (
-        r.cause == "proxy_policy" and "The kernel's reason (TCP_ABORT_ON_CLOSE) agrees with the packets." in r.evidence
-    )
+    assert r.cause == "proxy_policy" and fact(r, Fact.KERNEL_AGREES).data["reason"] == "TCP_ABORT_ON_CLOSE"
     # The same packets from a plain server match no pattern: the kernel's reason names the cause.
     server = proxy_capture(at_proxy, witness=witness(send("TCP_ABORT_ON_CLOSE")))
     server.role = "server"
     assert first([client_capture(at_client), server])[1].cause == "unread_data_close"
     assert "its kernel logged it, reason TCP_ABORT_ON_CLOSE" in a.verdict
-    assert any("logged sending it (tcp_send_reset) with reason TCP_ABORT_ON_CLOSE" in e and "pid 4242 (haproxy)" in e
-               for e in r.evidence)  # fmt: skip
+    sent = fact(r, Fact.KERNEL_SENT)
+    assert sent.data == {"host": "proxy", "reason": "TCP_ABORT_ON_CLOSE"} and "pid 4242 (haproxy)" in sent.text
     rep = to_json(a, "flow")
     assert rep["resets"][0]["kernel"]["sent"]["sender_process"] == "haproxy pid 4242"
     rows = [x for x in rep["timeline"] if x["kind"] == "kernel"]
@@ -149,7 +148,7 @@ def test_a_softirq_event_credits_no_process() -> None:
                   proxy_capture(at_proxy, witness=witness(send("NO_SOCKET", softirq=True)))])  # fmt: skip
     assert r.kernel_sent is not None
     assert to_json(a, "flow")["resets"][0]["kernel"]["sent"]["sender_process"] is None
-    assert any("in softirq" in e and "happened to be on the CPU" in e for e in r.evidence)
+    assert "in softirq" in fact(r, Fact.KERNEL_SENT).text
 
 
 def test_a_send_event_far_from_the_packet_is_not_its_event() -> None:
@@ -170,21 +169,21 @@ def test_a_witness_that_lost_events_proves_nothing_by_its_silence() -> None:
     at_client, at_proxy = proxy_resets()
     _, r = first([client_capture(at_client), proxy_capture(at_proxy, witness=witness(lost=3))])
     assert r.witness_absent is None and r.cause != "host_firewall"
-    assert any("lost 3 events" in e for e in r.evidence)
+    assert fact(r, Fact.WITNESS_LOST).data["lost"] == 3
 
 
-def test_the_claimed_senders_silent_witness_makes_an_unattributed_reset_an_injection() -> None:
-    """The proxy's capture missed the connection (wrong interface or filter): the packets cannot
-    tell; the proxy's kernel, which logged no reset for it, can."""
+def test_a_silent_witness_proves_nothing_when_the_name_it_would_log_is_not_known() -> None:
+    """The proxy's capture missed the connection (wrong interface or filter). The client's name of
+    it carries the proxy's address, but an unseen NAT between them would give the proxy another
+    name for it: the proxy's silent witness is not read as its innocence (tests/unit/test_nat.py
+    has the case where the NAT's capture teaches the name, and the witness then counts)."""
     at_client = handshake_and_request(63) + [(T + 4000, tcp_packet(P, C, 443, 40000, RST, seq=501, ttl=64), False)]
     other = [(T, tcp_packet(C, P, 40001, 8443, ACK, seq=1, ack=1), True),
              (T + 10, tcp_packet(P, C, 8443, 40001, ACK, seq=1, ack=1), False)]  # fmt: skip
-    without = first([client_capture(at_client), proxy_capture(other)])[1]
-    assert without.origin_kind == "unknown"
     a, r = first([client_capture(at_client), proxy_capture(other, witness=witness())])
-    assert (r.origin_kind, r.between, r.witness_absent) == ("middlebox", ["client", "proxy"], "proxy")
-    assert any("proxy's kernel witness was running and logged no tcp_send_reset" in e for e in r.evidence)
-    assert "proxy's own kernel logged no reset on this connection" in a.verdict
+    assert (r.origin_kind, r.witness_absent) == ("unknown", None)
+    assert fact(r, Fact.WITNESS_UNKNOWN_TUPLE).data["host"] == "proxy"
+    assert "cannot be attributed" in a.verdict and "forged" not in a.verdict
 
 
 def test_a_witness_whose_trace_did_not_come_back_says_so() -> None:

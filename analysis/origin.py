@@ -1,0 +1,519 @@
+"""Who emitted a reset: the origin rules, the kernel witness, and the evidence against a conviction.
+
+Rules (DOMAIN.md), tried in order; the first that decides, decides (``ORIGIN_RULES``):
+1. own_stack: seen *leaving* host X with one of X's own addresses as source, and not seen arriving
+   at X first (a NAT box translating a reset into its own name only forwarded it): X built it.
+2. forged_at: seen leaving X in B's name, never arriving at X, *while X's capture saw B's side of
+   this connection arrive* (under any name): X forged it. Without that, X's silence proves
+   nothing and the evidence says so.
+3. injected: seen arriving in B's name while B's capture holds this connection (under B's name,
+   learned through any NAT), with no kernel drops, and never shows it leaving: injected between
+   the earliest vantage that saw it and B.
+4. witness_silent: B's capture missed the connection, but B's kernel witness ran over the reset's
+   time, lost nothing, and logged no send on any name B knows the connection by (that name must
+   be known): injected between the earliest vantage and B's TCP stack.
+Otherwise unknown, saying which vantage is missing.
+
+Before a middlebox conviction stands, ``CONTRARY_CHECKS`` look for evidence against it: the RST's
+TTL equal to B's genuine packets' at the same vantage, B's reset counters rising beyond what its
+captures or witness account for, B's own kernel logging a reset on any name of the connection.
+Any of them turns the verdict into unknown, with both sides stated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from analysis.clock import Clocks
+from analysis.correlate import Reset
+from analysis.counters import deltas, owner
+from analysis.evidence import Evidence, Fact, Origin, ev
+from analysis.names import Name, name_of
+from analysis.witness import KernelEvent
+from analysis.world import World
+
+# A witness event and a packet of the same host are on one clock (the trace clock is mapped onto
+# the capture clock within microseconds); the kernel logs a reset microseconds from its packet.
+KERNEL_MATCH_NS = 50_000_000
+# For a reset not seen at the claimed sender, its time there is only as good as the clocks.
+KERNEL_ABSENT_NS = 2_000_000_000
+_RESET_COUNTERS = ("TcpOutRsts",)
+
+
+def _fmt(n: Name) -> str:
+    return f"{n[0]}:{n[1]} -> {n[2]}:{n[3]}"
+
+
+def _forwarded(r: Reset, vantage: str, before_ns: int) -> bool:
+    return any(o.vantage == vantage and o.direction == "in" and o.ts_ns <= before_ns for o in r.seen)
+
+
+# ---- the origin rules --------------------------------------------------------------------------
+def own_stack(w: World, r: Reset) -> bool:
+    for o in r.seen:
+        if o.direction != "out" or o.seg.src not in w.v[o.vantage].facts.own_ips:
+            continue
+        if _forwarded(r, o.vantage, o.ts_ns):
+            r.evidence.append(
+                ev(
+                    Fact.FORWARDED,
+                    f"It arrived at {o.vantage} before leaving it ({o.iface}) as {_fmt(name_of(o.seg))}: {o.vantage} "
+                    f"only forwarded (translated) it.",
+                    host=o.vantage,
+                )
+            )
+            continue
+        r.origin_kind, r.origin_host = Origin.HOST, o.vantage
+        r.evidence.append(
+            ev(
+                Fact.SENT_BY_HOST,
+                f"Seen leaving {o.vantage} ({o.iface}) with {o.vantage}'s own address {o.seg.src} as source: "
+                f"{o.vantage}'s TCP stack built it.",
+                host=o.vantage,
+                iface=o.iface,
+                src=o.seg.src,
+            )
+        )
+        return True
+    return False
+
+
+def forged_at(w: World, r: Reset) -> bool:
+    claimed = w.claimed(r)
+    for o in r.seen:
+        if o.direction != "out" or r.at(o.vantage, "in"):
+            continue
+        who = claimed or o.seg.src
+        sides = w.genuine(o.vantage, name_of(o.seg), "in")
+        if not sides:
+            r.evidence.append(
+                ev(
+                    Fact.FORGERY_UNPROVEN,
+                    f"Seen leaving {o.vantage} ({o.iface}) in the name of {who} ({o.seg.src}), but "
+                    f"{o.vantage}'s capture never saw {who}'s side of this connection arrive (its filter or "
+                    f"interfaces may "
+                    f"not cover that "
+                    f"side, or translated addresses): that it never arrived there proves nothing.",
+                    host=o.vantage,
+                    claimed=claimed,
+                )
+            )
+            continue
+        r.origin_kind, r.origin_host = Origin.MIDDLEBOX, o.vantage
+        r.between = [w.owner.get(o.seg.dst, o.seg.dst), claimed or o.seg.src]
+        r.evidence.append(
+            ev(
+                Fact.FORGED_AT,
+                f"Seen leaving {o.vantage} ({o.iface}) in the name of {who} ({o.seg.src}), and never arriving at "
+                f"{o.vantage}, which saw {len(sides)} of {who}'s genuine packets on this connection arrive: "
+                f"{o.vantage} forged it.",
+                host=o.vantage,
+                claimed=claimed,
+                genuine_packets=len(sides),
+            )
+        )
+        return True
+    return False
+
+
+def injected(w: World, r: Reset) -> bool:
+    claimed = w.claimed(r)
+    earliest = r.seen[0].vantage
+    src = r.tuple4[0]
+    if claimed is None:
+        r.evidence.append(
+            ev(
+                Fact.CLAIMED_UNOWNED,
+                f"It claims to come from {src}, which no host of this run owns (not in the inventory, or left "
+                f"out): cannot tell that host from the path to it.",
+                src=src,
+            )
+        )
+        return False
+    b = w.v[claimed]
+    if not b.captured:
+        r.evidence.append(
+            ev(
+                Fact.CLAIMED_NOT_CAPTURED,
+                f"{claimed} was not captured ({b.error or b.status}): cannot tell {claimed} from the path between "
+                f"{earliest} and {claimed}.",
+                host=claimed,
+            )
+        )
+        return False
+    at_b = w.flow(claimed, r.tuple4)
+    if not at_b:
+        r.evidence.append(
+            ev(
+                Fact.CLAIMED_SAW_NOTHING,
+                f"{claimed}'s capture has no packet of this connection under any name it is known by (interface, "
+                f"filter, or an address translation not learned): its silence proves nothing.",
+                host=claimed,
+            )
+        )
+        return False
+    if b.kernel_drops:
+        r.evidence.append(
+            ev(
+                Fact.CLAIMED_DROPPED,
+                f"{claimed} captured this connection but its capture dropped {b.kernel_drops} packets: the missing "
+                f"RST there may be a drop.",
+                host=claimed,
+                drops=b.kernel_drops,
+            )
+        )
+        return False
+    r.origin_kind, r.between = Origin.MIDDLEBOX, [earliest, claimed]
+    r.evidence.append(
+        ev(
+            Fact.INJECTED,
+            f"{claimed} captured this connection ({len(at_b)} packets, no kernel drops) and never sent this RST: "
+            f"something between {earliest} and {claimed} injected it.",
+            host=claimed,
+            packets=len(at_b),
+        )
+    )
+    receiver = r.seen[-1].vantage
+    if receiver != earliest:
+        r.evidence.append(
+            ev(
+                Fact.SEEN_FIRST_AT,
+                f"It was seen first at {earliest}, then at {receiver}.",
+                first=earliest,
+                last=receiver,
+            )
+        )
+    return True
+
+
+ORIGIN_RULES: tuple[tuple[str, Callable[[World, Reset], bool]], ...] = (
+    ("own_stack", own_stack),
+    ("forged_at", forged_at),
+    ("injected", injected),
+)
+
+
+def decide(w: World, r: Reset, clocks: Clocks) -> None:
+    """Origin, the kernel witness's account, then the evidence against a middlebox conviction."""
+    r.names = w.all_names(r)
+    if len(r.names) > 1:
+        r.evidence.append(
+            ev(
+                Fact.TRANSLATED,
+                f"One connection under {len(r.names)} names (address translation, learned from the packets): "
+                f"{'; '.join(_fmt(n) for n in r.names)}.",
+                names=[list(n) for n in r.names],
+            )
+        )
+    for _name, rule in ORIGIN_RULES:
+        if rule(w, r):
+            break
+    if r.origin_kind != Origin.HOST:
+        _ttl(w, r)
+    _witness(w, r, clocks)
+    if r.origin_kind == Origin.MIDDLEBOX:
+        _contrary(w, r, clocks)
+    _owners(w, r)
+
+
+# ---- the TTL ----------------------------------------------------------------------------------
+def _ttl(w: World, r: Reset) -> Evidence | None:
+    """Compare the RST's TTL/DF with the claimed sender's genuine packets at the receiver (under
+    the name that vantage uses)."""
+    who = w.claimed(r) or r.tuple4[0]
+    for o in reversed(r.seen):
+        if o.direction != "in":
+            continue
+        genuine = w.genuine(o.vantage, name_of(o.seg), "in")
+        if not genuine:
+            continue
+        ttls = Counter(s.seg.ttl for s in genuine)
+        usual = ", ".join(str(t) for t, _ in ttls.most_common())
+        data = {"at": o.vantage, "rst_ttl": o.seg.ttl, "genuine_ttls": sorted(ttls), "claimed": who}
+        if o.seg.ttl in ttls:
+            found = ev(
+                Fact.TTL_MATCHES,
+                f"At {o.vantage} the RST's TTL ({o.seg.ttl}) matches {who}'s genuine "
+                f"packets there (TTL {usual}): same path length as {who}.",
+                **data,
+            )
+        else:
+            found = ev(
+                Fact.TTL_DIFFERS,
+                f"At {o.vantage} the RST arrived with TTL {o.seg.ttl}, while {who}'s genuine "
+                f"packets on this connection arrive there with TTL {usual}: it took a "
+                f"different path.",
+                **data,
+            )
+        r.evidence.append(found)
+        dfs = {s.seg.df for s in genuine}
+        if len(dfs) == 1 and o.seg.df not in dfs:
+            r.evidence.append(
+                ev(
+                    Fact.DF_DIFFERS,
+                    f"DF is {'set' if o.seg.df else 'clear'} on the RST but {'set' if dfs.pop() else 'clear'} on "
+                    f"{who}'s genuine packets.",
+                    at=o.vantage,
+                    rst_df=o.seg.df,
+                )
+            )
+        return found
+    return None
+
+
+# ---- the kernel witness -----------------------------------------------------------------------
+REASON_TEXT = {
+    "NO_SOCKET": "no socket for this 4-tuple (nothing listening, or the connection was already gone)",
+    "TCP_TIMEWAIT_SOCKET": "a segment arrived for a connection it had already closed (TIME_WAIT)",
+    "TCP_ABORT_ON_CLOSE": "the application closed the socket with unread data",
+    "TCP_ABORT_ON_DATA": "data arrived after the application had closed the socket",
+    "TCP_ABORT_ON_LINGER": "the FIN_WAIT2 linger time ran out",
+    "TCP_STATE": "the application aborted the connection (close with SO_LINGER 0, or a disconnect)",
+    "TCP_KEEPALIVE_TIMEOUT": "its keepalive probes went unanswered",
+    "TCP_ABORT_ON_MEMORY": "out of socket memory",
+    "TCP_DISCONNECT_WITH_DATA": "a disconnect with data still queued",
+    "NOT_SPECIFIED": "no reason given",
+}
+
+
+def _nearest(events: list[KernelEvent], t: int, within: float) -> KernelEvent | None:
+    best = min(events, key=lambda e: abs(e.ts_ns - t), default=None)
+    return best if best is not None and abs(best.ts_ns - t) <= within else None
+
+
+def _aligned(clocks: Clocks, *hosts: str) -> bool:
+    return all(clocks.method.get(h, "none") != "none" for h in hosts)
+
+
+def _sender_window(w: World, r: Reset, sender: str, clocks: Clocks) -> tuple[int, float]:
+    """When the reset went by at the sender, and how far off that may be."""
+    out = r.at(sender, "out")
+    if out:
+        return out[0].ts_ns, KERNEL_MATCH_NS
+    aligned = _aligned(clocks, sender, r.seen[0].vantage)
+    return r.seen[0].ts_ns, (KERNEL_ABSENT_NS if aligned else float("inf"))
+
+
+def _sends(w: World, r: Reset, sender: str) -> tuple[list[Name], list[KernelEvent]]:
+    """The names the sender knows this direction by, and its send events on any of them."""
+    out = r.at(sender, "out")
+    names = [name_of(out[0].seg)] if out else w.known_names(r, sender)
+    wit = w.v[sender].witness
+    return names, [e for n in names for e in wit.sends(n)]
+
+
+def _witness(w: World, r: Reset, clocks: Clocks) -> None:
+    """The hosts' own kernel accounts next to the packets: the receivers' tcp_receive_reset, the
+    sender's tcp_send_reset (proof of origin, and why), or its absence where it means something."""
+    for o in r.seen:
+        if o.direction == "in":
+            mine = [e for e in w.v[o.vantage].witness.events if e.kind == "receive" and e.tuple4() == name_of(o.seg)]
+            got = _nearest(mine, o.ts_ns, KERNEL_MATCH_NS)
+            if got is not None and all(h != o.vantage for h, _ in r.kernel_received):
+                r.kernel_received.append((o.vantage, got))
+    sender = r.origin_host if r.origin_kind == Origin.HOST else w.claimed(r)
+    if sender is None or sender not in w.v or not w.v[sender].witness.ran:
+        return
+    wit = w.v[sender].witness
+    t, within = _sender_window(w, r, sender, clocks)
+    names, sends = _sends(w, r, sender)
+    sent = _nearest(sends, t, within)
+    if sent is not None:
+        r.kernel_sent = (sender, sent)
+        why = f": {REASON_TEXT.get(sent.reason, sent.reason.lower())}" if sent.reason else ""
+        reason = f" with reason {sent.reason}{why}" if sent.reason else " (this kernel logs no reason)"
+        name = f" (as {_fmt(sent.tuple4())})" if sent.tuple4() != r.tuple4 else ""
+        r.evidence.append(
+            ev(
+                Fact.KERNEL_SENT,
+                f"{sender}'s kernel logged sending it{name} (tcp_send_reset){reason}; {sent.who()}.",
+                host=sender,
+                reason=sent.reason,
+            )
+        )
+        if r.origin_kind == Origin.UNKNOWN and within != float("inf"):
+            # No capture shows it leaving its sender, but the sender's own kernel logged it.
+            r.origin_kind, r.origin_host = Origin.HOST, sender
+        return
+    if wit.lost:
+        r.evidence.append(
+            ev(
+                Fact.WITNESS_LOST,
+                f"{sender}'s kernel witness logged no send for it, but lost "
+                f"{wit.lost} events (buffer full): its silence proves nothing.",
+                host=sender,
+                lost=wit.lost,
+            )
+        )
+        return
+    if not names:
+        r.evidence.append(
+            ev(
+                Fact.WITNESS_UNKNOWN_TUPLE,
+                f"{sender}'s kernel witness ran, but the name {sender} knows this connection by is not known (its "
+                f"capture did not see it and no translation to its address was learned): its silence proves nothing.",
+                host=sender,
+            )
+        )
+        return
+    # The witness must have been running when the reset went by. On unaligned clocks its time at
+    # the sender is unknown: the witness ran over the whole capture (it starts before tcpdump and
+    # stops after), and the reset was captured, so only a witness that stopped early is doubted.
+    if within != float("inf") and not wit.covers(t):
+        return
+    if within == float("inf") and wit.end_ns is None:
+        return
+    r.witness_absent = sender
+    shown = " or ".join(_fmt(n) for n in names)
+    if r.origin_kind == Origin.HOST:
+        r.evidence.append(
+            ev(
+                Fact.WITNESS_SILENT_HOST,
+                f"{sender}'s kernel witness was running and logged no tcp_send_reset for it: {sender}'s TCP stack did "
+                f"not build it; a firewall rule on {sender} (nftables/iptables `reject with tcp-reset`) or a raw "
+                f"socket did.",
+                host=sender,
+            )
+        )
+        return
+    r.evidence.append(
+        ev(
+            Fact.WITNESS_SILENT,
+            f"{sender}'s kernel witness was running and logged no tcp_send_reset "
+            f"for {shown}: {sender}'s TCP stack never sent it.",
+            host=sender,
+            names=[list(n) for n in names],
+        )
+    )
+    if r.origin_kind == Origin.UNKNOWN:
+        earliest = r.seen[0].vantage
+        r.origin_kind, r.between = Origin.MIDDLEBOX, [earliest, sender]
+        r.evidence.append(
+            ev(
+                Fact.INJECTED,
+                f"So something between {earliest} and {sender}'s TCP stack injected it (a box on the path, or a "
+                f"firewall rule on {sender} itself).",
+                host=sender,
+                by="witness",
+            )
+        )
+
+
+# ---- evidence against a middlebox conviction ----------------------------------------------------
+def _ttl_against(w: World, r: Reset, clocks: Clocks, claimed: str) -> Evidence | None:
+    """At a receiver, the RST's TTL equals the claimed sender's genuine packets' (same path length)."""
+    return next((e for e in r.evidence if e.kind == Fact.TTL_MATCHES), None)
+
+
+def _kernel_against(w: World, r: Reset, clocks: Clocks, claimed: str) -> Evidence | None:
+    """The claimed sender's kernel logged a reset on this connection, under any name, near then."""
+    if claimed not in w.v or not w.v[claimed].witness.ran:
+        return None
+    conn = w.connection_names(r.tuple4)
+    own = w.v[claimed].facts.own_ips
+    t, within = _sender_window(w, r, claimed, clocks)
+    sends = [e for e in w.v[claimed].witness.events if e.kind == "send" and e.tuple4() in conn and e.src in own]
+    sent = _nearest(sends, t, max(within, KERNEL_ABSENT_NS) if within != float("inf") else within)
+    if sent is None:
+        return None
+    return ev(
+        Fact.KERNEL_CONTRADICTS,
+        f"{claimed}'s own kernel logged sending a reset on this connection "
+        f"({_fmt(sent.tuple4())}, tcp_send_reset{', ' + sent.reason if sent.reason else ''}).",
+        host=claimed,
+        reason=sent.reason,
+    )
+
+
+def _counters_against(w: World, r: Reset, clocks: Clocks, claimed: str) -> Evidence | None:
+    """The claimed sender's reset counters rose by more than the resets its captures (or, when it ran
+    whole, its witness) account for during the window."""
+    d = w.v.get(claimed)
+    if d is None or not d.facts.counters_before or not d.facts.counters_after:
+        return None
+    rose = {k: v for k, v in deltas(d.facts).counters.items() if k in _RESET_COUNTERS and v > 0}
+    if not rose:
+        return None
+    wit = d.witness
+    if wit.ran and not wit.lost and wit.end_ns is not None:
+        accounted, how = sum(1 for e in wit.events if e.kind == "send"), "its kernel witness logged"
+    else:
+        own = d.facts.own_ips
+        accounted = len(
+            {
+                (s.seg.seq, s.seg.ack, s.seg.src)
+                for s in d.segments
+                if s.seg.flags & 0x04 and s.direction == "out" and s.seg.src in own
+            }
+        )
+        how = "its captures show leaving it"
+    extra = max(rose.values()) - accounted
+    if extra <= 0:
+        return None
+    shown = ", ".join(f"{k} +{v}" for k, v in rose.items())
+    return ev(
+        Fact.COUNTERS_ROSE,
+        f"{claimed}'s own reset counters rose during the capture ({shown}), {extra} more "
+        f"than the {accounted} reset(s) {how}: it may have sent this one.",
+        host=claimed,
+        counters=rose,
+        accounted=accounted,
+    )
+
+
+CONTRARY_CHECKS: tuple[tuple[str, Callable[[World, Reset, Clocks, str], Evidence | None]], ...] = (
+    ("ttl_matches", _ttl_against),
+    ("kernel_sent", _kernel_against),
+    ("counters_rose", _counters_against),
+)
+
+
+def _contrary(w: World, r: Reset, clocks: Clocks) -> None:
+    claimed = w.claimed(r)
+    if claimed is None:
+        return
+    against = [e for _n, check in CONTRARY_CHECKS if (e := check(w, r, clocks, claimed)) is not None]
+    if not against:
+        return
+    for e in against:
+        if e not in r.evidence:
+            r.evidence.append(e)
+    said = "forged it" if r.origin_host else f"it was injected between {' and '.join(r.between or [])}"
+    who = f"{r.origin_host} " if r.origin_host else ""
+    r.blocked = against
+    r.evidence.append(
+        ev(
+            Fact.CONTRARY,
+            f"The packets point to {who}{'forging it' if r.origin_host else 'an injection'}, but "
+            f"{'; '.join(e.text.rstrip('.') for e in against)}: whether {claimed} sent it or {said} cannot be told.",
+            claimed=claimed,
+            suspect=r.origin_host,
+            between=r.between,
+            against=[str(e.kind) for e in against],
+        )
+    )
+    r.origin_kind, r.origin_host, r.between = Origin.UNKNOWN, None, None
+
+
+# ---- owners -----------------------------------------------------------------------------------
+def _owners(w: World, r: Reset) -> None:
+    """Which process owned each end of the reset connection, under the name that host knows it by."""
+    for n in sorted(w.connection_names(r.tuple4)):
+        host = w.owner.get(n[0])
+        if host is None or host in r.owners:
+            continue
+        who = owner(w.v[host].facts, (n[0], n[1]), (n[2], n[3]))
+        if who:
+            r.owners[host] = f"{n[0]}:{n[1]} {who}"
+    claimed = w.claimed(r)
+    if r.origin_kind == Origin.MIDDLEBOX and claimed is not None:
+        after = w.v[claimed].facts.sockets_after
+        if any(n in after for n in w.known_names(r, claimed)):
+            r.evidence.append(
+                ev(
+                    Fact.STILL_OPEN,
+                    f"{claimed} still had this connection open after the capture (ss -tnpi): it never reset it.",
+                    host=claimed,
+                )
+            )

@@ -78,6 +78,17 @@ def _legs_for(host: Host, legs: list[Leg]) -> list[Leg]:
     return mine
 
 
+def _beyond_the_client(host: Host, legs: list[Leg]) -> list[Leg]:
+    """Only the client itself pins the client's address and port: anywhere else a NAT (declared or
+    not: a masquerading gateway, a pod's node, a cloud NAT) may have rewritten both, and a filter
+    pinning them would capture nothing. Beyond the client a leg is captured by its server end, the
+    one that survives source translation; the size and packet bounds still hold."""
+    return [
+        leg if leg.client is None or host.owns(leg.client.ip) else Leg(leg.name, leg.server, None, leg.opened_by)
+        for leg in legs
+    ]
+
+
 def _jump(text: str | None) -> JumpHost | None:
     if not text:
         return None
@@ -129,7 +140,7 @@ def build_plan(
                 role=h.role,
                 target=target,
                 interfaces=tuple(h.interfaces),
-                legs=tuple(mine),
+                legs=tuple(_beyond_the_client(h, mine)),
                 sudo=bool(ssh.sudo),
                 tmpdir=h.tmpdir or inv.capture.tmpdir,
                 notes=notes,

@@ -62,11 +62,13 @@ def test_plan_gives_each_host_its_legs(tmp_path: Path) -> None:
     plan = build_plan(parse_flow("10.20.2.17->10.20.4.18:443"), inv)
     legs = {h.name: [leg.bpf() for leg in h.legs] for h in plan.hosts}
     client_leg = "(tcp and host 10.20.4.18 and port 443 and host 10.20.2.17)"
+    # Beyond the client, a NAT may have rewritten the client's address: the server end only.
+    server_end = "(tcp and host 10.20.4.18 and port 443)"
     upstream_leg = "(tcp and host 10.30.7.55 and port 8443)"
     assert legs["app-1"] == [client_leg]
-    assert legs["lb-1"] == [client_leg, upstream_leg]
+    assert legs["lb-1"] == [server_end, upstream_leg]
     assert legs["api-1"] == [upstream_leg]
-    assert legs["fw-1"] == [client_leg, upstream_leg]  # in-path roles see every leg
+    assert legs["fw-1"] == [server_end, upstream_leg]  # in-path roles see every leg
     lb = next(h for h in plan.hosts if h.name == "lb-1")
     assert (lb.target.port, lb.target.user, lb.sudo) == (2222, "root", False)
     app = next(h for h in plan.hosts if h.name == "app-1")

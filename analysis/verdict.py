@@ -133,16 +133,23 @@ def _order_note(clocks: Clocks, first: Reset, resets: list[Reset], unordered: se
 
 
 # ---- caveats and the sentence -----------------------------------------------------------------
+def _saw_its_traffic(d: VantageData, vantages: list[VantageData]) -> list[str]:
+    """Other vantages whose captures hold packets to or from d's own addresses."""
+    own = d.facts.own_ips
+    return [v.name for v in vantages
+            if v is not d and any(s.seg.src in own or s.seg.dst in own for s in v.segments)]  # fmt: skip
+
+
 def _caveats(w: World, vantages: list[VantageData], resets: list[Reset]) -> list[str]:
     out = []
-    busy = [d.name for d in vantages if d.captured and d.packets]
     for d in vantages:
         if not d.captured:
             out.append(f"{d.name} ({d.role}) was not captured: {d.error or d.status}.")
-        elif not d.packets and busy:
+        elif not d.packets and (saw := _saw_its_traffic(d, vantages)):
             out.append(
-                f"{d.name} captured no packet of this flow while {', '.join(busy)} did: its filter may not match "
-                f"translated addresses, or the flow does not cross its interfaces."
+                f"{d.name} captured no packet of this flow while {', '.join(saw)} saw packets to or from its "
+                f"addresses: its filter may not match translated addresses, or the flow does not cross its "
+                f"interfaces."
             )
         elif d.kernel_drops:
             out.append(

@@ -34,11 +34,13 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
     """The lab, with any router rule or stopped sshd of a test undone afterwards."""
     yield lab
     lab.router_clear()
+    lab.nat_clear()
+    lab.direct()
     for name in [n for n in lab.procs if n.startswith("stuck-")]:
         lab.stop(name)
     for h in sorted(lab.without_tracefs):
         lab.stop_sshd(h)
-    for h in ("client", "router", "proxy", "backend"):
+    for h in ("client", "router", "proxy", "backend", "nat"):
         if f"sshd-{h}" not in lab.procs:
             lab.start_sshd(h)
     for port, idle in ((80, 5.0), (81, 1.0)):

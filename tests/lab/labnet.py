@@ -1,4 +1,4 @@
-"""The lab: four real hosts (network namespaces) with real sshd, HAProxy, a backend and nftables.
+"""The lab: five real hosts (network namespaces) with real sshd, HAProxy, a backend and nftables.
 
 Must run inside ``tests/lab/enter`` (a private ``unshare --net --mount --pid`` namespace): it
 refuses to build anywhere else, so it can never touch the machine's own network.
@@ -6,10 +6,16 @@ refuses to build anywhere else, so it can never touch the machine's own network.
     bastion (lab root ns) 198.19.0.1 ─┬─ mgmt ─ client  198.19.0.11
                                       ├─ mgmt ─ router  198.19.0.12
                                       ├─ mgmt ─ proxy   198.19.0.13   (sudo = true)
-                                      └─ mgmt ─ backend 198.19.0.14
+                                      ├─ mgmt ─ backend 198.19.0.14
+                                      └─ mgmt ─ nat     198.19.0.15
 
     client eth1 198.18.1.10 ── eth1 198.18.1.1 router eth2 198.18.2.1 ── eth1 198.18.2.10 proxy
     proxy eth2 198.18.3.1 ── eth1 198.18.3.10 backend
+    client eth2 198.18.4.10 ── eth1 198.18.4.1 nat eth2 198.18.5.2 ── eth3 198.18.5.1 router
+
+The nat host is a masquerading gateway (nftables, every connection gets a new source port from
+20000-29999). ``Lab.via_nat()`` sends the client's traffic to the proxy and the backend through it
+(from 198.18.4.10) instead of straight to the router; ``Lab.direct()`` undoes it.
 
 HAProxy on the proxy listens on 198.18.2.10:8080 and :8081 and forwards to the backend on :80.
 No namespace has a route out; every address is in 198.18.0.0/15.
@@ -31,7 +37,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 CLIENT_IP, ROUTER_CLIENT_SIDE, ROUTER_PROXY_SIDE = "198.18.1.10", "198.18.1.1", "198.18.2.1"
 PROXY_FRONT, PROXY_BACK, BACKEND_IP = "198.18.2.10", "198.18.3.1", "198.18.3.10"
-MGMT = {"client": "198.19.0.11", "router": "198.19.0.12", "proxy": "198.19.0.13", "backend": "198.19.0.14"}
+CLIENT_NAT_SIDE, NAT_INSIDE, NAT_OUTSIDE, ROUTER_NAT_SIDE = "198.18.4.10", "198.18.4.1", "198.18.5.2", "198.18.5.1"
+NAT_PORTS = (20000, 29999)
+MGMT = {
+    "client": "198.19.0.11",
+    "router": "198.19.0.12",
+    "proxy": "198.19.0.13",
+    "backend": "198.19.0.14",
+    "nat": "198.19.0.15",
+}
 HOSTS = list(MGMT)
 LAB_USERS = {"captest": 4242, "nosudo": 4243}
 
@@ -225,6 +239,32 @@ class Lab:
         sh("ip", "-n", "backend", "route", "add", "198.18.1.0/24", "via", PROXY_BACK)
         for ns in ("router", "proxy"):
             sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns=ns)
+        # The masquerading gateway between the client (its second interface) and the router.
+        self._link("client", "eth2", f"{CLIENT_NAT_SIDE}/24", "nat", "eth1", f"{NAT_INSIDE}/24")
+        self._link("nat", "eth2", f"{NAT_OUTSIDE}/24", "router", "eth3", f"{ROUTER_NAT_SIDE}/24")
+        for net in ("198.18.2.0/24", "198.18.3.0/24"):
+            sh("ip", "-n", "nat", "route", "add", net, "via", ROUTER_NAT_SIDE)
+        sh("ip", "-n", "proxy", "route", "add", "198.18.5.0/24", "via", ROUTER_PROXY_SIDE)
+        sh("ip", "-n", "backend", "route", "add", "198.18.5.0/24", "via", PROXY_BACK)
+        sh("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", ns="nat")
+        lo, hi = NAT_PORTS
+        sh("nft", "-f", "-", ns="nat", input=(
+            "table ip capture_all_lab_nat {\n"
+            "  chain post {\n"
+            "    type nat hook postrouting priority srcnat; policy accept;\n"
+            f'    oifname "eth2" meta l4proto tcp masquerade to :{lo}-{hi}\n'
+            "  }\n}\n"
+        ))  # fmt: skip
+
+    def via_nat(self) -> None:
+        """The client reaches the proxy and the backend through the NAT gateway, from CLIENT_NAT_SIDE."""
+        for net in ("198.18.2.0/24", "198.18.3.0/24"):
+            sh("ip", "-n", "client", "route", "replace", net, "via", NAT_INSIDE, "src", CLIENT_NAT_SIDE)
+
+    def direct(self) -> None:
+        """The client reaches them through the router again (the lab's default)."""
+        for net in ("198.18.2.0/24", "198.18.3.0/24"):
+            sh("ip", "-n", "client", "route", "replace", net, "via", ROUTER_CLIENT_SIDE)
 
     @staticmethod
     def _link(a: str, a_if: str, a_addr: str, b: str, b_if: str, b_addr: str) -> None:
@@ -327,10 +367,30 @@ class Lab:
             time.sleep(0.02)
         raise LabError(f"nothing listening on {ns}:{port} after {timeout} s")
 
+    def nat_inventory(self, declared: bool) -> Path:
+        """The inventory for the path through the NAT gateway (see ``via_nat``): the client on its
+        second interface, the router's third, and the NAT host itself only when ``declared``."""
+        path = self.root / ("inventory-nat.toml" if declared else "inventory-nat-undeclared.toml")
+        path.write_text(self._inventory_text(nat=declared, client_ip=CLIENT_NAT_SIDE, client_if="eth2"))
+        return path
+
     def _write_inventory(self) -> None:
+        self.inventory.write_text(self._inventory_text(nat=False, client_ip=CLIENT_IP, client_if="eth1"))
+
+    def _inventory_text(self, *, nat: bool, client_ip: str, client_if: str) -> str:
         r = self.root
-        self.inventory.write_text(
-            f"""# Generated by tests/lab/labnet.py for the lab in {r}
+        nat_host = f"""
+[[hosts]]
+name = "nat"
+role = "nat"
+address = "{MGMT["nat"]}"
+interfaces = ["eth1", "eth2"]
+addresses = ["{NAT_INSIDE}", "{NAT_OUTSIDE}"]
+"""
+        via_nat = client_ip == CLIENT_NAT_SIDE
+        router_ifs = '["eth1", "eth2", "eth3"]' if via_nat else '["eth1", "eth2"]'
+        router_ips = [ROUTER_CLIENT_SIDE, ROUTER_PROXY_SIDE] + ([ROUTER_NAT_SIDE] if via_nat else [])
+        return f"""# Generated by tests/lab/labnet.py for the lab in {r}
 [ssh]
 user = "root"
 identity_file = "{r / "id_ed25519"}"
@@ -346,15 +406,15 @@ tmpdir = "{self.remote_tmp}"
 name = "client"
 role = "client"
 address = "{MGMT["client"]}"
-interfaces = ["eth1"]
-addresses = ["{CLIENT_IP}"]
-
+interfaces = ["{client_if}"]
+addresses = ["{client_ip}"]
+{nat_host if nat else ""}
 [[hosts]]
 name = "router"
 role = "router"
 address = "{MGMT["router"]}"
-interfaces = ["eth1", "eth2"]
-addresses = ["{ROUTER_CLIENT_SIDE}", "{ROUTER_PROXY_SIDE}"]
+interfaces = {router_ifs}
+addresses = [{", ".join(f'"{ip}"' for ip in router_ips)}]
 
 [[hosts]]
 name = "proxy"
@@ -374,7 +434,6 @@ interfaces = ["eth1"]
 addresses = ["{BACKEND_IP}"]
 listen = ["{BACKEND_IP}:80", "{BACKEND_IP}:81"]
 """
-        )
 
     # ---- reproducing resets -----------------------------------------------------------------
     def router_forges_resets(self, port: int = 8081) -> None:
@@ -395,6 +454,19 @@ listen = ["{BACKEND_IP}:80", "{BACKEND_IP}:81"]
 
     def router_clear(self) -> None:
         sh("nft", "delete", "table", "inet", "capture_all_lab", ns="router", check=False)
+
+    def nat_forges_resets(self, port: int = 8081) -> None:
+        """The NAT gateway itself answers client data to the proxy's ``port`` with a forged RST
+        (its forward hook sees the packet before its own masquerade rewrites it)."""
+        sh("nft", "-f", "-", ns="nat", input=(
+            "table inet capture_all_lab {\n  chain forward {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            f"    ip daddr {PROXY_FRONT} tcp dport {port} tcp flags & psh == psh reject with tcp reset\n"
+            "  }\n}\n"
+        ))  # fmt: skip
+
+    def nat_clear(self) -> None:
+        sh("nft", "delete", "table", "inet", "capture_all_lab", ns="nat", check=False)
 
     # ---- inspection ------------------------------------------------------------------------
     def our_processes(self) -> list[tuple[int, str, str]]:

@@ -27,6 +27,8 @@ class HostFacts:
     conntrack_before: int | None = None
     conntrack_after: int | None = None
     conntrack_max: int | None = None
+    # A translating box's conntrack entries for the flow: (as the initiator named it, as it left the box)
+    translations: list[tuple[tuple[str, int, str, int], tuple[str, int, str, int]]] = field(default_factory=list)
     links_before: dict[str, dict[str, int]] = field(default_factory=dict)  # `ip -s link`: iface -> counters
     links_after: dict[str, dict[str, int]] = field(default_factory=dict)
 

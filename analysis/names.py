@@ -63,6 +63,8 @@ class Names:
 
     def join(self, a: Name, b: Name, how: str) -> None:
         if self.find(a) == self.find(b):
+            if not any(h == how for x, _y, h in self.learned if self.same_connection(x, a)):
+                self.learned.append((a, b, how))  # another source says the same: corroboration
             return
         self._parent[self.find(a)] = self.find(b)
         self._parent[self.find(reverse(a))] = self.find(reverse(b))
@@ -87,9 +89,9 @@ class Names:
         """The direction-free keys of every name of n's connection."""
         return {key_of(m) for m in self.aliases(n)} | {key_of(m) for m in self.aliases(reverse(n))}
 
-    def translated(self, n: Name) -> list[Name]:
-        """The other names of n's direction, for the report (empty when never translated)."""
-        return sorted(m for m in self.aliases(n) if m != n)
+    def how(self, n: Name) -> list[str]:
+        """How each name of n's connection was learned (packets, or a box's conntrack table)."""
+        return sorted({how for a, _b, how in self.learned if self.same_connection(a, n)})
 
 
 def learn(observations: Iterable[tuple[str, str, int, Segment]], names: Names | None = None) -> Names:

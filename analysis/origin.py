@@ -197,13 +197,15 @@ ORIGIN_RULES: tuple[tuple[str, Callable[[World, Reset], bool]], ...] = (
 def decide(w: World, r: Reset, clocks: Clocks) -> None:
     """Origin, the kernel witness's account, then the evidence against a middlebox conviction."""
     r.names = w.all_names(r)
+    how = w.names.how(r.tuple4)
     if len(r.names) > 1:
         r.evidence.append(
             ev(
                 Fact.TRANSLATED,
-                f"One connection under {len(r.names)} names (address translation, learned from the packets): "
-                f"{'; '.join(_fmt(n) for n in r.names)}.",
+                f"One connection under {len(r.names)} names (address translation): "
+                f"{'; '.join(_fmt(n) for n in r.names)}; learned from {'; '.join(how)}.",
                 names=[list(n) for n in r.names],
+                how=how,
             )
         )
     for _name, rule in ORIGIN_RULES:

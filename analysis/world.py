@@ -19,6 +19,11 @@ class World:
             for ip in d.facts.own_ips:
                 self.owner.setdefault(ip, d.name)
         self.names: Names = learn((s.vantage, s.iface, s.ts_ns, s.seg) for d in vantages for s in d.segments)
+        # A translating box's own conntrack table says the same, where it was read (corroboration).
+        for d in vantages:
+            for original, translated in d.facts.translations:
+                if original != translated:
+                    self.names.join(original, translated, f"{d.name}'s conntrack table")
         self._flows: dict[tuple[str, Name], list[Seen]] = {}
         for d in vantages:
             for s in d.segments:

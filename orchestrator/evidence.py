@@ -21,6 +21,7 @@ from orchestrator import __version__
 from orchestrator.errors import UsageError
 from remote.parse import (
     host_addresses,
+    parse_conntrack,
     parse_int,
     parse_ip_s_link,
     parse_listener_names,
@@ -73,6 +74,7 @@ def host_facts(host_dir: Path, addresses: list[str]) -> HostFacts:
         conntrack_max=parse_int(_read(a / "conntrack_max.txt")) or parse_int(_read(b / "conntrack_max.txt")),
         links_before=parse_ip_s_link(_read(b / "ip_s_link.txt")),
         links_after=parse_ip_s_link(_read(a / "ip_s_link.txt")),
+        translations=parse_conntrack(_read(a / "conntrack_flow.txt")),
     )
 
 

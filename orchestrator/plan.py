@@ -10,8 +10,8 @@ from orchestrator.inventory import Host, Inventory
 from remote.transport import JumpHost, SshTarget
 
 # Roles that forward other boxes' packets: which legs cross them is topology the inventory does
-# not describe, so they capture every leg of the flow.
-_IN_PATH_ROLES = {"router", "nat", "firewall"}
+# not describe, so they capture every leg of the flow (and report their conntrack translations).
+TRANSLATING_ROLES = frozenset({"router", "nat", "firewall"})
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def derive_legs(flow: Flow, inv: Inventory) -> list[Leg]:
 
 
 def _legs_for(host: Host, legs: list[Leg]) -> list[Leg]:
-    if host.role in _IN_PATH_ROLES or not (host.addresses or host.listen or host.upstream):
+    if host.role in TRANSLATING_ROLES or not (host.addresses or host.listen or host.upstream):
         return legs
     mine = [
         leg

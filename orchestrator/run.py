@@ -23,7 +23,7 @@ import anyio
 from orchestrator.bundle import Bundle, sha256_file
 from orchestrator.flow import ssh_exclusion
 from orchestrator.manifest import CaptureFile, ClockProbeRecord, HostRecord
-from orchestrator.plan import HostPlan, Plan
+from orchestrator.plan import TRANSLATING_ROLES, HostPlan, Plan
 from remote import commands
 from remote.errors import (
     CommandError,
@@ -297,8 +297,14 @@ class HostRun:
 
     async def _finish_once(self) -> Parsed:
         assert self.record.remote_dir is not None
+        # A translating box also reports its conntrack entries for the flow's server ports.
+        ports = tuple(sorted({leg.server.port for leg in self.plan.legs if leg.server.port}))
         cmd = commands.finish(
-            self.record.remote_dir, list(self.plan.interfaces), wait_s=self.opts.grace + 5, sudo=self.plan.sudo
+            self.record.remote_dir,
+            list(self.plan.interfaces),
+            wait_s=self.opts.grace + 5,
+            sudo=self.plan.sudo,
+            conntrack_ports=ports if self.plan.role in TRANSLATING_ROLES else (),
         )
         _, parsed = await self._run(cmd)
         return parsed

@@ -46,6 +46,12 @@ def validate_interface(name: str) -> str:
     raise UnsafeValue(f"interface name {name!r} is not a valid Linux interface name")
 
 
+def _port(p: int) -> int:
+    if not isinstance(p, int) or not 0 < p < 65536:
+        raise UnsafeValue(f"port {p!r} is not a number from 1 to 65535")
+    return p
+
+
 def validate_tmpbase(path: str) -> str:
     if _TMPBASE_RE.match(path) and ".." not in path.split("/"):
         return path.rstrip("/") or "/"
@@ -300,12 +306,14 @@ if [ "$ready" != 1 ]; then
 fi
 """
 
-# Phase 3: stop (if still running), wait for the job, report, then the "after" snapshot.
-# Args: dir wait_s iface...
+# Phase 3: stop (if still running), wait for the job, report, then the "after" snapshot, and on a
+# translating box (ports given) its conntrack entries for the flow's server ports: the host's own
+# record of which name it gave each connection (read-only, at most 5000 lines).
+# Args: dir wait_s ports(comma-separated, may be empty) iface...
 FINISH_SCRIPT = (
     r"""
 set -u
-dir=$1; wait_s=$2; shift 2
+dir=$1; wait_s=$2; ports=$3; shift 3
 case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit 14;; esac
 [ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit 14; }
 touch "$dir/lease"
@@ -338,6 +346,19 @@ done
 [ -s "$dir/witness.err" ] && echo "error=$(tail -n 1 "$dir/witness.err")"
 """
     + _SNAPSHOT
+    + r"""
+if [ -n "$ports" ]; then
+  echo "@@section conntrack_flow"
+  pat=" dport=($(echo "$ports" | tr , '|')) "
+  if command -v conntrack >/dev/null 2>&1; then
+    conntrack -L -p tcp 2>/dev/null | grep -E "$pat" | head -n 5000; echo "@@rc 0"
+  elif [ -r /proc/net/nf_conntrack ]; then
+    grep -E " tcp .*$pat" /proc/net/nf_conntrack | head -n 5000; echo "@@rc 0"
+  else
+    echo "no conntrack tool and no /proc/net/nf_conntrack"; echo "@@rc 1"
+  fi
+fi
+"""
 )
 
 # Phase 4: remove our directory (the reaper then exits by itself). Args: dir
@@ -407,8 +428,13 @@ def arm(
     return RemoteCommand("arm", args, _line(ARM_SCRIPT, args, timeout=30, sudo=sudo), 30)
 
 
-def finish(remote_dir: str, interfaces: list[str], *, wait_s: int, sudo: bool) -> RemoteCommand:
-    args = (validate_remote_dir(remote_dir), str(int(wait_s)), *map(validate_interface, interfaces))
+def finish(
+    remote_dir: str, interfaces: list[str], *, wait_s: int, sudo: bool, conntrack_ports: tuple[int, ...] = ()
+) -> RemoteCommand:
+    """``conntrack_ports``: the flow's server ports, on a translating box (its conntrack entries
+    for them are read after the capture); empty elsewhere."""
+    ports = ",".join(str(_port(p)) for p in conntrack_ports)
+    args = (validate_remote_dir(remote_dir), str(int(wait_s)), ports, *map(validate_interface, interfaces))
     timeout = wait_s + 60
     return RemoteCommand("finish", args, _line(FINISH_SCRIPT, args, timeout=timeout, sudo=sudo), timeout)
 

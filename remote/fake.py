@@ -61,7 +61,7 @@ class FakeHost:
                 f"pid {i} {5000 + n}\n" for n, i in enumerate(ifaces)
             )
         elif cmd.phase == "finish":
-            ifaces = cmd.args[2:]
+            ifaces = cmd.args[3:]  # dir, wait_s, conntrack ports, then the interfaces
             digest = hashlib.sha256(self.pcap).hexdigest()
             out = f"@@section finish\nalready_done=0\ndone_ns={now}\nstop_reason=duration\n"
             out += "".join(f"rc {i} 0\nfile {i}.pcap {len(self.pcap)} {digest}\n" for i in ifaces)

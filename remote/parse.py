@@ -24,6 +24,7 @@ SNAPSHOT_SECTIONS = (
     "conntrack_count",
     "conntrack_max",
     "port_range",
+    "conntrack_flow",  # finish only, on a translating box
 )
 
 _STATS = {
@@ -410,6 +411,23 @@ def parse_listener_names(ss_tlnp: str) -> dict[int, list[tuple[str, int]]]:
         ep = _endpoint(parts[3])
         if ep is not None:
             out.setdefault(ep[1], []).extend((n, int(p)) for n, p in _USER_RE.findall(line))
+    return out
+
+
+_CT_TUPLE = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
+
+
+def parse_conntrack(text: str) -> list[tuple[tuple[str, int, str, int], tuple[str, int, str, int]]]:
+    """``conntrack -L`` or ``/proc/net/nf_conntrack`` lines -> [(the connection as its initiator
+    named it, the same direction as it left the box)]: the original tuple, and the reply tuple
+    reversed. They differ where the box translated (SNAT/masquerade, DNAT)."""
+    out = []
+    for line in text.splitlines():
+        found = _CT_TUPLE.findall(line)
+        if len(found) < 2:
+            continue
+        (a, b, ap, bp), (c, d, cp, dp) = found[0], found[1]
+        out.append(((a, int(ap), b, int(bp)), (d, int(dp), c, int(cp))))
     return out
 
 

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
+from analysis.decode import RST
 from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, REPO, Lab
 from tests.lab.test_capture import run_cli
+from tests.pcapgen import shift_pcap
 
 CLIENTS = f"{sys.executable} {REPO}/tests/lab/clients.py"
 
@@ -262,11 +264,16 @@ def test_analyze_hand_taken_pcaps_and_its_exit_statuses(
     assert "cannot be attributed" in out and "which side is client cannot be told" in out
     assert "forged by client" not in out
 
-    # A capture with no reset in it.
+    # A capture of the flow with no reset in it (the client's, its RSTs left out).
     quiet = tmp_path / "quiet.pcap"
-    quiet.write_bytes((tmp_path / "b/backend/eth1.pcap").read_bytes())
-    assert main_cli(["analyze", f"--pcap=backend={quiet}"]) == 5
+    quiet.write_bytes(shift_pcap(pcaps["client"].read_bytes(), 0, keep=lambda _t, frame: not frame[14 + 20 + 13] & RST))
+    assert main_cli(["analyze", f"--pcap=client={quiet}"]) == 5
     assert "No TCP reset was captured" in capsys.readouterr().out
+    # A capture that holds nothing (the backend was not on this flow's path): no claim either way.
+    empty = tmp_path / "b/backend/eth1.pcap"
+    assert main_cli(["analyze", f"--pcap=backend={empty}"]) == 7
+    out = capsys.readouterr().out
+    assert "Nothing was captured" in out and "No TCP reset was captured" not in out
 
 
 def main_cli(argv: list[str]) -> int:

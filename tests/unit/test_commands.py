@@ -82,7 +82,7 @@ def test_every_line_is_bounded_on_the_host() -> None:
             witness_kb=0,
             sudo=False,
         ),
-        commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=15, sudo=False),
+        commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=15, sudo=False, conntrack_ports=(443, 8443)),
         commands.cleanup("/tmp/capture-all.AbCdEf12", sudo=False),
         commands.reproduce("true", timeout_s=7),
     ]
@@ -108,3 +108,12 @@ def test_cleanup_script_removes_only_its_dir(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert not target.exists() and sibling.exists()
     assert f"removed={target}" in done.stdout
+
+
+def test_conntrack_ports_are_integers_in_range() -> None:
+    cmd = commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, conntrack_ports=(443, 8443))
+    assert cmd.args[2] == "443,8443"
+    assert commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False).args[2] == ""
+    for bad in (0, 70000):
+        with pytest.raises(UnsafeValue):
+            commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, conntrack_ports=(bad,))

@@ -8,6 +8,7 @@ from remote.parse import (
     SNAPSHOT_SECTIONS,
     host_addresses,
     parse_arm,
+    parse_conntrack,
     parse_finish,
     parse_preflight,
     parse_sections,
@@ -31,7 +32,7 @@ def test_prepare_output() -> None:
     assert pre.remote_dir.rsplit("/", 1)[1].startswith("capture-all.") and pre.free_kb > 0
     assert parsed.failure is None
     files = snapshot_files(parsed)
-    assert set(files) == {f"{s}.txt" for s in SNAPSHOT_SECTIONS}
+    assert set(files) == {f"{s}.txt" for s in SNAPSHOT_SECTIONS} - {"conntrack_flow.txt"}  # finish only
     assert "TcpExtListenOverflows" in files["nstat.txt"]
     ips, macs = host_addresses(files["ip_addr.txt"], files["ip_link.txt"])
     assert {"198.18.2.10", "198.18.3.1", "198.19.0.13", "127.0.0.1"} <= ips
@@ -144,3 +145,16 @@ def test_the_witness_section_of_finish() -> None:
     assert w.error == "sh: 1: echo: I/O error"
     off = parse_witness(parse_sections("@@section witness\nstate=off\nreason=turned off (--no-witness)\n"))
     assert (off.state, off.reason, off.removed) == ("off", "turned off (--no-witness)", None)
+
+
+def test_conntrack_entries_name_both_sides_of_a_translation() -> None:
+    # From the lab's masquerading NAT (/proc/net/nf_conntrack, kernel 6.18): a new source port.
+    proc = parse_conntrack(load("conntrack-proc.txt"))
+    assert proc[0] == (("198.18.4.10", 60174, "198.18.2.10", 8080), ("198.18.5.2", 26035, "198.18.2.10", 8080))
+    # `conntrack -L` prints the same tuples without the family columns (lines written from its
+    # documented format, not captured here: the lab has no conntrack tool). A DNAT VIP and an
+    # SNAT at once; an untranslated entry names itself twice.
+    dnat, plain = parse_conntrack(load("conntrack-L.txt"))
+    assert dnat == (("10.20.2.17", 51644, "10.20.4.18", 443), ("10.20.0.2", 51644, "10.30.7.55", 8443))
+    assert plain[0] == plain[1]
+    assert parse_conntrack("no conntrack tool and no /proc/net/nf_conntrack\n") == []

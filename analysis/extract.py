@@ -20,9 +20,9 @@ import numpy as np
 from analysis.correlate import flow_key
 from analysis.decode import ACK, LINK_ETHERNET, PKT_OUTGOING, RST, SYN, Segment, decode
 from analysis.model import HostFacts, Seen, VantageData, VantageInput
-from analysis.names import learn
+from analysis.names import name_of
 from analysis.pcap import NotACapture, ReadStats
-from analysis.scan import Chunk, conn_hash, scan
+from analysis.scan import Chunk, conn_hash, scan, seq_keys
 
 ACTIVITY_WINDOW_NS = 5 * 10**9
 _MAC_POW = np.array([1 << (8 * (5 - i)) for i in range(6)], dtype=np.uint64)
@@ -80,11 +80,23 @@ def _infer_directions(v: VantageInput, d: VantageData, majority: set[bytes]) -> 
         s.direction = "in" if d.directions_unknown else direction(s.seg, d.facts)
 
 
-def _rst_syn_rows(chunk: Chunk) -> np.ndarray:
-    """Resets, and SYNs (no ACK): a SYN's initial sequence number names its connection through any
-    address translation, so pass 2 can collect the connection under every name it has."""
-    f = chunk.flags
-    return np.flatnonzero(((f >= 0) & (((f & RST) != 0) | ((f & (SYN | ACK)) == SYN))) | (f == -2))
+def _rst_syn_rows(chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """The rows to decode (resets, and records only the full decoder can read), and the SYN rows
+    (no ACK). One pass over the flags picks the few candidates (-1 and -2 have every bit set)."""
+    rows = np.flatnonzero(chunk.flags & (RST | SYN))
+    f = chunk.flags[rows]
+    tcp = f >= 0
+    return rows[(tcp & ((f & RST) != 0)) | (f == -2)], rows[tcp & ((f & (SYN | ACK)) == SYN)]
+
+
+def _syns(chunk: Chunk, rows: np.ndarray, out: _FirstPass) -> None:
+    """Every SYN's (initial sequence number, connection hash), read in place: the ISN names its
+    connection through any address translation, so pass 2 can collect a reset connection under
+    every name it has (the rows needing the full decoder are decoded with the resets)."""
+    if len(rows):
+        seq, key, ok = seq_keys(chunk, rows)
+        out.syn_seq.append(seq[ok])
+        out.syn_key.append(key[ok])
 
 
 @dataclass
@@ -92,7 +104,8 @@ class _FirstPass:
     start: int
     stats: ReadStats
     resets: list[Segment] = field(default_factory=list)
-    syns: list[Segment] = field(default_factory=list)
+    syn_seq: list[np.ndarray] = field(default_factory=list)  # per chunk: the SYNs' initial sequence numbers
+    syn_key: list[np.ndarray] = field(default_factory=list)  # and their connections' hashes
     macs: Counter[int] = field(default_factory=Counter)
     frames: int = 0
     error: str | None = None
@@ -102,12 +115,15 @@ def _first_pass(v: VantageInput, fh: BinaryIO, use_numba: bool | None) -> _First
     out = _FirstPass(fh.tell(), ReadStats())
     try:
         for chunk in scan(fh, out.stats, use_numba=use_numba, keys=False):
-            for i in _rst_syn_rows(chunk):
+            decode_rows, syn_rows = _rst_syn_rows(chunk)
+            for i in decode_rows:
                 seg = decode(chunk.record(int(i)))
                 if seg is not None and seg.flags & RST:
                     out.resets.append(seg)
                 elif seg is not None and seg.flags & (SYN | ACK) == SYN:
-                    out.syns.append(seg)
+                    out.syn_seq.append(np.array([seg.seq], dtype=np.int64))
+                    out.syn_key.append(np.array([conn_hash(*name_of(seg))], dtype=np.uint64))
+            _syns(chunk, syn_rows, out)
             if not v.facts.own_macs:
                 _count_macs(chunk, out.macs)
                 out.frames += len(chunk.off) if chunk.link == LINK_ETHERNET else 0
@@ -144,13 +160,13 @@ def extract_all(
         count.update(first.macs)
         macs[n] = (count, frames + first.frames)
     majority = {n: _own_mac(count, frames) for n, (count, frames) in macs.items()}
-    keys = _every_name(keys, files, firsts)
-    hashes = np.array(sorted({conn_hash(*k) for k in keys}), dtype=np.uint64)
+    aliases = _aliases(keys, [f for f in firsts if f.error is None])
+    hashes = np.array(sorted({conn_hash(*k) for k in keys} | aliases), dtype=np.uint64)
     # Pass 2: the segments of every connection that was reset anywhere; activity near resets.
     todo = [(f, first) for f, first in zip(files, firsts, strict=True) if first.error is None]
     seconds = list(pool_map(
         lambda job: _second_pass(inputs[job[0][0]], datas[job[0][0]], job[0][1], job[0][2], job[1].start, keys,
-                                 hashes, sorted(times.get(job[0][0], [])), use_numba),
+                                 aliases, hashes, sorted(times.get(job[0][0], [])), use_numba),
         todo,
     ))  # fmt: skip
     for ((n, _iface, _fh), _first), (segments, activity) in zip(todo, seconds, strict=True):
@@ -167,46 +183,42 @@ def extract_all(
     return datas
 
 
-def _every_name(keys: set[tuple[str, int, str, int]], files: list[tuple[int, str, BinaryIO]],
-                firsts: list[_FirstPass]) -> set[tuple[str, int, str, int]]:  # fmt: skip
-    """The reset connections' keys, plus their other names where a SYN or a reset was seen under
-    two names (a NAT between two vantages): B's capture of a connection matters under B's name."""
-    names = learn(
-        (str(n), iface, seg.ts_ns, seg)
-        for (n, iface, _fh), first in zip(files, firsts, strict=True)
-        for seg in (*first.resets, *first.syns)
-    )
-    if not names.learned:
-        return keys
-    out = set(keys)
-    for a, b, _how in names.learned:
-        for n in (a, b):
-            if flow_key(*n) in keys:
-                out |= names.keys(n)
-    return out
+def _aliases(keys: set[tuple[str, int, str, int]], firsts: list[_FirstPass]) -> set[int]:
+    """Hashes of the reset connections' other names: connections whose SYN carried the same initial
+    sequence number as a reset connection's SYN (a NAT between two vantages renames it but keeps
+    its ISN). Pass 2 collects them; the analysis then joins the names packet by packet."""
+    if not firsts:
+        return set()
+    seqs = np.concatenate([a for f in firsts for a in f.syn_seq] or [np.zeros(0, dtype=np.int64)])
+    hashes = np.concatenate([a for f in firsts for a in f.syn_key] or [np.zeros(0, dtype=np.uint64)])
+    reset = np.array(sorted({conn_hash(*k) for k in keys}), dtype=np.uint64)
+    isns = np.unique(seqs[np.isin(hashes, reset)])
+    others = np.unique(hashes[np.isin(seqs, isns)])
+    return {int(h) for h in others[~np.isin(others, reset)]}
 
 
 def _second_pass(v: VantageInput, d: VantageData, iface: str, fh: BinaryIO, start: int,
-                 keys: set[tuple[str, int, str, int]], hashes: np.ndarray, times: list[int],
+                 keys: set[tuple[str, int, str, int]], aliases: set[int], hashes: np.ndarray, times: list[int],
                  use_numba: bool | None) -> tuple[list[Seen], dict[int, dict[int, int]]]:  # fmt: skip
     segments: list[Seen] = []
     activity: dict[int, dict[int, int]] = {t: {} for t in times}
     fh.seek(start)
     for chunk in scan(fh, ReadStats(), use_numba=use_numba):
-        segments += _select(chunk, v, d, iface, keys, hashes)
+        segments += _select(chunk, v, d, iface, keys, aliases, hashes)
         _activity(chunk, times, activity)
     return segments, activity
 
 
 def _select(chunk: Chunk, v: VantageInput, d: VantageData, iface: str, keys: set[tuple[str, int, str, int]],
-            hashes: np.ndarray) -> list[Seen]:  # fmt: skip
+            aliases: set[int], hashes: np.ndarray) -> list[Seen]:  # fmt: skip
     out: list[Seen] = []
     if not len(hashes) and not (chunk.flags == -2).any():
         return out
     rows = np.flatnonzero(np.isin(chunk.key, hashes) | (chunk.flags == -2))
     for i in rows:
         seg = decode(chunk.record(int(i)))
-        if seg is None or flow_key(seg.src, seg.sport, seg.dst, seg.dport) not in keys:
+        if seg is None or (flow_key(seg.src, seg.sport, seg.dst, seg.dport) not in keys
+                           and int(chunk.key[i]) not in aliases):  # fmt: skip
             continue
         name = d.facts.if_names.get(seg.if_index, f"if{seg.if_index}") if seg.if_index is not None else iface
         out.append(Seen(v.name, name, seg.ts_ns + v.clock_offset_ns, direction(seg, d.facts), seg))

@@ -52,6 +52,7 @@ class Names:
     def __init__(self) -> None:
         self._parent: dict[Name, Name] = {}
         self._groups: dict[Name, set[Name]] | None = None  # root -> members, rebuilt after a join
+        self._hows: dict[Name, set[str]] | None = None  # root -> how its names were learned, likewise
         self.learned: list[tuple[Name, Name, str]] = []  # (name, other name, how), one per join
 
     def find(self, n: Name) -> Name:
@@ -61,14 +62,17 @@ class Names:
             n, p = p, self._parent[p]
         return n
 
-    def join(self, a: Name, b: Name, how: str) -> None:
+    def join(self, a: Name, b: Name, how: str, *, corroborate: bool = False) -> None:
+        """``corroborate``: where a and b are already one, still record that ``how`` says so too
+        (another source, such as a box's conntrack table); packets repeating it are not recorded."""
         if self.find(a) == self.find(b):
-            if not any(h == how for x, _y, h in self.learned if self.same_connection(x, a)):
-                self.learned.append((a, b, how))  # another source says the same: corroboration
+            if corroborate:
+                self.learned.append((a, b, how))
+                self._hows = None
             return
         self._parent[self.find(a)] = self.find(b)
         self._parent[self.find(reverse(a))] = self.find(reverse(b))
-        self._groups = None
+        self._groups = self._hows = None
         self.learned.append((a, b, how))
 
     def same_direction(self, a: Name, b: Name) -> bool:
@@ -91,7 +95,11 @@ class Names:
 
     def how(self, n: Name) -> list[str]:
         """How each name of n's connection was learned (packets, or a box's conntrack table)."""
-        return sorted({how for a, _b, how in self.learned if self.same_connection(a, n)})
+        if self._hows is None:
+            self._hows = {}
+            for a, _b, how in self.learned:
+                self._hows.setdefault(self.find(a), set()).add(how)
+        return sorted(self._hows.get(self.find(n), set()) | self._hows.get(self.find(reverse(n)), set()))
 
 
 def learn(observations: Iterable[tuple[str, str, int, Segment]], names: Names | None = None) -> Names:

@@ -123,6 +123,59 @@ def _key(b: Any, src: int, dst: int, alen: int, sport: int, dport: int) -> np.ui
 
 
 @_compiled
+def _l4(b: Any, d: int, end: int, link: int) -> tuple[int, int, int, int, int]:
+    """Where a record's TCP header starts (-1: not TCP, -2: the full decoder is needed), then the
+    source and destination address offsets, the address length and the IP payload length.
+
+    The same header walk as ``_tcp``, which keeps its own copy: calling this from the walk's hot
+    path made the walk 20% slower (0.136 s -> 0.168 s over a 2M-packet bench file)."""
+    if link == 1:  # Ethernet, with VLAN tags
+        if d + 14 > end:
+            return -1, 0, 0, 0, 0
+        et, p = _u16(b, d + 12), d + 14
+        while et == 0x8100 or et == 0x88A8:
+            if p + 4 > end:
+                return -1, 0, 0, 0, 0
+            et, p = _u16(b, p + 2), p + 4
+    elif link == 113:  # SLL
+        if d + 16 > end:
+            return -1, 0, 0, 0, 0
+        et, p = _u16(b, d + 14), d + 16
+    elif link == 276:  # SLL2
+        if d + 20 > end:
+            return -1, 0, 0, 0, 0
+        et, p = _u16(b, d), d + 20
+    elif link == 101 or link == 228 or link == 229:
+        if d >= end:
+            return -1, 0, 0, 0, 0
+        et, p = (0x86DD if (int(b[d]) >> 4) == 6 else 0x0800), d
+    else:
+        return -2, 0, 0, 0, 0
+    if et == 0x0800:
+        if p + 20 > end or (int(b[p]) >> 4) != 4:
+            return -1, 0, 0, 0, 0
+        ihl = (int(b[p]) & 0x0F) * 4
+        total = _u16(b, p + 2)
+        if int(b[p + 9]) != 6 or (_u16(b, p + 6) & 0x1FFF) != 0:
+            return -1, 0, 0, 0, 0
+        t = p + ihl
+        if ihl < 20 or t + 14 > end:
+            return -2, 0, 0, 0, 0
+        return t, p + 12, p + 16, 4, total - ihl
+    if et == 0x86DD:
+        if p + 40 > end or (int(b[p]) >> 4) != 6:
+            return -1, 0, 0, 0, 0
+        nxt = int(b[p + 6])
+        if nxt != 6:
+            return (-2 if nxt == 0 or nxt == 43 or nxt == 60 else -1), 0, 0, 0, 0
+        t = p + 40
+        if t + 14 > end:
+            return -2, 0, 0, 0, 0
+        return t, p + 8, p + 24, 16, _u16(b, p + 4)
+    return -1, 0, 0, 0, 0
+
+
+@_compiled
 def _tcp(b: Any, d: int, end: int, link: int, want_key: bool) -> tuple[int, np.uint64, int]:
     """(flags | -1 not TCP | -2 full decoder needed, connection hash, payload length)."""
     zero = np.uint64(0)
@@ -213,6 +266,29 @@ def _walk(b: Any, pos: int, end: int, big: bool, mult: int, link: int, want_key:
         pos = d + incl
     sink[0] = touched
     return n, pos, 0
+
+
+@_compiled
+def _seq_keys(b: Any, link: int, offs: Any, lens: Any, rows: Any, seq: Any, key: Any, ok: Any) -> None:
+    """For the given rows: the TCP sequence number and the connection hash (``ok`` False where
+    the full decoder is needed)."""
+    for i in range(rows.shape[0]):
+        d = offs[rows[i]]
+        t, src, dst, alen, _ = _l4(b, d, d + lens[rows[i]], link)
+        ok[i] = t >= 0
+        if t >= 0:
+            seq[i] = _u32(b, t + 4, True)
+            key[i] = _key(b, src, dst, alen, _u16(b, t), _u16(b, t + 2))
+
+
+def seq_keys(chunk: Chunk, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sequence numbers, connection hashes, ok) of some rows of a chunk, without decoding them."""
+    seq = np.zeros(len(rows), dtype=np.int64)
+    key = np.zeros(len(rows), dtype=np.uint64)
+    ok = np.zeros(len(rows), dtype=np.bool_)
+    if len(rows):
+        _seq_keys(chunk.buf, chunk.link, chunk.off, chunk.length, rows.astype(np.int64), seq, key, ok)
+    return seq, key, ok
 
 
 # ---- drivers ---------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ class World:
         for d in vantages:
             for original, translated in d.facts.translations:
                 if original != translated:
-                    self.names.join(original, translated, f"{d.name}'s conntrack table")
+                    self.names.join(original, translated, f"{d.name}'s conntrack table", corroborate=True)
         self._flows: dict[tuple[str, Name], list[Seen]] = {}
         for d in vantages:
             for s in d.segments:

@@ -1,12 +1,14 @@
 """Generate a benchmark bundle: three vantages (client, proxy, backend), each a pcap of
 N packets over thousands of connections, with a handful of resets, written with numpy.
 
-    python bench/generate.py OUT --packets 2000000 --flows 5000 --resets 5
+    python bench/generate.py OUT --packets 2000000 --flows 5000 --resets 5 [--syns]
 
 Each vantage is an Ethernet capture with nanosecond timestamps, variable-size records (pure
 ACKs and data segments), IPv4/TCP. The client leg (client <-> proxy:443) is seen at the client
 and the proxy; the upstream leg (proxy <-> backend:8443) at the proxy and the backend. A few
-backend connections end in a reset that the backend sends and the proxy receives.
+backend connections end in a reset that the backend sends and the proxy receives. With
+``--syns`` every connection opens inside the capture (its first packet is the client's SYN), the
+case where the analysis reads every SYN to learn address translations.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def build(
     sport: np.ndarray,
     dport: np.ndarray,
     is_rst: np.ndarray,
+    is_syn: np.ndarray,
     ts: np.ndarray,
     out_mask: np.ndarray,
     own_mac: bytes,
@@ -39,7 +42,7 @@ def build(
     """One vantage's pcap. ``shared`` holds what every vantage sees alike for packet i (payload
     length, seq, ack, IP ID), so the same packet at two vantages is recognisably the same."""
     n = len(ts)
-    payload = np.where(is_rst, 0, shared["payload"])
+    payload = np.where(is_rst | is_syn, 0, shared["payload"])
     frame = 14 + 20 + 20 + payload
     rec = 16 + frame
     offs = np.zeros(n + 1, dtype=np.int64)
@@ -79,7 +82,7 @@ def build(
     put(tcp + 4, shared["seq"], 4, True)
     put(tcp + 8, shared["ack"], 4, True)
     buf[tcp + 12] = 0x50
-    buf[tcp + 13] = np.where(is_rst, 0x14, np.where(payload > 0, 0x18, 0x10)).astype(np.uint8)
+    buf[tcp + 13] = np.where(is_rst, 0x14, np.where(is_syn, 0x02, np.where(payload > 0, 0x18, 0x10))).astype(np.uint8)
     put(tcp + 14, np.full(n, 502), 2, True)
     head = struct.pack("<IHHiIII", 0xA1B23C4D, 2, 4, 0, 0, 262144, 1)
     return head + buf.tobytes()
@@ -91,6 +94,7 @@ def main() -> None:
     ap.add_argument("--packets", type=int, default=2_000_000)
     ap.add_argument("--flows", type=int, default=5000)
     ap.add_argument("--resets", type=int, default=5)
+    ap.add_argument("--syns", action="store_true", help="every connection's first packet is its SYN")
     args = ap.parse_args()
     n, flows = args.packets, args.flows
     rng = np.random.default_rng(1)
@@ -108,6 +112,10 @@ def main() -> None:
     for i in last_of.values():
         is_rst[i] = True
         toward_server[i] = False
+    is_syn = np.zeros(n, dtype=bool)
+    if args.syns:
+        is_syn[np.unique(flow_of, return_index=True)[1]] = True
+        toward_server[is_syn] = True
     hosts = {
         "client": dict(
             src=np.where(toward_server, CLIENT, PROXY_F),
@@ -141,23 +149,32 @@ def main() -> None:
         rst=is_rst,
         ttl=(64, 64),
     )
-    shared = {
-        "payload": np.where(rng.random(n) < 0.4, rng.integers(1, 1200, n), 0).astype(np.int64),
-        "seq": rng.integers(0, 2**32 - 1, n),
-        "ack": rng.integers(0, 2**32 - 1, n),
-        "ip_id": rng.integers(0, 65535, n),
+    payload = np.where(rng.random(n) < 0.4, rng.integers(1, 1200, n), 0).astype(np.int64)
+
+    def numbers() -> dict[str, np.ndarray]:
+        return {"payload": payload, "seq": rng.integers(0, 2**32 - 1, n), "ack": rng.integers(0, 2**32 - 1, n),
+                "ip_id": rng.integers(0, 65535, n)}  # fmt: skip
+
+    # The proxy terminates TCP: its two legs are two connections with sequence spaces of their own
+    # (the same numbers on both legs would make every client-leg packet look NAT-translated).
+    client_leg, upstream_leg = numbers(), numbers()
+    shared_by = {
+        "client": client_leg,
+        "backend": upstream_leg,
+        "proxy": {k: np.where(leg, client_leg[k], upstream_leg[k]) for k in client_leg},
     }
     macs = {"client": MAC["client"], "proxy": MAC["proxy"], "backend": MAC["backend"]}
     manifest_hosts = []
     for i, (name, h) in enumerate(hosts.items()):
         (out / name).mkdir(exist_ok=True)
         data = build(
-            shared,
+            shared_by[name],
             h["src"],
             h["dst"],
             h["sport"],
             h["dport"],
             h["rst"],
+            is_syn,
             ts + i * 1000,
             h["out"],
             macs[name],

@@ -1,6 +1,6 @@
 """Benchmark: capture-all's full analysis vs tshark's and tcpdump's reset filters, same files.
 
-    scripts/bench [--packets 2000000] [--flows 5000] [--resets 5] [--runs 3]
+    scripts/bench [--packets 2000000] [--flows 5000] [--resets 5] [--runs 3] [--syns]
 
 Generates (once, cached under bench/out/) bundles of three vantages, then runs, side by side:
   capture-all analyze BUNDLE                        (read, correlate, attribute, write reports)
@@ -36,11 +36,12 @@ def run(argv: list[str]) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss // 1024
 
 
-def bundle(packets: int, flows: int, resets: int) -> Path:
-    path = OUT / f"bundle-{packets}-{flows}-{resets}"
+def bundle(packets: int, flows: int, resets: int, syns: bool = False) -> Path:
+    path = OUT / f"bundle-{packets}-{flows}-{resets}{'-syns' if syns else ''}"
     if not (path / "manifest.json").exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "generate.py"), str(path), "--packets", str(packets),
-                        "--flows", str(flows), "--resets", str(resets)], check=True)  # fmt: skip
+                        "--flows", str(flows), "--resets", str(resets), *(["--syns"] if syns else [])],
+                       check=True)  # fmt: skip
     return path
 
 
@@ -51,9 +52,10 @@ def main() -> None:
     ap.add_argument("--resets", type=int, default=5)
     ap.add_argument("--runs", type=int, default=3, help="capture-all runs (the best is reported)")
     ap.add_argument("--baseline-runs", type=int, default=1, help="tshark/tcpdump runs per file")
+    ap.add_argument("--syns", action="store_true", help="every connection opens in the capture (a SYN each)")
     args = ap.parse_args()
-    big = bundle(args.packets, args.flows, args.resets)
-    half = bundle(args.packets // 2, args.flows, args.resets)
+    big = bundle(args.packets, args.flows, args.resets, args.syns)
+    half = bundle(args.packets // 2, args.flows, args.resets, args.syns)
     files = sorted(big.glob("*/eth0.pcap"))
     size = sum(f.stat().st_size for f in files)
     print(f"bundle: {big} ({len(files)} vantages, {args.packets} packets each, {size / 2**20:.0f} MiB)")

@@ -30,6 +30,10 @@ def name_of(seg: Segment) -> Name:
     return (seg.src, seg.sport, seg.dst, seg.dport)
 
 
+def show(n: Name) -> str:
+    return f"{n[0]}:{n[1]} -> {n[2]}:{n[3]}"
+
+
 def reverse(n: Name) -> Name:
     return (n[2], n[3], n[0], n[1])
 

@@ -9,10 +9,6 @@ ways. No verdict may name a host that did not send the reset.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +23,9 @@ from tests.lab.labnet import (
     NAT_OUTSIDE,
     NAT_PORTS,
     PROXY_FRONT,
-    REPO,
     Lab,
 )
-from tests.lab.test_scenarios import CLIENTS, fact, first
+from tests.lab.test_scenarios import CLIENTS, capture_restarting_backend, fact, first
 
 Outcome = tuple[str, str | None, str]  # origin kind, origin host, cause
 
@@ -65,21 +60,8 @@ SCENARIOS = [
 
 
 def capture(lab: Lab, inventory: Path, client_ip: str, sc: Scenario, out: Path) -> dict[str, Any]:
-    """capture-all as a user runs it (its own process), the report it wrote."""
-    argv = [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(inventory), "--flow",
-            f"{client_ip}->{sc.server}", "-d", sc.duration, "-o", str(out), "--reproduce", sc.reproduce]  # fmt: skip
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        if sc.restart_backend:
-            for line in proc.stderr:
-                if "[client] reproducing" in line:
-                    break
-            time.sleep(0.5)  # the first request is answered; the connection is idle and open
-            lab.kill_backend(80)
-            lab.start_backend(80)
-        stdout, stderr = proc.communicate(timeout=60)
-        assert proc.returncode == 0, stdout + stderr
-    return dict(json.loads((out / "report.json").read_text()))
+    return capture_restarting_backend(lab, inventory, f"{client_ip}->{sc.server}", sc.reproduce, sc.duration, out,
+                                      restart=sc.restart_backend)  # fmt: skip
 
 
 def outcome(report: dict[str, Any]) -> Outcome:

@@ -141,26 +141,31 @@ def test_c2_forged_reset_without_the_router_captured(
     assert "injected by a box between client and proxy" in report["verdict"]
 
 
+def capture_restarting_backend(lab: Lab, inventory: Path, flow: str, reproduce: str, duration: str,
+                               out: Path, *, restart: bool = True) -> dict[str, Any]:  # fmt: skip
+    """capture-all as a user runs it (its own process); with ``restart``, the backend process is
+    killed (SIGKILL) and restarted half a second after the reproducer started. The report."""
+    argv = [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(inventory), "--flow", flow,
+            "-d", duration, "-o", str(out), "--reproduce", reproduce]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) as proc:
+        assert proc.stderr is not None and proc.stdout is not None
+        if restart:
+            for line in proc.stderr:
+                if "[client] reproducing" in line:
+                    break
+            time.sleep(0.5)  # the first request is answered; the connection is idle and open
+            lab.kill_backend(80)
+            lab.start_backend(80)
+        stdout, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 0, stdout + stderr
+    return dict(json.loads((out / "report.json").read_text()))
+
+
 def test_d_backend_killed_with_connections_open(clean_lab: Lab, tmp_path: Path) -> None:
     """The backend process dies (SIGKILL) with a keep-alive connection open and is restarted; the
     client's next request on that connection is reset, and the listener's PID changed."""
-    lab = clean_lab
-    with subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(lab.inventory), "--flow",
-         f"{CLIENT_IP}->{BACKEND_IP}:80", "-d", "4", "-o", str(tmp_path / "b"),
-         "--reproduce", f"{CLIENTS} reuse {BACKEND_IP} 80 1.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    ) as proc:  # fmt: skip
-        assert proc.stderr is not None and proc.stdout is not None
-        for line in proc.stderr:
-            if "[client] reproducing" in line:
-                break
-        time.sleep(0.5)  # the first request is answered; the connection is idle and open
-        lab.kill_backend(80)
-        lab.start_backend(80)
-        proc.stderr.read()
-        assert proc.wait(30) == 0, proc.stdout.read()
-    report = json.loads((tmp_path / "b/report.json").read_text())
+    report = capture_restarting_backend(clean_lab, clean_lab.inventory, f"{CLIENT_IP}->{BACKEND_IP}:80",
+                                        f"{CLIENTS} reuse {BACKEND_IP} 80 1.5", "4", tmp_path / "b")  # fmt: skip
     r = first(report)
     assert origin(r) == ("host", "backend") and r["cause"] == "peer_restart", r
     assert "PID" in fact(r, "cause")["listener"]

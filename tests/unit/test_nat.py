@@ -251,3 +251,37 @@ def test_a_new_handshake_on_a_reused_tuple_is_another_connection() -> None:
     assert challenge.chain != later.chain and later.chain_role == "first" and later.propagated_from is None
     assert not any(e.kind == Fact.SAME_TEARDOWN for e in later.evidence)
     assert later.origin_kind == "middlebox"
+
+
+def test_a_dnat_vip_is_not_taken_for_the_sender() -> None:
+    """The client talks to a VIP (198.18.9.9:443) that a box nobody listed DNATs to the backend's
+    198.18.3.10:8443. A reset in the VIP's name that the backend, which captured the connection
+    under its own name (learned from the SYN), never sent: injected between client and backend."""
+    vip, b = "198.18.9.9", "198.18.3.10"
+    mac_b = b"\x02\x00\x00\x00\x00\x0e"
+    # (us after T, from the client?, flags, seq, ack, payload)
+    conv = [(0, True, SYN, 100, 0, b""), (1, False, SYN | ACK, 500, 101, b""), (2, True, ACK, 101, 501, b""),
+            (3, True, PSH | ACK, 101, 501, b"GET /")]  # fmt: skip
+
+    def capture(
+        name: str, server: tuple[str, int], own: str, mac: bytes, extra: list[tuple[int, bytes]]
+    ) -> VantageInput:
+        frames = []
+        for t, up, flags, seq, ack, data in conv:
+            ends = (C, server[0], CP, server[1]) if up else (server[0], C, server[1], CP)
+            ip = tcp_packet(*ends, flags, seq=seq, ack=ack, payload=data, ip_id=t, ttl=63)
+            mine = (up and own == C) or (not up and own != C)
+            frames.append(
+                (T + t * 1000, ethernet(ip, src_mac=mac if mine else MAC_NI, dst_mac=MAC_NI if mine else mac))
+            )
+        return VantageInput(name, name, captures=[("eth1", io.BytesIO(pcap(frames + extra)))],
+                            facts=HostFacts(own_ips={own}, own_macs={mac}))  # fmt: skip
+
+    forged = tcp_packet(vip, C, 443, CP, RST, seq=506, ip_id=0, ttl=64)
+    a = run(capture("client", (vip, 443), C, MAC_C, [(T + 5000, ethernet(forged, src_mac=MAC_NI, dst_mac=MAC_C))]),
+            capture("backend", (b, 8443), b, mac_b, []))  # fmt: skip
+    r = a.first
+    assert r is not None and (b, 8443, C, CP) in r.names
+    assert (r.origin_kind, r.origin_host, r.between) == ("middlebox", None, ["client", "backend"])
+    assert fact(r, Fact.INJECTED).data["host"] == "backend"
+    assert (fact(r, Fact.TTL_DIFFERS).data["rst_ttl"], fact(r, Fact.TTL_DIFFERS).data["genuine_ttls"]) == (64, [63])

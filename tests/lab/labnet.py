@@ -285,7 +285,7 @@ class Lab:
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}\n"
             "PidFile none\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n"
-            "Subsystem sftp internal-sftp\nMaxSessions 50\nMaxStartups 100\n"
+            "Subsystem sftp internal-sftp\n"  # MaxSessions, MaxStartups: the defaults, as in production
         )
         return cfg
 

@@ -18,7 +18,7 @@ from analysis.correlate import Reset, group_resets, link_chains
 from analysis.counters import deltas
 from analysis.evidence import Cause, ChainRole, Fact, Origin, ev
 from analysis.model import VantageData
-from analysis.names import incarnation, name_of
+from analysis.names import incarnation, name_of, show
 from analysis.world import World
 
 
@@ -193,25 +193,24 @@ def _caveats(w: World, vantages: list[VantageData], resets: list[Reset]) -> list
         out.append(f"Not in the inventory (so not captured): {', '.join(unknown)}.")
     for r in resets:
         if len(r.names) > 1:
-            shown = "; ".join(f"{a}:{b} -> {c}:{d}" for a, b, c, d in r.names)
-            out.append(f"{r.id} crossed an address translation (learned from the packets): {shown}.")
+            out.append(f"{r.id} crossed an address translation: {'; '.join(show(n) for n in r.names)}.")
     return out
 
 
-CAUSE_TEXT = {
-    "idle_reuse": "a kept-alive connection was reused after it had dropped it (idle timeout)",
-    "peer_restart": "its listener restarted with connections open",
-    "unread_data_close": "it closed with unread data (answered early while the peer was still sending)",
-    "refused": "connection refused: nothing was listening",
-    "proxy_policy": "the proxy's own policy or timeout, its upstream leg being healthy",
-    "capacity": "it was out of capacity (listen queue overflow, conntrack table full, or socket memory)",
-    "middlebox": "a middlebox",
-    "app_abort": "the application aborted the connection (close with SO_LINGER 0)",
-    "keepalive_timeout": "its keepalive probes went unanswered",
-    "no_socket": "a segment arrived for a connection it no longer had",
-    "host_firewall": "a firewall rule or raw socket on that host, not its TCP stack (its kernel logged no reset)",
-    "challenge_ack": "it answered a challenge ACK (RFC 5961): the peer still held an older connection on this 4-tuple",
-    "unknown": "cause not recognised from the packets",
+CAUSE_TEXT: dict[Cause, str] = {
+    Cause.IDLE_REUSE: "a kept-alive connection was reused after it had dropped it (idle timeout)",
+    Cause.PEER_RESTART: "its listener restarted with connections open",
+    Cause.UNREAD_DATA_CLOSE: "it closed with unread data (answered early while the peer was still sending)",
+    Cause.REFUSED: "connection refused: nothing was listening",
+    Cause.PROXY_POLICY: "the proxy's own policy or timeout, its upstream leg being healthy",
+    Cause.CAPACITY: "it was out of capacity (listen queue overflow, conntrack table full, or socket memory)",
+    Cause.MIDDLEBOX: "a middlebox",
+    Cause.APP_ABORT: "the application aborted the connection (close with SO_LINGER 0)",
+    Cause.KEEPALIVE_TIMEOUT: "its keepalive probes went unanswered",
+    Cause.NO_SOCKET: "a segment arrived for a connection it no longer had",
+    Cause.HOST_FIREWALL: "a firewall rule or raw socket on that host, not its TCP stack (its kernel logged no reset)",
+    Cause.CHALLENGE_ACK: "it answered a challenge ACK (RFC 5961): the peer still held an older connection there",
+    Cause.UNKNOWN: "cause not recognised from the packets",
 }
 
 

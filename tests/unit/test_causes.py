@@ -119,3 +119,9 @@ def test_unread_data_close__answered_early_then_reset_while_the_peer_was_still_s
     # Had the server closed with a FIN first, it is not a close with unread data.
     with_fin = [*upload[:4], (4, True, FIN | PSH | ACK, 501, 112, b"413"), *upload[5:]]
     assert cause_of(server(with_fin))[0] != Cause.UNREAD_DATA_CLOSE
+
+
+def test_every_cause_has_its_sentence() -> None:
+    from analysis.verdict import CAUSE_TEXT
+
+    assert set(CAUSE_TEXT) == set(Cause)

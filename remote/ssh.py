@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import socket
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from remote.errors import (
 from remote.transport import CommandResult, SshTarget
 
 _known_hosts_lock = asyncio.Lock()
+CAT_TIMEOUT_S = 3600  # one file over an exec channel (no SFTP on the host): at most an hour
 
 
 def _known_hosts_path(target: SshTarget) -> Path:
@@ -84,6 +86,7 @@ class SshTransport:
         self.name = name
         self._conn = conn
         self._jump = jump
+        self.sftp: bool | None = None  # None: not tried yet; False: the host refused the subsystem
 
     async def run(self, command: RemoteCommand) -> CommandResult:
         started = time.time_ns()
@@ -117,17 +120,38 @@ class SshTransport:
         return header, samples
 
     async def get(self, remote_path: str, local_path: Path) -> None:
+        """SFTP first; where the host has no SFTP subsystem (hardened hosts remove it), the file
+        comes over an exec channel (``cat``, Ansible's "smart" transfer does the same). The
+        caller checks the SHA-256 the host computed either way."""
         tmp = local_path.with_name(local_path.name + ".part")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.close(fd)
-            async with self._conn.start_sftp_client() as sftp:
-                await sftp.get(remote_path, str(tmp))
+            if self.sftp is not False:
+                try:
+                    client = await self._conn.start_sftp_client()
+                except (asyncssh.ChannelOpenError, asyncssh.SFTPError):
+                    self.sftp = False  # the subsystem is refused: not asked again on this connection
+                else:
+                    self.sftp = True
+                    async with client:
+                        await client.get(remote_path, str(tmp))
+            if self.sftp is False:
+                await self._cat(remote_path, tmp)
             os.chmod(tmp, 0o600)
             os.replace(tmp, local_path)
         except (asyncssh.Error, OSError) as exc:
             tmp.unlink(missing_ok=True)
             raise TransferError(self.name, f"cannot pull {remote_path}: {exc}") from exc
+
+    async def _cat(self, remote_path: str, local: Path) -> None:
+        """The file's bytes over an exec channel, into ``local``; bounded on the host by
+        ``timeout`` and here by asyncssh's own timeout."""
+        line = f"timeout {CAT_TIMEOUT_S} cat -- {shlex.quote(remote_path)}"
+        result = await self._conn.run(line, stdout=local, encoding=None, check=False, timeout=CAT_TIMEOUT_S + 10)
+        if result.exit_status != 0:
+            err = result.stderr.decode(errors="replace").strip() if isinstance(result.stderr, bytes) else ""
+            raise OSError(f"no SFTP subsystem, and `cat` exited {result.exit_status}: {err}")
 
     async def close(self) -> None:
         self._conn.close()

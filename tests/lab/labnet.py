@@ -48,6 +48,7 @@ MGMT = {
 }
 HOSTS = list(MGMT)
 LAB_USERS = {"captest": 4242, "nosudo": 4243}
+NO_SFTP = "backend"  # the lab host whose sshd offers no SFTP subsystem
 
 
 # 8080: HTTP. 8081: HTTP (the router forges resets for it). 8082: TCP with nolinger, so a reset
@@ -285,7 +286,9 @@ class Lab:
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}\n"
             "PidFile none\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n"
-            "Subsystem sftp internal-sftp\n"  # MaxSessions, MaxStartups: the defaults, as in production
+            # MaxSessions, MaxStartups: the defaults, as in production. The backend has no SFTP
+            # subsystem, as hardened hosts often do: its evidence must come back all the same.
+            + ("" if h == NO_SFTP else "Subsystem sftp internal-sftp\n")
         )
         return cfg
 

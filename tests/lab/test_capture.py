@@ -17,7 +17,7 @@ from analysis.model import Seen
 from orchestrator.bundle import verify
 from orchestrator.cli import main
 from orchestrator.evidence import analyze_bundle
-from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, REPO, Lab
+from tests.lab.labnet import BACKEND_IP, CLIENT_IP, MGMT, NO_SFTP, PROXY_FRONT, REPO, Lab
 
 FLOW_8081 = f"{CLIENT_IP}->{PROXY_FRONT}:8081"
 FLOW_8080 = f"{CLIENT_IP}->{PROXY_FRONT}:8080"
@@ -124,6 +124,31 @@ def test_backend_reset_is_seen_leaving_backend_and_arriving_at_proxy(
     # The filter derived the upstream leg for the backend and the proxy's back side only.
     assert f"host {BACKEND_IP} and port 80" in host(manifest(out), "backend")["bpf_filter"]
     assert "port 8080" not in host(manifest(out), "backend")["bpf_filter"]
+
+
+def test_a_host_without_sftp_delivers_its_evidence(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The backend's sshd has no SFTP subsystem: its capture, snapshots and witness come back
+    over an exec channel, checked against the SHA-256 the host computed."""
+    lab = clean_lab
+    sftp = subprocess.run(
+        ["sftp", "-b", "/dev/null", "-F", str(lab.root / "ssh_config"), "-i", str(lab.root / "id_ed25519"),
+         "-o", f"UserKnownHostsFile={lab.known_hosts}", "-o", "StrictHostKeyChecking=yes", f"root@{MGMT[NO_SFTP]}"],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert sftp.returncode != 0, "the backend's sshd must refuse SFTP for this test to mean anything"
+    out = tmp_path / "bundle"
+    code, stdout, _ = run_cli(capsys, "-i", str(lab.inventory), "--flow", FLOW_8080, "-d", "2", "-o", str(out),
+                              "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/reset")  # fmt: skip
+    assert code == 0, stdout
+    backend = host(manifest(out), NO_SFTP)
+    assert backend["status"] == "ok" and backend["captures"][0]["bytes"] > 24
+    assert (out / NO_SFTP / "eth1.pcap").stat().st_size == backend["captures"][0]["bytes"]
+    assert list((out / NO_SFTP / "witness").glob("witness.*")), "the witness files came back too"
+    assert verify(out) == []
+    (at_backend,) = resets(out, NO_SFTP, "eth1")
+    assert at_backend.direction == "out"
 
 
 def test_stopped_sshd_is_reported_and_others_evidence_kept(

@@ -15,6 +15,7 @@ A host's failure becomes its record's status/error; the bundle keeps what every 
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from remote.errors import (
     CommandTimeout,
     ConnectError,
     ConnectionLost,
+    InternalError,
     PreflightError,
     PrivilegeError,
     RemoteError,
@@ -157,6 +159,16 @@ class HostRun:
         self.record.failed_phase = phase
         self.sink(self.plan.name, "failed", f"{phase}: {exc.message}")
 
+    def internal(self, phase: str, exc: Exception) -> None:
+        """A bug of ours (or output no parser foresaw) in one host's phase: that host's failed
+        outcome, with the traceback in the bundle; never the run's, never the other hosts'."""
+        path = f"{self.plan.name}/debug.log"
+        trace = "".join(traceback.format_exception(exc))
+        self.bundle.write(path, f"internal error in phase {phase} of host {self.plan.name}\n{trace}")
+        self.fail(
+            phase, InternalError(self.plan.name, f"internal error in {phase} ({type(exc).__name__}: {exc}); see {path}")
+        )
+
     async def _connect(self) -> Transport:
         try:
             with anyio.fail_after(self.plan.target.connect_timeout + min(5.0, self.plan.target.connect_timeout)):
@@ -215,6 +227,8 @@ class HostRun:
             await self.probe("start")
         except RemoteError as exc:
             self.fail("prepare", exc)
+        except Exception as exc:  # a host's bug is that host's outcome, not the run's
+            self.internal("prepare", exc)
 
     async def probe(self, phase: str) -> None:
         """Sample the host's clock against ours (NTP-style, PROBE_SAMPLES round trips, the
@@ -272,6 +286,8 @@ class HostRun:
             self.fail("arm", exc)
         except commands.UnsafeValue as exc:
             self.fail("arm", CommandError(self.plan.name, str(exc)))
+        except Exception as exc:  # a host's bug is that host's outcome, not the run's
+            self.internal("arm", exc)
 
     def _witness(self, status: WitnessStatus) -> None:
         w = self.record.witness
@@ -374,6 +390,8 @@ class HostRun:
                 self.sink(name, "failed" if self.record.status == "failed" else "partial", problem)
         except RemoteError as exc:
             self.fail("finish", exc)
+        except Exception as exc:  # a host's bug is that host's outcome, not the run's
+            self.internal("finish", exc)
         await self.cleanup()
         if self.record.status == "pending":
             self.record.status = "ok"

@@ -9,7 +9,8 @@
     │   ├── PrivilegeError      ``sudo -n`` refused (a password would be needed) or no root
     │   └── PreflightError      the host cannot capture (no tcpdump, no interface, no disk, ...)
     ├── CommandTimeout          a remote command outlived its deadline on the controller side
-    └── TransferError           pulling a file back failed or its digest did not match
+    ├── TransferError           pulling a file back failed or its digest did not match
+    └── InternalError           a bug of ours (or output no parser foresaw) in one host's phase
 
 Every error carries the host name; command errors also carry the command, its exit status,
 the tail of its stderr and any partial output, so the one line the CLI prints is enough to act on.
@@ -82,3 +83,10 @@ class CommandTimeout(RemoteError):
 
 class TransferError(RemoteError):
     kind = "transfer"
+
+
+class InternalError(RemoteError):
+    """Raised by no remote call: the orchestrator turns an unexpected exception in one host's
+    phase into this, so that it is that host's outcome (with a debug log), never the run's."""
+
+    kind = "internal"

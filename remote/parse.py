@@ -205,8 +205,8 @@ class Armed:
 def parse_arm(parsed: Parsed) -> Armed:
     kv = parsed.kv("arm")
     pids = {w[0]: int(w[1]) for w in parsed.words("arm", "pid") if len(w) == 2 and w[1].isdigit()}
-    job = kv.get("job_pid", "")
-    return Armed(int(kv.get("armed_ns", "0") or 0), int(job) if job.isdigit() else None, pids, parse_witness(parsed))
+    job, armed = kv.get("job_pid", ""), kv.get("armed_ns", "")
+    return Armed(int(armed) if armed.isdigit() else 0, int(job) if job.isdigit() else None, pids, parse_witness(parsed))
 
 
 @dataclass

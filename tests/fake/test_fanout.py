@@ -219,3 +219,28 @@ async def test_manifest_digests_verify(tmp_path: Path) -> None:
     assert verify(tmp_path / "b") == []
     (tmp_path / "b/client/eth0.pcap").write_bytes(b"tampered")
     assert verify(tmp_path / "b") == ["client/eth0.pcap: SHA-256 differs from the manifest"]
+
+
+@pytest.mark.parametrize("phase", ["prepare", "arm", "finish"])
+async def test_a_bug_in_one_hosts_phase_is_that_hosts_outcome(tmp_path: Path, phase: str) -> None:
+    """Any exception inside one host's phase (here the transport raising something no rule of
+    ours expects) fails that host with error_kind internal and a debug log in the bundle; the
+    other hosts' evidence is kept and the run goes on."""
+    bug = ValueError("invalid literal for int(): '1700000000N'")
+    fakes = hosts(backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA", answers={phase: bug}))
+    _, recs = await go(tmp_path, fakes)
+    backend = recs["backend"]
+    assert (backend.status, backend.error_kind, backend.failed_phase) == ("failed", "internal", phase)
+    assert "ValueError" in (backend.error or "") and "backend/debug.log" in (backend.error or "")
+    log = (tmp_path / "b/backend/debug.log").read_text()
+    assert "Traceback" in log and "1700000000N" in log
+    assert recs["client"].status == recs["proxy"].status == "ok"
+    assert (tmp_path / "b/proxy/eth1.pcap").read_bytes() == fakes["proxy"].pcap
+
+
+async def test_an_unparseable_arm_reply_does_not_lose_the_host(tmp_path: Path) -> None:
+    garbage = CommandResult(None, 0, "@@section arm\narmed_ns=1700000000N\njob_pid=42x\npid eth0 5000\n", "")  # type: ignore[arg-type]
+    fakes = hosts(client=FakeHost("client", remote_dir="/tmp/capture-all.CLIEAAAA", answers={"arm": garbage}))
+    _, recs = await go(tmp_path, fakes)
+    assert recs["client"].status == "ok" and recs["client"].remote_armed_ns is None
+    assert all(r.status == "ok" for r in recs.values())

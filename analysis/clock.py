@@ -54,6 +54,8 @@ class ClockFn:
 
     @staticmethod
     def line(anchor: int, theta: float, slope: float) -> ClockFn:
+        """theta + slope * (t - anchor); ``anchor`` an integer time, so that no float ever holds
+        an absolute time."""
         return ClockFn((Piece(None, anchor, theta, slope),))
 
     def piece(self, t: int) -> Piece:
@@ -72,8 +74,8 @@ class ClockFn:
         a's clock minus b's as a function of b's time (exact for each linear piece)."""
         out = []
         for p in self.pieces:
-            start = None if p.start_ns is None else round(p.start_ns + self.at(p.start_ns))
-            out.append(Piece(start, round(p.anchor_ns + p.theta_ns), -p.theta_ns, -p.slope / (1 + p.slope)))
+            start = None if p.start_ns is None else p.start_ns + round(self.at(p.start_ns))
+            out.append(Piece(start, p.anchor_ns + round(p.theta_ns), -p.theta_ns, -p.slope / (1 + p.slope)))
         return ClockFn(tuple(out))
 
     def then(self, other: ClockFn) -> ClockFn:
@@ -82,22 +84,24 @@ class ClockFn:
         starts = {p.start_ns for p in self.pieces if p.start_ns is not None}
         for q in other.pieces:
             if q.start_ns is not None:  # where t + self(t) reaches q's start
-                x = q.start_ns - self.at(q.start_ns)
-                starts.add(round(q.start_ns - self.at(round(x))))
+                x = q.start_ns - round(self.at(q.start_ns))
+                starts.add(q.start_ns - round(self.at(x)))
         points = [(None, self.pieces[0].anchor_ns)] + [(s, s) for s in sorted(starts)]
         out = []
         for start, x in points:
-            moved = round(x + self.at(x))
+            moved = x + round(self.at(x))
             s1 = self.piece(x).slope
             out.append(Piece(start, x, self.at(x) + other.at(moved), s1 + other.piece(moved).slope * (1 + s1)))
         return ClockFn(tuple(out))
 
     def to_reference(self, t: int) -> int:
         """A time read on the clock this function describes, on the reference clock: solves
-        t = u + theta(u) for u (two fixed-point steps: exact to slope^2 * theta)."""
-        u = t - self.at(t)
-        u = t - self.at(round(u))
-        return round(t - self.at(round(u)))
+        t = u + theta(u) for u (two fixed-point steps: exact to slope^2 * theta). Integer
+        nanoseconds throughout: only the small offset is ever a float (a float near 1.8e18 holds
+        only multiples of 256 ns)."""
+        u = t - round(self.at(t))
+        u = t - round(self.at(u))
+        return t - round(self.at(u))
 
 
 @dataclass
@@ -191,11 +195,12 @@ def _fit(ws: list[_Window]) -> tuple[ClockFn, float, bool]:
     if len(ws) == 1:
         return ClockFn.constant(ws[0].theta), ws[0].hw, True
     wt = [1.0 / (w.hw + 1_000.0) ** 2 for w in ws]
-    tm = sum(x * w.t for x, w in zip(wt, ws, strict=True)) / sum(wt)
+    t0 = ws[0].t  # times relative to an integer origin: no float holds an absolute time
+    tm = t0 + round(sum(x * (w.t - t0) for x, w in zip(wt, ws, strict=True)) / sum(wt))
     ym = sum(x * w.theta for x, w in zip(wt, ws, strict=True)) / sum(wt)
     sxx = sum(x * (w.t - tm) ** 2 for x, w in zip(wt, ws, strict=True))
     slope = sum(x * (w.t - tm) * (w.theta - ym) for x, w in zip(wt, ws, strict=True)) / sxx if sxx else 0.0
-    line = ClockFn.line(round(tm), ym, slope)
+    line = ClockFn.line(tm, ym, slope)
     resid = [abs(w.theta - line.at(w.t)) for w in ws]
     ok = all(r <= w.hw + STEP_TOLERANCE_NS for r, w in zip(resid, ws, strict=True))
     hw_line = max(w.hw + r for r, w in zip(resid, ws, strict=True))

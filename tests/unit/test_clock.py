@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from analysis.clock import apply, estimate
+from analysis.clock import ClockFn, apply, estimate
 from analysis.decode import Segment
 from analysis.model import ClockProbe, HostFacts, Seen, VantageData
 
@@ -118,3 +118,15 @@ def test_a_host_sharing_no_packet_falls_back_on_the_ssh_probe() -> None:
     assert any(f.startswith("c's clock is 3.200 s ahead of the controller's") for f in clocks.findings)
     c.probes = []
     assert estimate([a, b, c], reference="a").method["c"] == "none"
+
+
+def test_aligned_times_stay_exact_nanoseconds() -> None:
+    """A float near 1.8e18 holds only multiples of 256 ns: five consecutive timestamps of a
+    drifting, offset host must stay five distinct, consecutive aligned times."""
+    t = 1_795_000_000_123_456_789
+    fn = ClockFn.line(t - 10**9, 1234.5, 5e-5)
+    aligned = [fn.to_reference(t + k) for k in range(5)]
+    assert [b - a for a, b in zip(aligned, aligned[1:], strict=False)] == [1, 1, 1, 1]
+    assert abs(aligned[0] + fn.at(aligned[0]) - t) <= 1  # u + theta(u) = t
+    back = fn.reversed()  # the same relation seen from the other clock: the exact inverse
+    assert all(abs(back.to_reference(u) - (t + k)) <= 1 for k, u in enumerate(aligned))

@@ -55,6 +55,7 @@ class VantageInput:
     clock_offset_ns: int = 0  # added to every timestamp of this vantage to align it
     probes: list[ClockProbe] = field(default_factory=list)
     witness: Witness = field(default_factory=Witness)  # the host kernel's own account of its resets
+    problems: list[str] = field(default_factory=list)  # what could not be read (a capture file)
 
 
 @dataclass(slots=True)

@@ -47,6 +47,11 @@ class ReadStats:
     problems: list[str] = field(default_factory=list)
 
 
+def is_capture(head: bytes) -> bool:
+    """Whether a file's first four bytes open a pcap or pcapng file."""
+    return head in PCAP_MAGIC or head == PCAPNG_SHB
+
+
 def read_records(fh: BinaryIO, stats: ReadStats | None = None) -> Iterator[Record]:
     """Yield every record. Raises NotACapture if the first bytes are not a capture header."""
     stats = stats if stats is not None else ReadStats()

@@ -26,7 +26,7 @@ from analysis.verdict import Analysis
 from orchestrator import __version__
 from orchestrator.bundle import Bundle, verify
 from orchestrator.errors import BundleError, UsageError
-from orchestrator.evidence import analyze_bundle, analyze_pcaps, write_reports
+from orchestrator.evidence import analyze_bundle, analyze_pcaps, load_manifest, write_reports
 from remote.commands import UnsafeValue
 
 if TYPE_CHECKING:
@@ -138,20 +138,20 @@ def analyze_parser() -> argparse.ArgumentParser:
         help="a capture taken by hand, named by host (repeatable)",
     )
     p.add_argument("-i", "--inventory", help="with --pcap: roles and addresses of the hosts")
-    p.add_argument("-o", "--out", type=Path, help="with --pcap: write report.json and report.md here")
+    p.add_argument("-o", "--out", type=Path, help="write report.json and report.md here (a new or empty folder)")
     p.add_argument("--json", action="store_true", help="print report.json instead of the timeline")
     return p
 
 
 def summary_lines(root: Path, result: Analysis) -> list[str]:
     """Per host: status, packets, kernel drops, and every RST it saw (id, direction, TTL)."""
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = load_manifest(root)
     ids = {id(o): r.id for r in result.resets for o in r.seen}
     by_name = {v.name: v for v in result.vantages}
     lines = []
     for host in manifest["hosts"]:
-        name, status = host["name"], host["status"]
-        head = f"  {name:<12} {host['role']:<8} {status:<7}"
+        name, status = host["name"], host.get("status", "ok")
+        head = f"  {name:<12} {host.get('role', 'other'):<8} {status:<7}"
         if status == "failed":
             lines.append(f"{head} {host.get('failed_phase')}: {host.get('error')}")
             continue
@@ -284,9 +284,12 @@ def _analyze(args: argparse.Namespace) -> int:
         root: Path = args.bundle
         if not (root / "manifest.json").is_file():
             raise UsageError(f"{root}: not a capture-all bundle (no manifest.json)")
+        result, report = analyze_bundle(root)  # checks the manifest first: one line if it is bad
         problems = verify(root)
-        result, report = analyze_bundle(root)
-        write_reports(root, result, report, report["flow"])
+        # The bundle is evidence: re-analysis never writes into it (it may be read-only, or signed).
+        if args.out:
+            Bundle.create(args.out)
+            write_reports(args.out, result, report, report["flow"])
         lines = [
             f"bundle: {root.resolve()}",
             "  manifest.json: SHA-256 " + ("verified" if not problems else "MISMATCH: " + "; ".join(problems)),

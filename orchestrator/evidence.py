@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from analysis.extract import extract_all
 from analysis.model import ClockProbe, HostFacts, VantageData, VantageInput
+from analysis.pcap import is_capture
 from analysis.report import markdown, to_json
 from analysis.verdict import Analysis, analyze
 from analysis.witness import Witness, parse_witness
 from orchestrator import __version__
 from orchestrator.errors import UsageError
+from orchestrator.inventory import NAME_RE
 from remote.parse import (
     host_addresses,
     parse_conntrack,
@@ -107,22 +109,55 @@ def witness(host_dir: Path, record: dict[str, Any] | None, own_ips: set[str]) ->
     )
 
 
-def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
+def load_manifest(root: Path) -> dict[str, Any]:
+    """The bundle's manifest, checked as far as the analysis relies on it. Raises UsageError
+    naming the field: a bundle is evidence from elsewhere, and a bad one is one line, never a
+    traceback, and never a path outside the bundle."""
+    where = f"{root / 'manifest.json'}"
     try:
         manifest = json.loads((root / "manifest.json").read_text())
     except (OSError, ValueError) as exc:
         raise UsageError(f"{root}: not a capture-all bundle ({exc})") from None
+
+    def bad(field: str, why: str) -> UsageError:
+        return UsageError(f"{where}: {field}: {why}")
+
+    if not isinstance(manifest, dict):
+        raise bad("(top level)", "not a JSON object")
+    hosts = manifest.get("hosts")
+    if not isinstance(hosts, list):
+        raise bad("hosts", "missing or not a list")
+    for i, h in enumerate(hosts):
+        if not isinstance(h, dict) or not isinstance(h.get("name"), str) or not NAME_RE.match(h["name"]):
+            raise bad(f"hosts[{i}].name", "missing, or not a folder name (letters, digits, . _ -)")
+        for key, kind in (("role", str), ("status", str), ("captures", list), ("addresses", list)):
+            if key in h and not isinstance(h[key], kind):
+                raise bad(f"hosts[{i}] ({h['name']}).{key}", f"not a {kind.__name__}")
+        for j, c in enumerate(h.get("captures", [])):
+            path = c.get("path") if isinstance(c, dict) else None
+            if not isinstance(path, str) or not isinstance(c.get("interface"), str) or not _inside(root, path):
+                raise bad(f"hosts[{i}] ({h['name']}).captures[{j}]", "needs an interface and a path inside the bundle")
+    return manifest
+
+
+def _inside(root: Path, rel: str) -> bool:
+    return not Path(rel).is_absolute() and ".." not in Path(rel).parts
+
+
+def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
+    """Raises UsageError for a bundle that is not one (one line naming the field)."""
+    manifest = load_manifest(root)
     with ExitStack() as stack:
         inputs = []
-        for h in manifest.get("hosts", []):
+        for h in manifest["hosts"]:
             caps = h.get("captures", [])
             drops = [c.get("kernel_drops") for c in caps]
-            files = []
+            files, problems = [], []
             for c in caps:
                 try:
                     files.append((c["interface"], stack.enter_context((root / c["path"]).open("rb"))))
-                except OSError:
-                    pass
+                except OSError as exc:
+                    problems.append(f"{h['name']}/{c['interface']}: {c['path']} cannot be read ({exc.strerror})")
             facts = host_facts(root / h["name"], h.get("addresses", []))
             inputs.append(
                 VantageInput(
@@ -135,6 +170,7 @@ def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
                     facts=facts,
                     probes=_probes(h),
                     witness=witness(root / h["name"], h.get("witness"), facts.own_ips),
+                    problems=problems,
                 )
             )
         result = analyze(_extract(inputs))
@@ -154,8 +190,12 @@ def analyze_pcaps(specs: list[str], inventory: Inventory | None) -> tuple[Analys
                 raise UsageError(f"--pcap {spec!r}: expected HOST=FILE")
             try:
                 fh = stack.enter_context(Path(path).open("rb"))
+                head = fh.read(4)
+                fh.seek(0)
             except OSError as exc:
                 raise UsageError(f"--pcap {spec!r}: {exc.strerror}") from None
+            if not is_capture(head):
+                raise UsageError(f"--pcap {spec!r}: not a pcap or pcapng file (first bytes {head.hex() or 'none'})")
             h = hosts.get(name)
             v = by_host.setdefault(
                 name,

@@ -25,7 +25,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 Role = Literal["client", "proxy", "backend", "router", "nat", "firewall", "other"]
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _SSH_HOST_RE = re.compile(r"^[A-Za-z0-9._:%-]{1,253}$")
 
 
@@ -91,7 +91,7 @@ class Host(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not NAME_RE.match(v):
             raise ValueError("must be 1-63 letters, digits, '.', '_' or '-' (it names a folder)")
         return v
 

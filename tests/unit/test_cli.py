@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,68 @@ def test_broken_inventory_names_host_and_field(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith(f"capture-all: {bad}: hosts[2] (lb-1): interfaces: [1]:")
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def _bundle(root: Path) -> Path:
+    """A tiny hand-made bundle: one host, one capture with a reset leaving it."""
+    from tests.pcapgen import ethernet, pcap, tcp_packet
+
+    (root / "srv").mkdir(parents=True)
+    rst = tcp_packet("198.18.3.10", "198.18.1.10", 80, 40000, 0x14, seq=5, ack=6)
+    (root / "srv/eth1.pcap").write_bytes(pcap([(1_795_000_000 * 10**9, ethernet(rst))]))
+    manifest = {"flow": "198.18.1.10->198.18.3.10:80", "files": {},
+                "hosts": [{"name": "srv", "role": "backend", "status": "ok", "addresses": ["198.18.3.10"],
+                           "captures": [{"interface": "eth1", "path": "srv/eth1.pcap"}]}]}  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda m: {}, "manifest.json: hosts: missing or not a list"),
+        (lambda m: {**m, "hosts": [{**m["hosts"][0], "name": "../../etc"}]}, "hosts[0].name: missing, or not a folder"),
+        (lambda m: {**m, "hosts": [{**m["hosts"][0], "captures": [{"interface": "eth1", "path": "/etc/shadow"}]}]},
+         "hosts[0] (srv).captures[0]: needs an interface and a path inside the bundle"),
+        (lambda m: {**m, "hosts": [{**m["hosts"][0], "role": 7}]}, "hosts[0] (srv).role: not a str"),
+    ],
+)  # fmt: skip
+def test_a_bad_manifest_is_one_line_naming_the_field(tmp_path: Path, edit, needle: str) -> None:  # type: ignore[no-untyped-def]
+    root = _bundle(tmp_path / "b")
+    (root / "manifest.json").write_text(json.dumps(edit(json.loads((root / "manifest.json").read_text()))))
+    done = cli("analyze", str(root))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and needle in done.stderr, done.stderr
+
+
+def test_analyze_never_writes_into_the_bundle(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o500 if p.is_dir() else 0o400)
+    try:
+        done = cli("analyze", str(root))
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "srv's own TCP stack sent the first reset" in done.stdout
+        assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+        done = cli("analyze", str(root), "-o", str(tmp_path / "reports"))
+        assert done.returncode == 0 and (tmp_path / "reports/report.json").is_file()
+        assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    finally:
+        for p in [root, *root.rglob("*")]:
+            p.chmod(0o700)
+
+
+def test_an_unreadable_capture_is_named_and_the_rest_analysed(tmp_path: Path) -> None:
+    root = _bundle(tmp_path / "b")
+    (root / "srv/eth1.pcap").unlink()
+    (root / "srv/eth1.pcap").mkdir()  # unreadable as a file, whoever we are (root reads anything else)
+    done = cli("analyze", str(root))
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 7 and "srv/eth1: srv/eth1.pcap cannot be read (Is a directory)" in done.stdout
+
+
+def test_a_pcap_that_is_not_a_capture_is_bad_input() -> None:
+    done = cli("analyze", "--pcap", "client=inventory.example.toml")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "--pcap 'client=inventory.example.toml': not a pcap or pcapng file" in done.stderr

@@ -32,12 +32,13 @@ from remote.commands import UnsafeValue
 if TYPE_CHECKING:
     import anyio
 
-    from orchestrator.run import RunResult
+    from orchestrator.run import RunOptions, RunResult
 
 # The capture path's modules (pydantic, anyio, asyncssh) are imported where they are used, so
 # that `capture-all analyze` starts quickly.
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4
+EXIT_ABANDONED = 130
 EXIT_NO_RESET, EXIT_UNATTRIBUTED, EXIT_NOTHING_CAPTURED = 5, 6, 7  # analyze only
 WITNESS_BUFFER_MAX = 64 << 20  # per CPU
 
@@ -168,6 +169,17 @@ def summary_lines(root: Path, result: Analysis) -> list[str]:
     return lines
 
 
+def _abandoned(result: RunResult, opts: RunOptions) -> None:
+    """Hosts whose evidence was not collected when the user gave up: said so in the manifest."""
+    for r in result.records:
+        if r.status == "pending":
+            r.status, r.error_kind = "failed", "abandoned"
+            r.error = (
+                f"abandoned (second Ctrl-C) before its evidence was collected; the host stops its capture "
+                f"by itself and deletes it {opts.keep} s after"
+            )
+
+
 def _exit_for(result: RunResult) -> int:
     statuses = [r.status for r in result.records]
     if all(s == "ok" for s in statuses):
@@ -230,24 +242,34 @@ async def _capture(args: argparse.Namespace) -> int:
         options={k: v for k, v in vars(opts).items()},
         hosts=[],
     )
-    stop = anyio.Event()
-    result_run: RunResult | None = None
+    stop, abandon = anyio.Event(), anyio.Event()
+    holder: list[RunResult] = []
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_watch_signals, stop, tg.cancel_scope)
-            result_run = await run_capture(plan, SshConnector(), bundle, opts, progress, stop)
+            tg.start_soon(_watch_signals, stop, abandon, tg.cancel_scope)
+            await run_capture(plan, SshConnector(), bundle, opts, progress, stop, holder.append)
             tg.cancel_scope.cancel()
     except BaseException:
         bundle.write("debug.log", traceback.format_exc())
         raise
     finally:
         progress.close()
-        if result_run is not None:
-            manifest.hosts = result_run.records
-            manifest.start_skew_ms = result_run.start_skew_ms
-            manifest.exit_status = _exit_for(result_run)
+        if holder:
+            if abandon.is_set():
+                _abandoned(holder[0], opts)
+            manifest.hosts = holder[0].records
+            manifest.start_skew_ms = holder[0].start_skew_ms
+            manifest.exit_status = EXIT_ABANDONED if abandon.is_set() else _exit_for(holder[0])
         bundle.write_manifest(manifest)
-    assert result_run is not None
+    if abandon.is_set() or not holder:
+        print(
+            f"capture-all: abandoned with a second Ctrl-C; every host stops its capture by itself within "
+            f"{opts.limit_s} s and deletes what was not collected {opts.keep} s later. {root}/manifest.json "
+            f"says what each host had done.",
+            file=sys.stderr,
+        )
+        return EXIT_ABANDONED
+    result_run = holder[0]
     code = _exit_for(result_run)
     result, report = analyze_bundle(root)
     write_reports(root, result, report, flow.text)
@@ -264,13 +286,14 @@ async def _capture(args: argparse.Namespace) -> int:
     return code
 
 
-async def _watch_signals(stop: anyio.Event, scope: anyio.CancelScope) -> None:
-    """First Ctrl-C: stop capturing now and still collect. Second: give up."""
+async def _watch_signals(stop: anyio.Event, abandon: anyio.Event, scope: anyio.CancelScope) -> None:
+    """First Ctrl-C: stop capturing now and still collect. Second: give up (``abandon``)."""
     import anyio
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
             if stop.is_set():
+                abandon.set()
                 scope.cancel()
                 return
             print("\nstopping early: collecting what was captured (Ctrl-C again to abandon)", file=sys.stderr)
@@ -332,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("capture-all: abandoned; every host stops its capture by itself", file=sys.stderr)
-        return 130
+        return EXIT_ABANDONED
 
 
 if __name__ == "__main__":

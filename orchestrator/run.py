@@ -430,9 +430,14 @@ async def run_capture(
     opts: RunOptions,
     sink: EventSink = _quiet,
     stop_early: anyio.Event | None = None,
+    started: Callable[[RunResult], None] | None = None,
 ) -> RunResult:
+    """``started`` receives the result as soon as it exists: its host records are filled in as
+    the run goes, so a caller that cancels the run (abandon) still has them."""
     runs = [HostRun(h, connector, bundle, opts, sink) for h in plan.hosts]
     result = RunResult([r.record for r in runs], None)
+    if started is not None:
+        started(result)
     try:
         await _each(HostRun.prepare, runs, anyio.CapacityLimiter(opts.concurrency))
         await _each(HostRun.arm, [r for r in runs if r.ok])

@@ -339,3 +339,35 @@ def test_packets_just_before_the_stop_are_kept(
         for cap in host(manifest(out), name)["captures"]:
             assert cap["packets"] == cap["received_by_filter"], cap
     assert host(manifest(out), "client")["captures"][0]["packets"] >= 9  # handshake, request, response, close
+
+
+def test_ctrl_c_twice_abandons_with_the_manifest_written(clean_lab: Lab, tmp_path: Path) -> None:
+    """First Ctrl-C: stop and collect; a second one at once: give up. One clear line, exit 130,
+    no traceback, the manifest says what each host had done, and the hosts clean up by themselves."""
+    lab = clean_lab
+    duration, grace, keep = 20, 1, 2
+    argv = [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(lab.inventory), "--flow", FLOW_8080,
+            "-d", str(duration), "--grace", str(grace), "--keep", str(keep), "-o", str(tmp_path / "b")]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO) as proc:
+        assert proc.stderr is not None
+        seen = []
+        for line in proc.stderr:
+            seen.append(line)
+            if "[run] armed: 4/4" in line:
+                break
+        else:
+            pytest.fail(f"controller never armed: {''.join(seen)}")
+        abandoned_at = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "abandoned with a second Ctrl-C" in err, err
+    m = manifest(tmp_path / "b")
+    assert m["exit_status"] == 130 and {h["name"] for h in m["hosts"]} == {"client", "router", "proxy", "backend"}
+    assert all(h["status"] == "ok" or h["error_kind"] == "abandoned" for h in m["hosts"]), m["hosts"]
+    # Abandoned, the hosts stop and clean up by themselves: nothing of ours once the capture's own
+    # limit (it was stopped early: at most duration + grace) and keep have passed.
+    assert wait_until(lambda: lab.our_processes() == [] and lab.remote_dirs() == [],
+                      abandoned_at + duration + grace + keep + 5 - time.monotonic()), lab.our_processes()  # fmt: skip

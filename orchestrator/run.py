@@ -450,10 +450,18 @@ async def run_capture(
         result.start_skew_ms = (max(times) - min(times)) / 1e6 if times else None
         sink("*", "armed", f"{len(armed)}/{len(runs)} hosts capturing, start skew {result.start_skew_ms or 0:.0f} ms")
         deadline = anyio.current_time() + opts.duration
+        reproduced = anyio.Event()
         async with anyio.create_task_group() as tg:
             if opts.reproduce:
-                tg.start_soon(_reproduce, runs, opts, bundle, sink, result)
+                tg.start_soon(_reproduce, runs, opts, bundle, sink, result, reproduced)
+            else:
+                reproduced.set()
             result.interrupted = await _wait(deadline, opts.duration, sink, stop_early)
+            # The window is over: a reproducer still running gets at most `grace` more seconds
+            # (the captures stop by themselves then anyway), none after a Ctrl-C.
+            with anyio.move_on_after(0 if result.interrupted else opts.grace):
+                await reproduced.wait()
+            tg.cancel_scope.cancel()
         sink("*", "collecting", f"stopping {len(armed)} capture(s), snapshots, pulling files")
         await _each(HostRun.finish, armed)
         sink("*", "collected", f"{sum(r.status == 'ok' for r in result.records)}/{len(runs)} hosts ok")
@@ -487,7 +495,23 @@ def _pick_reproducer(runs: list[HostRun], opts: RunOptions) -> HostRun | None:
     return next((r for r in runs if r.plan.role == "client"), None)
 
 
-async def _reproduce(runs: list[HostRun], opts: RunOptions, bundle: Bundle, sink: EventSink, result: RunResult) -> None:
+async def _reproduce(runs: list[HostRun], opts: RunOptions, bundle: Bundle, sink: EventSink, result: RunResult,
+                     done: anyio.Event) -> None:  # fmt: skip
+    try:
+        await _reproduce_once(runs, opts, bundle, sink, result)
+    except anyio.get_cancelled_exc_class():
+        host = _pick_reproducer(runs, opts)
+        why = "--reproduce still running after the window: not waited for (its host ends it at its own timeout)"
+        sink(host.plan.name if host else "*", "warning", why)
+        raise
+    except Exception as exc:  # a bug of ours while reproducing costs the reproduction, never the evidence
+        sink("*", "warning", f"--reproduce failed: {type(exc).__name__}: {exc}")
+    finally:
+        done.set()
+
+
+async def _reproduce_once(runs: list[HostRun], opts: RunOptions, bundle: Bundle, sink: EventSink,
+                          result: RunResult) -> None:  # fmt: skip
     assert opts.reproduce is not None
     host = _pick_reproducer(runs, opts)
     if host is None or host.transport is None or not host.ok:
@@ -498,9 +522,15 @@ async def _reproduce(runs: list[HostRun], opts: RunOptions, bundle: Bundle, sink
     sink(host.plan.name, "reproducing", opts.reproduce)
     try:
         assert host.transport is not None
-        res = await host.transport.run(cmd)
+        with anyio.fail_after(cmd.timeout + opts.controller_slack):  # the controller's end of its deadline
+            res = await host.transport.run(cmd)
     except RemoteError as exc:
         sink(host.plan.name, "warning", f"--reproduce failed: {exc.message}")
+        return
+    except TimeoutError:
+        sink(
+            host.plan.name, "warning", f"--reproduce gave no answer within {cmd.timeout + opts.controller_slack:.0f} s"
+        )
         return
     result.reproduce_exit = res.exit_status
     bundle.write(

@@ -244,3 +244,13 @@ async def test_an_unparseable_arm_reply_does_not_lose_the_host(tmp_path: Path) -
     _, recs = await go(tmp_path, fakes)
     assert recs["client"].status == "ok" and recs["client"].remote_armed_ns is None
     assert all(r.status == "ok" for r in recs.values())
+
+
+async def test_a_stalled_reproducer_does_not_hold_the_run_past_its_window(tmp_path: Path) -> None:
+    fakes = hosts(client=FakeHost("client", remote_dir="/tmp/capture-all.CLIEAAAA", delays={"reproduce": 30.0}))
+    events: list[tuple[str, str, str]] = []
+    started = anyio.current_time()
+    _, recs = await go(tmp_path, fakes, events, reproduce="sleep 30", grace=1)
+    assert anyio.current_time() - started < 10  # duration 0.1 s + grace 1 s, not the reproducer's 30 s
+    assert all(r.status == "ok" for r in recs.values())
+    assert any(s == "warning" and "still running after the window" in d for _, s, d in events), events

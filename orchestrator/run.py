@@ -262,6 +262,7 @@ class HostRun:
                 self.record.remote_dir,
                 list(self.plan.interfaces),
                 self.record.bpf_filter,
+                tcpdump=self.preflight.tcpdump if self.preflight else "",
                 limit_s=self.opts.limit_s,
                 max_packets=self.opts.max_packets,
                 max_bytes=self.opts.max_bytes,
@@ -335,6 +336,9 @@ class HostRun:
                 # The capture stopped by itself on the host; its files wait there until
                 # `keep` runs out. One fresh connection is worth a try.
                 self.sink(name, "reconnecting", "connection lost during capture")
+                if self.transport is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self.transport.close()
                 self.transport = await self._connect()
                 parsed = await self._finish_once()
             fin = parse_finish(parsed)

@@ -52,6 +52,16 @@ def _port(p: int) -> int:
     return p
 
 
+_TOOL_RE = re.compile(r"^/[A-Za-z0-9._/+-]{1,255}$")
+
+
+def validate_tool_path(path: str) -> str:
+    """An absolute path to a binary, as preflight reported it: plain characters only."""
+    if not _TOOL_RE.match(path) or "/../" in path + "/":
+        raise UnsafeValue(f"tool path {path!r} is not a plain absolute path")
+    return path
+
+
 def validate_tmpbase(path: str) -> str:
     if _TMPBASE_RE.match(path) and ".." not in path.split("/"):
         return path.rstrip("/") or "/"
@@ -110,21 +120,24 @@ tcpdump=$(command -v tcpdump 2>/dev/null || true)
 for p in /usr/sbin/tcpdump /usr/bin/tcpdump /sbin/tcpdump; do
   [ -n "$tcpdump" ] && break; [ -x "$p" ] && tcpdump=$p
 done
-[ -n "$tcpdump" ] || { echo "@@fail no_tcpdump tcpdump is not installed (not in PATH nor /usr/sbin)"; exit 11; }
+[ -n "$tcpdump" ] || { echo "@@fail no_tcpdump tcpdump is not installed (not in PATH nor /usr/sbin)"; exit $E_NO_TOOL; }
 echo "tcpdump=$tcpdump"
 echo "tcpdump_version=$("$tcpdump" --version 2>&1 | head -n 1)"
 for t in timeout setsid mktemp stat sha256sum; do
-  command -v "$t" >/dev/null 2>&1 || { echo "@@fail no_tool $t is not installed"; exit 11; }
+  command -v "$t" >/dev/null 2>&1 || { echo "@@fail no_tool $t is not installed"; exit $E_NO_TOOL; }
 done
 for i in "$@"; do
-  [ "$i" = any ] || [ -e "/sys/class/net/$i" ] || { echo "@@fail no_interface interface $i does not exist"; exit 12; }
+  [ "$i" = any ] || [ -e "/sys/class/net/$i" ] ||
+    { echo "@@fail no_interface interface $i does not exist"; exit $E_NO_INTERFACE; }
 done
-[ -d "$base" ] || { echo "@@fail no_tmpdir $base does not exist"; exit 14; }
+[ -d "$base" ] || { echo "@@fail no_tmpdir $base does not exist"; exit $E_NO_DIR; }
 free=$(df -Pk "$base" | awk 'NR==2 {print $4}')
 echo "free_kb=$free"
-[ "$free" -ge "$minfree" ] || { echo "@@fail low_disk only $free KiB free in $base, need $minfree KiB"; exit 13; }
+[ "$free" -ge "$minfree" ] ||
+  { echo "@@fail low_disk only $free KiB free in $base, need $minfree KiB"; exit $E_LOW_DISK; }
 umask 077
-dir=$(mktemp -d "$base/capture-all.XXXXXXXX") || { echo "@@fail no_tmpdir cannot create a dir in $base"; exit 14; }
+dir=$(mktemp -d "$base/capture-all.XXXXXXXX") ||
+  { echo "@@fail no_tmpdir cannot create a dir in $base"; exit $E_NO_DIR; }
 chown "$owner" "$dir" 2>/dev/null || true
 echo "dir=$dir"
 """
@@ -273,16 +286,16 @@ done
 )
 
 # Phase 2: start the job and return once every tcpdump says "listening on" (or failed).
-# Args: job dir limit maxpk maxbytes snaplen keep filter witness_kb iface...
+# Args: job dir limit maxpk maxbytes snaplen keep filter tcpdump witness_kb iface...
+# (tcpdump: the path preflight found, so that arm runs the very binary preflight checked)
 ARM_SCRIPT = r"""
 set -u
-job=$1; dir=$2; limit=$3; maxpk=$4; maxbytes=$5; snaplen=$6; keep=$7; filter=$8; witness_kb=$9
-shift 9
-case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit 14;; esac
-[ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit 14; }
+job=$1; dir=$2; limit=$3; maxpk=$4; maxbytes=$5; snaplen=$6; keep=$7; filter=$8; tcpdump=$9; witness_kb=${10}
+shift 10
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
+[ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit $E_NO_DIR; }
 owner=$(stat -c %U "$dir")
 umask 077
-tcpdump=$(command -v tcpdump 2>/dev/null || echo /usr/sbin/tcpdump)
 setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" \
   "$filter" "$tcpdump" "$owner" "$witness_kb" "$@" < /dev/null > /dev/null 2>&1 &
 n=0; ready=0
@@ -302,7 +315,7 @@ cat "$dir/witness.status" 2>/dev/null
 if [ "$ready" != 1 ]; then
   for i in "$@"; do echo "@@section tcpdump_err $i"; cat "$dir/$i.tcpdump.err" 2>/dev/null; done
   echo "@@fail not_armed tcpdump did not start listening"
-  exit 15
+  exit $E_NOT_ARMED
 fi
 """
 
@@ -314,8 +327,8 @@ FINISH_SCRIPT = (
     r"""
 set -u
 dir=$1; wait_s=$2; ports=$3; shift 3
-case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit 14;; esac
-[ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit 14; }
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
+[ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit $E_NO_DIR; }
 touch "$dir/lease"
 echo "@@section finish"
 if [ -f "$dir/done" ]; then echo "already_done=1"; else
@@ -365,9 +378,9 @@ fi
 CLEANUP_SCRIPT = r"""
 set -u
 dir=$1
-case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit 14;; esac
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
 rm -rf -- "$dir"
-[ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit 14; }
+[ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
 echo "@@section cleanup"
 echo "removed=$dir"
 """
@@ -384,8 +397,16 @@ while read -r _; do date +%s%N; done
 """
 
 
+# The scripts' exit codes come from the constants above (the parsers and the orchestrator read the
+# same ones): each script starts by defining them.
+_EXIT_CODES = (
+    f"E_NO_TOOL={EXIT_NO_TOOL} E_NO_INTERFACE={EXIT_NO_INTERFACE} E_LOW_DISK={EXIT_LOW_DISK} "
+    f"E_NO_DIR={EXIT_NO_DIR} E_NOT_ARMED={EXIT_NOT_ARMED}"
+)
+
+
 def _line(script: str, args: tuple[str, ...], *, timeout: float, sudo: bool, prefix: str = "") -> str:
-    argv = ["timeout", "-k", "5", str(int(timeout)), "sh", "-c", script, "capture-all", *args]
+    argv = ["timeout", "-k", "5", str(int(timeout)), "sh", "-c", _EXIT_CODES + "\n" + script, "capture-all", *args]
     if sudo:
         argv = ["sudo", "-n", "--", *argv]
     return prefix + " ".join(shlex.quote(a) for a in argv)
@@ -404,6 +425,7 @@ def arm(
     interfaces: list[str],
     bpf_filter: str,
     *,
+    tcpdump: str,
     limit_s: int,
     max_packets: int,
     max_bytes: int,
@@ -422,6 +444,7 @@ def arm(
         str(int(snaplen)),
         str(int(keep_s)),
         bpf_filter,
+        validate_tool_path(tcpdump),
         str(int(witness_kb)),
         *map(validate_interface, interfaces),
     )

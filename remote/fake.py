@@ -56,7 +56,7 @@ class FakeHost:
                 f"free_kb=1000000\ndir={self.remote_dir}\n" + _snapshot()
             )
         elif cmd.phase == "arm":
-            ifaces = cmd.args[8:]
+            ifaces = cmd.args[10:]  # job, dir, limit, maxpk, maxbytes, snaplen, keep, filter, tcpdump, witness
             out = f"@@section arm\narmed_ns={now}\njob_pid=4242\n" + "".join(
                 f"pid {i} {5000 + n}\n" for n, i in enumerate(ifaces)
             )

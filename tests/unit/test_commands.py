@@ -17,7 +17,7 @@ HOSTILE = ["$(reboot)", "`id`", "a; rm -rf /", "x' 'y", 'q"q', "new\nline", "--h
 def argv_after_script(line: str, script: str) -> list[str]:
     """What the remote `sh -c SCRIPT capture-all ...` receives as $1..."""
     words = shlex.split(line.split("; ", 1)[-1] if line.startswith("echo") else line)
-    i = words.index(script)
+    i = next(k for k, w in enumerate(words) if w.endswith(script))  # after the exit-code preamble
     assert words[i - 1] == "-c" and words[i + 1] == "capture-all"
     return words[i + 2 :]
 
@@ -28,6 +28,7 @@ def test_hostile_filter_and_command_stay_single_words(value: str) -> None:
         "/tmp/capture-all.AbCdEf12",
         ["eth0"],
         value,
+        tcpdump="/usr/sbin/tcpdump",
         limit_s=10,
         max_packets=1,
         max_bytes=1,
@@ -74,6 +75,7 @@ def test_every_line_is_bounded_on_the_host() -> None:
             "/tmp/capture-all.AbCdEf12",
             ["eth0"],
             "tcp",
+            tcpdump="/usr/sbin/tcpdump",
             limit_s=40,
             max_packets=1,
             max_bytes=1,
@@ -117,3 +119,17 @@ def test_conntrack_ports_are_integers_in_range() -> None:
     for bad in (0, 70000):
         with pytest.raises(UnsafeValue):
             commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, conntrack_ports=(bad,))
+
+
+def test_the_scripts_exit_codes_are_the_python_constants() -> None:
+    line = commands.prepare("/tmp", ["eth0"], min_free_kb=1, sudo=False).line
+    script = shlex.split(line.split("; ", 1)[1])[6]
+    assert script.startswith(f"E_NO_TOOL={commands.EXIT_NO_TOOL} ") and "exit $E_NO_TOOL" in script
+    for code in (11, 12, 13, 14, 15):
+        assert f"exit {code}" not in commands.PREPARE_SCRIPT + commands.ARM_SCRIPT + commands.FINISH_SCRIPT
+
+
+@pytest.mark.parametrize("path", ["tcpdump", "/usr/sbin/tcpdump; reboot", "/usr/../bin/sh", "/a b"])
+def test_the_tcpdump_path_is_a_plain_absolute_path(path: str) -> None:
+    with pytest.raises(UnsafeValue):
+        commands.validate_tool_path(path)

@@ -176,29 +176,31 @@ class HostRun:
         except TimeoutError:
             raise ConnectError(self.plan.name, f"no answer within {self.plan.target.connect_timeout:.0f} s") from None
 
-    async def _run(self, command: commands.RemoteCommand) -> tuple[CommandResult, Parsed]:
+    def _log(self, command: commands.RemoteCommand, exit_status: int | None, started: int, ended: int,
+             stderr: str) -> None:  # fmt: skip
+        self.bundle.append_jsonl(
+            f"{self.plan.name}/commands.jsonl",
+            {"phase": command.phase, "line": command.line, "exit_status": exit_status, "started_ns": started,
+             "ended_ns": ended, "stderr": stderr[-4000:]},
+        )  # fmt: skip
+
+    async def _run(self, command: commands.RemoteCommand, *, check: bool = True) -> tuple[CommandResult, Parsed]:
+        """Every remote command goes through here: a deadline on both ends and a line in
+        commands.jsonl. ``check``: a non-zero exit raises the classified RemoteError."""
         assert self.transport is not None
         # The host enforces command.timeout itself (`timeout`); this is the controller's end,
         # a little later so that the host's own exit status normally wins.
         limit = command.timeout + self.opts.controller_slack
+        started = time.time_ns()
         try:
             with anyio.fail_after(limit):
                 result = await self.transport.run(command)
         except TimeoutError:
+            self._log(command, None, started, time.time_ns(), f"no answer within {limit:.0f} s")
             raise CommandTimeout(self.plan.name, f"{command.phase} did not answer within {limit:.0f} s") from None
-        self.bundle.append_jsonl(
-            f"{self.plan.name}/commands.jsonl",
-            {
-                "phase": command.phase,
-                "line": command.line,
-                "exit_status": result.exit_status,
-                "started_ns": result.started_ns,
-                "ended_ns": result.ended_ns,
-                "stderr": result.stderr[-4000:],
-            },
-        )
+        self._log(command, result.exit_status, result.started_ns, result.ended_ns, result.stderr)
         parsed = parse_sections(result.stdout)
-        if result.exit_status != 0:
+        if check and result.exit_status != 0:
             _raise_for(self.plan.name, self.plan.sudo and command.privileged, result, parsed)
         return result, parsed
 
@@ -236,13 +238,16 @@ class HostRun:
         if self.transport is None:
             return
         cmd = commands.clock_probe()
+        started = time.time_ns()
         try:
             with anyio.fail_after(cmd.timeout):
                 header, samples = await self.transport.exchange(cmd, PROBE_SAMPLES)
         except (RemoteError, TimeoutError) as exc:
             why = exc.message if isinstance(exc, RemoteError) else f"no answer within {cmd.timeout:.0f} s"
+            self._log(cmd, None, started, time.time_ns(), why)
             self.record.notes.append(f"clock probe at {phase} failed: {why}")
             return
+        self._log(cmd, 0, started, time.time_ns(), "")
         got = parse_probe(header, samples)
         if got is None:
             self.record.notes.append(f"clock probe at {phase}: no usable answer ({header or 'nothing'})")
@@ -525,16 +530,9 @@ async def _reproduce_once(runs: list[HostRun], opts: RunOptions, bundle: Bundle,
     cmd = commands.reproduce(opts.reproduce, timeout_s=opts.reproduce_timeout)
     sink(host.plan.name, "reproducing", opts.reproduce)
     try:
-        assert host.transport is not None
-        with anyio.fail_after(cmd.timeout + opts.controller_slack):  # the controller's end of its deadline
-            res = await host.transport.run(cmd)
+        res, _ = await host._run(cmd, check=False)  # its own exit status is the user's business
     except RemoteError as exc:
         sink(host.plan.name, "warning", f"--reproduce failed: {exc.message}")
-        return
-    except TimeoutError:
-        sink(
-            host.plan.name, "warning", f"--reproduce gave no answer within {cmd.timeout + opts.controller_slack:.0f} s"
-        )
         return
     result.reproduce_exit = res.exit_status
     bundle.write(

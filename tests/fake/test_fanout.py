@@ -78,6 +78,9 @@ async def test_all_hosts_captured_pulled_and_cleaned(tmp_path: Path) -> None:
     assert all(r.remote_dir_removed for r in recs.values())
     for f in fakes.values():
         assert [c.phase for c in f.log] == ["prepare", "probe", "arm", "finish", "probe", "cleanup"]
+        # Every remote call, the clock probes included, has its line in commands.jsonl.
+        logged = [json.loads(x)["phase"] for x in (tmp_path / "b" / f.name / "commands.jsonl").read_text().splitlines()]
+        assert logged == ["prepare", "probe", "arm", "finish", "probe", "cleanup"]
     # The capture filter excludes our own SSH session as the host reported it.
     assert "not (host 198.19.0.1 and host 198.19.0.20 and port 40000 and port 22)" in (recs["client"].bpf_filter or "")
     assert result.start_skew_ms is not None

@@ -1,10 +1,13 @@
 """Per vantage: the TCP segments that matter, with direction and aligned time, in bounded memory.
 
 Two passes over every file (``analysis.scan`` gives per-record columns, chunk by chunk):
-1. every RST, and (without a snapshot) the MAC seen in most frames;
+1. every RST, every SYN's initial sequence number and connection hash (read in place), and
+   (without a snapshot) the MAC seen in most frames;
 2. every segment of a connection that had an RST at *any* vantage (B's capture of a connection
-   matters precisely when B shows no RST), plus, around each RST a vantage saw, which other
-   connections were active there and when they last carried data.
+   matters precisely when B shows no RST), under every name it has there: a connection whose SYN
+   carried the same ISN as a reset connection's is the same one renamed by a NAT; plus, around
+   each RST a vantage saw, which other connections were active there and when they last carried
+   data.
 Everything else is counted and dropped, so memory follows the resets, not the file size.
 """
 

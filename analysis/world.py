@@ -8,6 +8,8 @@ from analysis.decode import RST
 from analysis.model import Seen, VantageData
 from analysis.names import Name, Names, key_of, learn, name_of, reverse
 
+# The inventory roles of boxes that forward others' packets (orchestrator.plan.TRANSLATING_ROLES;
+# the analysis imports nothing of the orchestrator).
 _FORWARDING_ROLES = {"router", "nat", "firewall"}
 
 

@@ -7,7 +7,8 @@ Phases (each one remote round trip per host, all hosts concurrently, a barrier b
     (reproduce)       the user's command on the client host, once every capture is armed
     wait              --duration, interruptible (Ctrl-C stops early and still collects)
     finish            stop, "after" snapshot, tcpdump's counts, file digests
-    pull+cleanup      SFTP each file, check its SHA-256, remove the remote dir
+    pull+cleanup      each file over SFTP (or `cat` where there is no SFTP), its SHA-256 checked;
+                      remove the remote dir
 
 A host's failure becomes its record's status/error; the bundle keeps what every host produced.
 """

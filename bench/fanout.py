@@ -1,0 +1,179 @@
+"""Fan-out benchmark: N real OpenSSH sshd hosts (stock limits, network namespaces), bare asyncssh
+`date` on all of them against capture-all arming all of them, side by side, alternating.
+
+    scripts/bench-fanout [--hosts 100] [--runs 3] [--duration 2]
+
+Runs inside tests/lab/enter (a private network, mount and PID namespace: nothing leaks, every
+sshd dies with it). Each host: its own namespace with a management veth on one bridge
+(198.19.0.0/16), a capture interface `eth1` (one end of a veth pair that carries nothing), sshd
+with OpenSSH's default MaxSessions and MaxStartups and the kernel's tracefs in its mount namespace
+(so the witness runs, as it does by default). Both sides run as their own process, timed from its
+start (Python's start-up and imports included on both).
+
+Per repetition, printed as medians:
+- bare asyncssh: connect, run `date +%s%N` on every host at once: time to the last answer, and the
+  spread of the hosts' clocks when they answered (its "start skew");
+- capture-all (`--concurrency N`, `-d DURATION`): time from the process start to the last host
+  armed (manifest `armed_ns`), its start skew (manifest), end-to-end overhead (wall time minus the
+  duration) and the controller's CPU seconds per host (the process's rusage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.lab.labnet import REPO, in_lab, sh, wait_banner
+
+FLOW = "198.18.250.1->198.18.250.2:80"
+
+
+def address(i: int) -> str:
+    return f"198.19.{1 + i // 200}.{10 + i % 200}"
+
+
+def build(n: int, root: Path) -> Path:
+    """N hosts with sshd; returns the inventory."""
+    sh("mount", "--make-rprivate", "/")
+    sh("mount", "-t", "tmpfs", "-o", "mode=755", "fanout-run", "/run")
+    if not Path("/sys/kernel/tracing/instances").is_dir():
+        sh("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing")
+    for d in ("/run/netns", "/run/sshd"):
+        os.makedirs(d, exist_ok=True)
+    (root / "empty.bashrc").write_text("")
+    if (Path.home() / ".bashrc").exists():  # root's may run slow init (pyenv): both sides would pay it
+        sh("mount", "--bind", str(root / "empty.bashrc"), str(Path.home() / ".bashrc"))
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "id"))
+    sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "hostkey"))
+    pub = " ".join((root / "hostkey.pub").read_text().split()[:2])
+    (root / "authorized_keys").write_text((root / "id.pub").read_text())
+    (root / "known_hosts").write_text("".join(f"{address(i)} {pub}\n" for i in range(n)))
+    (root / "ssh_config").write_text("# empty\n")
+    batch = ["link set lo up", "link add fan0 type bridge", "link set fan0 up", "addr add 198.19.0.1/16 dev fan0"]
+    for i in range(n):
+        batch += [f"netns add h{i}", f"link add f{i} type veth peer name mgmt netns h{i}",
+                  f"link set f{i} master fan0 up"]  # fmt: skip
+    sh("ip", "-batch", "-", input="\n".join(batch) + "\n")
+    for i in range(n):
+        inside = ["link set lo up", "link set mgmt up", f"addr add {address(i)}/16 dev mgmt",
+                  "link add eth1 type veth peer name eth1p", "link set eth1 up", "link set eth1p up"]  # fmt: skip
+        sh("ip", "-n", f"h{i}", "-batch", "-", input="\n".join(inside) + "\n")
+    procs = []
+    for i in range(n):
+        cfg = root / f"sshd-{i}.conf"
+        cfg.write_text(
+            f"ListenAddress {address(i)}:22\nHostKey {root / 'hostkey'}\n"
+            f"AuthorizedKeysFile {root / 'authorized_keys'}\n"
+            "PidFile none\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n"
+            "Subsystem sftp internal-sftp\n"  # and OpenSSH's default MaxSessions 10, MaxStartups 10:30:100
+        )
+        argv = ["ip", "netns", "exec", f"h{i}", "sh", "-c", 'mount -t tracefs nodev /sys/kernel/tracing && exec "$@"',
+                "fanout-sshd", "/usr/sbin/sshd", "-D", "-e", "-f", str(cfg)]  # fmt: skip
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    for i in range(n):
+        wait_banner(address(i))
+    hosts = "".join(
+        f'\n[[hosts]]\nname = "h{i}"\nrole = "other"\naddress = "{address(i)}"\ninterfaces = ["eth1"]\n'
+        f'addresses = ["198.18.{i // 200}.{1 + i % 200}"]\n'
+        for i in range(n)
+    )
+    inv = root / "inventory.toml"
+    inv.write_text(
+        f'[ssh]\nuser = "root"\nidentity_file = "{root / "id"}"\nknown_hosts = "{root / "known_hosts"}"\n'
+        f'config_file = "{root / "ssh_config"}"\nsudo = false\nconnect_timeout = 20\n{hosts}'
+    )
+    return inv
+
+
+def bare(n: int, root: Path) -> tuple[float, float]:
+    """(seconds from its process's start to the last host's answer, spread of the hosts' clocks
+    in their answers, ms)."""
+    start_ns = time.time_ns()
+    out = subprocess.run([sys.executable, "-m", "bench.fanout", "--bare", str(root), "--hosts", str(n)],
+                         capture_output=True, text=True, check=True, cwd=REPO).stdout  # fmt: skip
+    last_ns, spread_ms = json.loads(out)
+    return (last_ns - start_ns) / 1e9, spread_ms
+
+
+async def _bare(n: int, root: Path) -> None:
+    import asyncssh
+
+    async def one(i: int) -> int:
+        opts = {"username": "root", "client_keys": [str(root / "id")], "known_hosts": str(root / "known_hosts"),
+                "config": [str(root / "ssh_config")]}  # fmt: skip
+        async with asyncssh.connect(address(i), **opts) as c:
+            return int((await c.run("date +%s%N", check=True)).stdout)
+
+    stamps = await asyncio.gather(*(one(i) for i in range(n)))
+    print(json.dumps([time.time_ns(), (max(stamps) - min(stamps)) / 1e6]))
+
+
+def capture_all(n: int, inv: Path, out: Path, duration: float, witness: bool) -> dict[str, float]:
+    argv = [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(inv), "-f", FLOW, "-d", str(duration),
+            "--concurrency", str(n), "-o", str(out), *([] if witness else ["--no-witness"])]  # fmt: skip
+    start_ns = time.time_ns()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = (time.time_ns() - start_ns) / 1e9
+    m = json.loads((out / "manifest.json").read_text())
+    armed = [h["armed_ns"] for h in m["hosts"] if h.get("armed_ns")]
+    return {
+        "exit": float(os.waitstatus_to_exitcode(status)),
+        "armed_hosts": float(len(armed)),
+        "last_armed_s": (max(armed) - start_ns) / 1e9 if armed else float("nan"),
+        "skew_ms": float(m.get("start_skew_ms") or float("nan")),
+        "overhead_s": wall - duration,
+        "cpu_ms_per_host": (usage.ru_utime + usage.ru_stime) / n * 1e3,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hosts", type=int, default=100)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=2.0)
+    ap.add_argument(
+        "--no-witness",
+        action="store_true",
+        help="capture-all without the kernel witness: the lab's hosts "
+        "share one kernel, so N witnesses are N ftrace instances in one kernel (on real hosts: one each)",
+    )
+    ap.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # the bare side, in its own process
+    args = ap.parse_args()
+    if args.bare:
+        asyncio.run(_bare(args.hosts, args.bare))
+        return
+    if not in_lab():
+        raise SystemExit("bench/fanout.py runs inside tests/lab/enter (scripts/bench-fanout does that)")
+    root = Path(tempfile.mkdtemp(prefix="capture-all-fanout-"))
+    root.chmod(0o755)
+    t = time.monotonic()
+    inv = build(args.hosts, root)
+    print(f"{args.hosts} sshd hosts up in {time.monotonic() - t:.1f} s")
+    bares, ours = [], []
+    for k in range(args.runs):  # alternating: the machine's drift hits both alike
+        bares.append(bare(args.hosts, root))
+        ours.append(capture_all(args.hosts, inv, root / f"run-{k}", args.duration, not args.no_witness))
+        print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); capture-all {ours[-1]}")
+    med = statistics.median
+    b_last, b_skew = med(b for b, _ in bares), med(s for _, s in bares)
+    o = {key: med(r[key] for r in ours) for key in ours[0]}
+    witness = "without" if args.no_witness else "with"
+    print(f"\nmedians over {args.runs} runs, {args.hosts} hosts, {args.duration:g} s captures, {witness} the witness:")
+    print(f"  bare asyncssh connect + date: last answer {b_last:.2f} s, clock spread {b_skew:.0f} ms")
+    print(f"  capture-all: last host armed {o['last_armed_s']:.2f} s ({o['last_armed_s'] / b_last:.1f}x bare), "
+          f"start skew {o['skew_ms']:.0f} ms, overhead {o['overhead_s']:.2f} s, "
+          f"controller CPU {o['cpu_ms_per_host']:.0f} ms/host, armed {o['armed_hosts']:.0f}/{args.hosts}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

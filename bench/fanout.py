@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.lab.labnet import REPO, in_lab, sh, wait_banner
+from tests.lab.labnet import REPO, in_lab, private_mounts, sh, wait_banner
 
 FLOW = "198.18.250.1->198.18.250.2:80"
 
@@ -42,15 +42,7 @@ def address(i: int) -> str:
 
 def build(n: int, root: Path) -> Path:
     """N hosts with sshd; returns the inventory."""
-    sh("mount", "--make-rprivate", "/")
-    sh("mount", "-t", "tmpfs", "-o", "mode=755", "fanout-run", "/run")
-    if not Path("/sys/kernel/tracing/instances").is_dir():
-        sh("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing")
-    for d in ("/run/netns", "/run/sshd"):
-        os.makedirs(d, exist_ok=True)
-    (root / "empty.bashrc").write_text("")
-    if (Path.home() / ".bashrc").exists():  # root's may run slow init (pyenv): both sides would pay it
-        sh("mount", "--bind", str(root / "empty.bashrc"), str(Path.home() / ".bashrc"))
+    private_mounts(root)
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "id"))
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "hostkey"))
     pub = " ".join((root / "hostkey.pub").read_text().split()[:2])

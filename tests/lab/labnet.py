@@ -119,6 +119,22 @@ def wait_banner(addr: str, port: int = 22, timeout: float = 10.0) -> None:
     raise LabError(f"sshd at {addr}:{port} not ready: {last}")
 
 
+def private_mounts(root: Path) -> None:
+    """The lab's own mounts, inside its private mount namespace: /run on tmpfs (`ip netns add`
+    leaves files in /run/netns, sshd wants /run/sshd), the kernel's tracefs, and an empty root
+    ~/.bashrc (it may run slow init such as pyenv, which every remote command would pay for)."""
+    sh("mount", "--make-rprivate", "/")
+    sh("mount", "-t", "tmpfs", "-o", "mode=755", "lab-run", "/run")
+    if not Path("/sys/kernel/tracing/instances").is_dir():
+        sh("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing")
+    for d in ("/run/netns", "/run/sshd"):
+        os.makedirs(d, exist_ok=True)
+    empty = root / "empty.bashrc"
+    empty.write_text("")
+    if (Path.home() / ".bashrc").exists():
+        sh("mount", "--bind", str(empty), str(Path.home() / ".bashrc"))
+
+
 @dataclass
 class Lab:
     root: Path
@@ -158,19 +174,7 @@ class Lab:
         return lab
 
     def _private_mounts(self) -> None:
-        # /run on tmpfs: `ip netns add` leaves files in /run/netns, sshd wants /run/sshd.
-        sh("mount", "--make-rprivate", "/")
-        sh("mount", "-t", "tmpfs", "-o", "mode=755", "lab-run", "/run")
-        if not Path("/sys/kernel/tracing/instances").is_dir():
-            sh("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing")
-        for d in ("/run/netns", "/run/sshd"):
-            os.makedirs(d, exist_ok=True)
-        # root's ~/.bashrc may run slow init (pyenv): every remote command would pay for it.
-        empty = self.root / "empty.bashrc"
-        empty.write_text("")
-        for rc in (Path.home() / ".bashrc",):
-            if rc.exists():
-                sh("mount", "--bind", str(empty), str(rc))
+        private_mounts(self.root)
         self.remote_tmp.mkdir(mode=0o1777, exist_ok=True)
         self.remote_tmp.chmod(0o1777)
         self._users()
@@ -286,8 +290,8 @@ class Lab:
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}\n"
             "PidFile none\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nLogLevel ERROR\n"
-            # MaxSessions, MaxStartups: the defaults, as in production. The backend has no SFTP
-            # subsystem, as hardened hosts often do: its evidence must come back all the same.
+            # OpenSSH's default session and startup limits, as in production. The backend has no
+            # SFTP subsystem, as hardened hosts often do: its evidence must come back all the same.
             + ("" if h == NO_SFTP else "Subsystem sftp internal-sftp\n")
         )
         return cfg

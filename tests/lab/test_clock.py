@@ -21,7 +21,31 @@ from tests.lab.test_scenarios import CLIENTS, capture
 from tests.pcapgen import shift_pcap
 
 SHIFTS = {"client": 0, "router": 0, "proxy": 2_500_000_000, "backend": -700_000_000}
-CLIENT_PPM = 50.0
+# A free-running clock can be this far off. At 50 ppm over scenario a's 1.6 s (80 us) the windows'
+# own uncertainty (15-40 us) sometimes made a constant fit as well as the line: the drift check
+# failed in 2 of 8 runs before this session's changes and 1 of 6 after (measured, the test alone).
+CLIENT_PPM = 200.0
+
+
+def drift_ns(host: str, t_ns: int, since_ns: int) -> float:
+    """How far a host's shifted clock has run away from its constant shift at time t."""
+    return CLIENT_PPM * (t_ns - since_ns) / 1e6 if host == "client" else 0.0
+
+
+def assert_aligned(c: Any, since: int, t0: dict[Any, int], t1: dict[Any, int]) -> None:
+    """Every offset within 100 us of the hosts' shifts, give or take the client's drift between the
+    traffic and the instant the offset is quoted (``at_ns``: read before alignment, it can lie
+    0.7 s from the traffic, and a scenario too short for the drift to show has a constant fit);
+    and every reported time moved by exactly what the reference clock's shift and drift make it at
+    that time (within 100 us)."""
+    ref = c.reference
+    for host, offset in c.offset_ns.items():
+        slack = abs(drift_ns("client", c.at_ns, since)) if "client" in (host, ref) else 0.0
+        assert abs(offset - (SHIFTS[ref] - SHIFTS[host])) <= 100_000 + slack, (host, offset, ref, slack)
+    assert t0.keys() == t1.keys()
+    moved = {k: t1[k] - t0[k] - SHIFTS[ref] - drift_ns(ref, t0[k], since) for k in t0}
+    assert all(abs(m) <= 100_000 for m in moved.values()), moved
+
 
 SCENARIOS = {
     # a: idle reuse, traffic spread over ~1.6 s (so 50 ppm moves the client's clock by ~80 us in it)
@@ -96,21 +120,14 @@ def test_offsets_and_drift_are_recovered_and_the_verdict_does_not_change(
     assert verdicts(report1) == verdicts(report0)  # same resets, origins, chains and causes
     c = after.clocks
     assert set(c.method.values()) <= {"reference", "packets"}, c.method
-    ref_shift = SHIFTS[c.reference]
-    for host, offset in c.offset_ns.items():
-        assert abs(offset + SHIFTS[host] - ref_shift) <= 100_000, (host, offset, SHIFTS[host], c.reference)
-    # Every reported time moved by the same amount (the reference's shift): drift included.
     t0, t1 = seen_times(report0), seen_times(report1)
-    assert t0.keys() == t1.keys()
     assert any(k[2] == "kernel" for k in t0), t0  # the witness's events move with their host's clock
-    moved = {k: t1[k] - t0[k] - ref_shift for k in t0}
-    assert all(abs(m) <= 100_000 for m in moved.values()), moved
+    assert_aligned(c, since, t0, t1)
     if scenario == "a":
-        # Traffic over 1.6 s: the client's 50 ppm shows. Window estimates good to 15-40 us over
-        # 1.6 s bound the rate to about +-25 ppm (measured in several runs: 24 to 44 ppm; one run
-        # gave 24.5, outside the +-25 this test first allowed). The sign and size are what count.
+        # Traffic over 1.6 s: the client's drift shows. Window estimates good to 15-40 us over
+        # 1.6 s bound the rate to about +-50 ppm (measured at 200 ppm, 12 runs: 168 to 194).
         rel = {h: c.drift_ppm[h] - c.drift_ppm["client"] for h in c.drift_ppm if h != "client"}
-        assert rel and all(abs(d + CLIENT_PPM) < 30 for d in rel.values()), rel
+        assert rel and all(abs(d + CLIENT_PPM) < 0.25 * CLIENT_PPM for d in rel.values()), rel
     # Unshifted, the lab's hosts share one kernel clock: the estimates say so too.
     assert all(abs(o) <= 100_000 for o in before.clocks.offset_ns.values())
 
@@ -166,8 +183,4 @@ def test_scenario_d_verdict_survives_shifted_and_drifting_clocks(clean_lab: Lab,
     shifted_copy(tmp_path / "b", tmp_path / "s", before.clocks.at_ns, SHIFTS, {"client": CLIENT_PPM})
     after, report1 = summary(tmp_path / "s")
     assert verdicts(report1) == verdicts(report0)
-    ref_shift = SHIFTS[after.clocks.reference]
-    for host, offset in after.clocks.offset_ns.items():
-        assert abs(offset + SHIFTS[host] - ref_shift) <= 100_000, (host, offset)
-    t0, t1 = seen_times(report0), seen_times(report1)
-    assert t0.keys() == t1.keys() and all(abs(t1[k] - t0[k] - ref_shift) <= 100_000 for k in t0)
+    assert_aligned(after.clocks, before.clocks.at_ns, seen_times(report0), seen_times(report1))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from analysis.decode import RST
 from analysis.evidence import Cause, ChainRole, Evidence, Origin
 from analysis.model import Seen, VantageData
-from analysis.names import Names
+from analysis.names import Names, key_of
 from analysis.witness import KernelEvent
 
 # The same packet at two vantages: (seq, ack, flags, IP ID) identifies it; time only keeps a
@@ -25,9 +25,8 @@ CHAIN_WINDOW_NS = 2_000_000_000  # a proxy propagates within this
 
 
 def flow_key(src: str, sport: int, dst: str, dport: int) -> tuple[str, int, str, int]:
-    """Direction-free connection key."""
-    a, b = (src, sport), (dst, dport)
-    return (*a, *b) if a <= b else (*b, *a)
+    """Direction-free connection key (``names.key_of`` of the 4-tuple)."""
+    return key_of((src, sport, dst, dport))
 
 
 @dataclass

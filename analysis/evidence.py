@@ -65,7 +65,6 @@ class Fact(StrEnum):
     KERNEL_CONTRADICTS = "kernel_contradicts"
     CONTRARY = "contrary"  # a middlebox conviction turned into unknown
     STILL_OPEN = "still_open"
-    OWNER = "owner"
     # chains and clocks
     PROPAGATION = "propagation"
     SAME_TEARDOWN = "same_teardown"

@@ -39,7 +39,7 @@ def reverse(n: Name) -> Name:
 
 
 def key_of(n: Name) -> Name:
-    """Direction-free key (the lower endpoint first), as correlate.flow_key."""
+    """Direction-free key: the lower endpoint first."""
     a, b = (n[0], n[1]), (n[2], n[3])
     return (*a, *b) if a <= b else (*b, *a)
 

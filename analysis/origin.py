@@ -315,14 +315,17 @@ def _contrary(w: World, r: Reset, clocks: Clocks) -> None:
     for e in against:
         if e not in r.evidence:
             r.evidence.append(e)
-    said = "forged it" if r.origin_host else f"it was injected between {' and '.join(r.between or [])}"
-    who = f"{r.origin_host} " if r.origin_host else ""
+    if r.origin_host:
+        suspect, alternative = f"{r.origin_host} forging it", f"{r.origin_host} forged it"
+    else:
+        suspect, alternative = "an injection", f"it was injected between {' and '.join(r.between or [])}"
     r.blocked = against
+    reasons = "; ".join((e.text[:1].lower() + e.text[1:]).rstrip(".") for e in against)
     r.evidence.append(
         ev(
             Fact.CONTRARY,
-            f"The packets point to {who}{'forging it' if r.origin_host else 'an injection'}, but "
-            f"{'; '.join(e.text.rstrip('.') for e in against)}: whether {claimed} sent it or {said} cannot be told.",
+            f"The packets point to {suspect}, but {reasons}: "
+            f"whether {claimed} sent it or {alternative} cannot be told.",
             claimed=claimed,
             suspect=r.origin_host,
             between=r.between,

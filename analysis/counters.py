@@ -1,6 +1,6 @@
 """What a host's counters did during the capture: the before/after snapshot deltas that tell of
 capacity trouble (listen queue overflows, conntrack near its max, interface drops), and which
-process owned a connection (``ss -tnpi``)."""
+process owned a connection (``ss -tanpi``)."""
 
 from __future__ import annotations
 
@@ -71,15 +71,15 @@ def deltas(f: HostFacts) -> Deltas:
 
 def owner(f: HostFacts, local: tuple[str, int], peer: tuple[str, int]) -> str | None:
     """The process that owned this host's end of a connection, from the snapshots: the
-    connection itself in ``ss -tnpi`` (before, then after), else the listener on its port."""
+    connection itself in ``ss -tanpi`` (before, then after), else the listener on its port."""
     key = (*local, *peer)
     for when, table in (("before", f.sockets_before), ("after", f.sockets_after)):
         procs = table.get(key)
         if procs:
-            return f"belonged to {_procs(procs)} (ss -tnpi {when} the capture)"
+            return f"belonged to {_procs(procs)} (ss -tanpi {when} the capture)"
     listeners = f.listener_names.get(local[1])
     if listeners:
-        return f"is served by the listener on port {local[1]}: {_procs(listeners)} (ss -tlnp)"
+        return f"is served by the listener on port {local[1]}: {_procs(listeners)} (ss -tanpi)"
     return None
 
 

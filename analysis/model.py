@@ -20,7 +20,7 @@ class HostFacts:
     listeners_after: dict[int, set[int]] = field(default_factory=dict)
     counters_before: dict[str, int] = field(default_factory=dict)  # nstat
     counters_after: dict[str, int] = field(default_factory=dict)
-    # (local ip, port, peer ip, port) -> [(command, pid)] from `ss -tnpi`
+    # (local ip, port, peer ip, port) -> [(command, pid)] from `ss -tanpi`
     sockets_before: dict[tuple[str, int, str, int], list[tuple[str, int]]] = field(default_factory=dict)
     sockets_after: dict[tuple[str, int, str, int], list[tuple[str, int]]] = field(default_factory=dict)
     listener_names: dict[int, list[tuple[str, int]]] = field(default_factory=dict)  # port -> [(command, pid)]

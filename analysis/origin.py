@@ -352,7 +352,7 @@ def _owners(w: World, r: Reset) -> None:
             r.evidence.append(
                 ev(
                     Fact.STILL_OPEN,
-                    f"{claimed} still had this connection open after the capture (ss -tnpi): it never reset it.",
+                    f"{claimed} still had this connection open after the capture (ss -tanpi): it never reset it.",
                     host=claimed,
                 )
             )

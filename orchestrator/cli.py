@@ -15,27 +15,26 @@ import datetime as dt
 import json
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.decode import flag_text
-from analysis.report import clock, terminal
-from analysis.verdict import Analysis
 from orchestrator import __version__
 from orchestrator.bundle import Bundle, verify
 from orchestrator.errors import BundleError, UsageError
-from orchestrator.evidence import analyze_bundle, analyze_pcaps, load_manifest, write_reports
 from remote.commands import UnsafeValue
 
 if TYPE_CHECKING:
     import anyio
 
+    from analysis.verdict import Analysis
     from orchestrator.run import RunOptions, RunResult
 
-# The capture path's modules (pydantic, anyio, asyncssh) are imported where they are used, so
-# that `capture-all analyze` starts quickly.
+# Each path imports what it needs where it starts: the capture path's modules (pydantic, anyio,
+# asyncssh) would slow `capture-all analyze`, and the analysis (numpy, numba) would delay the
+# first SSH connection of a capture; it is loaded while the hosts capture.
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4
 EXIT_ABANDONED = 130
@@ -114,7 +113,9 @@ def capture_parser() -> argparse.ArgumentParser:
         help="the witness's kernel trace buffer per CPU, e.g. 1M (default 256K, at most 64M)",
     )
     p.add_argument("--hosts", help="comma-separated subset of inventory host names")
-    p.add_argument("--concurrency", type=_positive(int), default=32, help="SSH connections opened at once (default 32)")
+    p.add_argument(
+        "--concurrency", type=_positive(int), default=100, help="SSH handshakes in flight at once (default 100)"
+    )
     p.add_argument(
         "--accept-new-host-keys",
         action="store_true",
@@ -146,6 +147,10 @@ def analyze_parser() -> argparse.ArgumentParser:
 
 def summary_lines(root: Path, result: Analysis) -> list[str]:
     """Per host: status, packets, kernel drops, and every RST it saw (id, direction, TTL)."""
+    from analysis.decode import flag_text
+    from analysis.report import clock
+    from orchestrator.evidence import load_manifest
+
     manifest = load_manifest(root)
     ids = {id(o): r.id for r in result.resets for o in r.seen}
     by_name = {v.name: v for v in result.vantages}
@@ -247,7 +252,7 @@ async def _capture(args: argparse.Namespace) -> int:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, stop, abandon, tg.cancel_scope)
-            await run_capture(plan, SshConnector(), bundle, opts, progress, stop, holder.append)
+            await run_capture(plan, SshConnector(), bundle, opts, _preloading(progress), stop, holder.append)
             tg.cancel_scope.cancel()
     except BaseException:
         bundle.write("debug.log", traceback.format_exc())
@@ -271,6 +276,9 @@ async def _capture(args: argparse.Namespace) -> int:
         return EXIT_ABANDONED
     result_run = holder[0]
     code = _exit_for(result_run)
+    from analysis.report import terminal
+    from orchestrator.evidence import analyze_bundle, write_reports
+
     result, report = analyze_bundle(root)
     write_reports(root, result, report, flow.text)
     lines = [f"bundle: {root.resolve()}"]
@@ -284,6 +292,25 @@ async def _capture(args: argparse.Namespace) -> int:
     lines.append(f"reports: {root / 'report.md'}, {root / 'report.json'}")
     print("\n".join(lines))
     return code
+
+
+def _preloading(sink: Callable[[str, str, str], None]) -> Callable[[str, str, str], None]:
+    """The sink, which also starts loading the analysis in a thread once every host is armed:
+    the hosts are capturing then, and the analysis is what comes next."""
+
+    def preload() -> None:
+        import analysis.report  # noqa: F401
+        import orchestrator.evidence  # noqa: F401
+
+    started: list[threading.Thread] = []
+
+    def relay(host: str, state: str, detail: str) -> None:
+        if host == "*" and state == "armed" and not started:
+            started.append(threading.Thread(target=preload, name="preload-analysis", daemon=True))
+            started[0].start()
+        sink(host, state, detail)
+
+    return relay
 
 
 async def _watch_signals(stop: anyio.Event, abandon: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -301,6 +328,9 @@ async def _watch_signals(stop: anyio.Event, abandon: anyio.Event, scope: anyio.C
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from analysis.report import terminal
+    from orchestrator.evidence import analyze_bundle, analyze_pcaps, write_reports
+
     if args.bundle is not None and args.pcap:
         raise UsageError("analyze: give a bundle or --pcap HOST=FILE, not both")
     if args.bundle is not None:

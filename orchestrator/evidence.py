@@ -57,20 +57,28 @@ def _extract(inputs: list[VantageInput]) -> list[VantageData]:
         return extract_all(inputs, pool_map=pool.map)
 
 
+def _sockets(snap: Path) -> tuple[str, str]:
+    """The snapshot's connections and listeners: one ``ss -tanpi`` (both), or, in bundles before
+    0.2, ``ss -tnpi`` and ``ss -tlnp``."""
+    both = _read(snap / "ss_tanpi.txt")
+    return (both, both) if both else (_read(snap / "ss_tnpi.txt"), _read(snap / "ss_tlnp.txt"))
+
+
 def host_facts(host_dir: Path, addresses: list[str]) -> HostFacts:
     b, a = host_dir / "before", host_dir / "after"
     ips, macs = host_addresses(_read(b / "ip_addr.txt"), _read(b / "ip_link.txt"))
+    (conns_b, listen_b), (conns_a, listen_a) = _sockets(b), _sockets(a)
     return HostFacts(
         own_ips=ips | set(addresses),
         own_macs=macs,
-        if_names=_if_names(_read(b / "ip_link.txt")),
-        listeners_before=parse_listeners(_read(b / "ss_tlnp.txt")),
-        listeners_after=parse_listeners(_read(a / "ss_tlnp.txt")),
+        if_names=_if_names(_read(b / "ip_link.txt") or _read(b / "ip_addr.txt")),
+        listeners_before=parse_listeners(listen_b),
+        listeners_after=parse_listeners(listen_a),
         counters_before=parse_nstat(_read(b / "nstat.txt")),
         counters_after=parse_nstat(_read(a / "nstat.txt")),
-        sockets_before=parse_sockets(_read(b / "ss_tnpi.txt")),
-        sockets_after=parse_sockets(_read(a / "ss_tnpi.txt")),
-        listener_names=parse_listener_names(_read(b / "ss_tlnp.txt") + _read(a / "ss_tlnp.txt")),
+        sockets_before=parse_sockets(conns_b),
+        sockets_after=parse_sockets(conns_a),
+        listener_names=parse_listener_names(listen_b + listen_a),
         conntrack_before=parse_int(_read(b / "conntrack_count.txt")),
         conntrack_after=parse_int(_read(a / "conntrack_count.txt")),
         conntrack_max=parse_int(_read(a / "conntrack_max.txt")) or parse_int(_read(b / "conntrack_max.txt")),

@@ -60,6 +60,7 @@ class HostRecord(BaseModel):
     connected_ns: int | None = None
     armed_ns: int | None = None  # controller clock, when the host reported "listening"
     remote_armed_ns: int | None = None  # the host's own clock at that moment
+    tcpdump: str | None = None  # path and version of the tcpdump that captured
     stopped_ns: int | None = None
     stop_reason: str | None = None
     captures: list[CaptureFile] = []

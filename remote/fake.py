@@ -1,8 +1,16 @@
 """A scripted transport for tests of the orchestrator: no network, no asyncssh.
 
-A ``FakeHost`` answers each phase (``RemoteCommand.phase``) with a healthy host's output by
-default; a test overrides a phase with a ``CommandResult``, an exception to raise, or a delay,
-and can make ``connect`` fail. Model: httpx ``MockTransport``.
+A ``FakeHost`` plays a healthy host by default: its arm and finish sessions follow the
+conversation of ``remote.scripts`` (``@@ready``, ``go FILTER``, the clock probe, ``@@listed``,
+``rm``), and ``cleanup``/``reproduce`` answer at once. A test overrides a phase with:
+
+- a ``CommandResult``: the whole stdout at once, whatever the controller says, then that exit;
+- an exception: raised when the phase starts (``open`` or ``run``);
+- a callable ``(command) -> CommandResult``, for commands that are run rather than talked to;
+- a ``Dialogue``: a generator function ``(host, command)`` that yields each chunk of stdout and
+  receives the controller's next line, and returns ``(last chunk, exit status)``;
+
+and can delay a phase (``delays``) or make ``connect`` fail. Model: httpx ``MockTransport``.
 """
 
 from __future__ import annotations
@@ -10,11 +18,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import anyio
+import anyio.lowlevel
 
 from remote.commands import RemoteCommand
 from remote.errors import ConnectionLost, TransferError
@@ -23,16 +34,61 @@ from remote.transport import CommandResult, SshTarget
 # An empty pcap (nanosecond magic, Ethernet): what a quiet capture looks like.
 EMPTY_PCAP = bytes.fromhex("4d3cb2a10200040000000000000000000000040001000000")
 
-Answer = CommandResult | BaseException | Callable[[RemoteCommand], CommandResult]
+Conversation = Generator[str, str, tuple[str, int]]
+Dialogue = Callable[["FakeHost", RemoteCommand], Conversation]
+Answer = CommandResult | BaseException | Callable[[RemoteCommand], CommandResult] | Dialogue
 
 
-def _snapshot() -> str:
+def snapshot() -> str:
     return (
         f"@@section clock_ns\n{time.time_ns()}\n@@rc 0\n"
         "@@section uname\n6.1.0-fake\n@@rc 0\n"
         '@@section ip_addr\n[{"ifname":"eth0","addr_info":[{"family":"inet","local":"198.18.0.9"}]}]\n@@rc 0\n'
         "@@section nstat\n#kernel\nTcpOutRsts 0 0.0\n@@rc 0\n"
     )
+
+
+def probe(host: FakeHost, said: str) -> Generator[str, str, str]:
+    """Answers "t" lines with the host's clock until another line comes; returns that line."""
+    while said == "t":
+        said = yield f"{time.time_ns() + host.clock_offset_ns}\n"
+    return said
+
+
+def arm_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    ifaces = cmd.interfaces
+    said = yield (
+        "@@ssh 198.19.0.1 40000 198.19.0.20 22\n@@section preflight\nuid=0\nowner=root\ntcpdump=/usr/sbin/tcpdump\n"
+        f"free_kb=1000000\ndir={host.remote_dir}\n@@ready\n"
+    )
+    if not said.startswith("go "):
+        return "", 0
+    host.filters.append(said[3:])
+    pids = "".join(f"pid {i} {5000 + n}\n" for n, i in enumerate(ifaces))
+    said = yield f"@@section arm\narmed_ns={time.time_ns()}\njob_pid=4242\n{pids}@@probe ns\n"
+    said = yield from probe(host, said)
+    return "@@section tcpdump\npath=/usr/sbin/tcpdump\nversion=tcpdump version 4.99.3\n" + snapshot(), 0
+
+
+def finish_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    ifaces = cmd.interfaces
+    digest = hashlib.sha256(host.pcap).hexdigest()
+    d = host.remote_dir
+    out = f"@@section finish\nalready_done=0\ndone_ns={time.time_ns()}\nstop_reason=duration\n"
+    out += "".join(f"rc {i} 0\n" for i in ifaces) + "@@section files\n"
+    out += "".join(f"size {len(host.pcap)} {d}/{i}.pcap\n" for i in ifaces)
+    out += "".join(f"{digest}  {d}/{i}.pcap\n" for i in ifaces)
+    out += "".join(
+        f"@@section tcpdump_err {i}\nlistening on {i}\n3 packets captured\n"
+        "3 packets received by filter\n0 packets dropped by kernel\n"
+        for i in ifaces
+    )
+    said = yield out + "@@probe ns\n"
+    said = yield from probe(host, said)
+    said = yield snapshot() + "@@listed\n"
+    if said != "rm":
+        return "", 0
+    return f"@@section cleanup\nremoved={d}\n", 0
 
 
 @dataclass
@@ -44,38 +100,77 @@ class FakeHost:
     answers: dict[str, Answer] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)
     log: list[RemoteCommand] = field(default_factory=list)
+    said: list[str] = field(default_factory=list)  # every line the controller sent, in order
+    filters: list[str] = field(default_factory=list)  # the capture filters it was given
     remote_dir: str = "/tmp/capture-all.FAKEFAKE"
+    sessions_open: int = 0  # sessions and commands open on its connection now, and at most
+    sessions_max: int = 0
     clock_offset_ns: int = 0  # this host's clock minus the controller's, as its probe reports it
+    dialogues: dict[str, Dialogue] = field(default_factory=lambda: {"arm": arm_dialogue, "finish": finish_dialogue})
 
     def default(self, cmd: RemoteCommand) -> CommandResult:
         now = time.time_ns()
-        if cmd.phase == "prepare":
-            out = (
-                "@@ssh 198.19.0.1 40000 198.19.0.20 22\n@@section preflight\nuid=0\nowner=root\n"
-                "tcpdump=/usr/sbin/tcpdump\ntcpdump_version=tcpdump version 4.99.3\n"
-                f"free_kb=1000000\ndir={self.remote_dir}\n" + _snapshot()
-            )
-        elif cmd.phase == "arm":
-            ifaces = cmd.args[10:]  # job, dir, limit, maxpk, maxbytes, snaplen, keep, filter, tcpdump, witness
-            out = f"@@section arm\narmed_ns={now}\njob_pid=4242\n" + "".join(
-                f"pid {i} {5000 + n}\n" for n, i in enumerate(ifaces)
-            )
-        elif cmd.phase == "finish":
-            ifaces = cmd.args[3:]  # dir, wait_s, conntrack ports, then the interfaces
-            digest = hashlib.sha256(self.pcap).hexdigest()
-            out = f"@@section finish\nalready_done=0\ndone_ns={now}\nstop_reason=duration\n"
-            out += "".join(f"rc {i} 0\nfile {i}.pcap {len(self.pcap)} {digest}\n" for i in ifaces)
-            out += "".join(
-                f"@@section tcpdump_err {i}\nlistening on {i}\n3 packets captured\n"
-                "3 packets received by filter\n0 packets dropped by kernel\n"
-                for i in ifaces
-            )
-            out += _snapshot()
-        elif cmd.phase == "cleanup":
-            out = f"@@section cleanup\nremoved={self.remote_dir}\n"
-        else:
-            out = ""
+        out = f"@@section cleanup\nremoved={self.remote_dir}\n" if cmd.phase == "cleanup" else ""
         return CommandResult(cmd, 0, out, "", now, time.time_ns())
+
+
+class FakeSession:
+    def __init__(self, host: FakeHost, cmd: RemoteCommand, answer: Answer | None) -> None:
+        self.host = host
+        self.cmd = cmd
+        self.lines: deque[str] = deque()
+        self.conversation: Conversation | None = None
+        self.exit_status: int | None = None
+        self.stderr = ""
+        self.more = anyio.Event()
+        self.started = time.time_ns()
+        self.closed = False
+        if isinstance(answer, CommandResult):
+            self._out(answer.stdout)
+            self.exit_status, self.stderr = answer.exit_status, answer.stderr
+        else:
+            dialogue = answer if answer is not None else host.dialogues.get(cmd.phase)
+            if dialogue is None:
+                self.exit_status = 0
+                return
+            self.conversation = cast(Dialogue, dialogue)(host, cmd)
+            self._step(None)
+
+    def _out(self, text: str) -> None:
+        self.lines.extend(text.splitlines())
+
+    def _step(self, said: str | None) -> None:
+        assert self.conversation is not None
+        try:
+            self._out(next(self.conversation) if said is None else self.conversation.send(said))
+        except StopIteration as stop:
+            last, self.exit_status = stop.value
+            self._out(last)
+            self.conversation = None
+        self.more.set()
+
+    async def readline(self) -> str | None:
+        while not self.lines:
+            if self.conversation is None:
+                return None
+            self.more = anyio.Event()
+            await self.more.wait()  # the host waits for the controller: so does this read
+        return self.lines.popleft()
+
+    async def send(self, line: str) -> None:
+        self.host.said.append(line)
+        if self.conversation is not None:
+            self._step(line)
+
+    async def close(self, wait_s: float) -> CommandResult:
+        if not self.closed:
+            self.closed = True
+            self.host.sessions_open -= 1
+        if self.conversation is not None:
+            self.conversation.close()  # stdin closed: the host's script reads EOF and exits
+            self.conversation, self.exit_status = None, 0
+        return CommandResult(self.cmd, self.exit_status, "\n".join(self.lines), self.stderr, self.started,
+                             time.time_ns())  # fmt: skip
 
 
 class FakeTransport:
@@ -84,44 +179,50 @@ class FakeTransport:
         self.name = host.name
         self.closed = False
 
-    async def run(self, command: RemoteCommand) -> CommandResult:
+    async def _start(self, command: RemoteCommand) -> Answer | None:
         if self.closed:
             raise ConnectionLost(self.name, "connection closed")
         self.host.log.append(command)
+        self.host.sessions_open += 1
+        self.host.sessions_max = max(self.host.sessions_max, self.host.sessions_open)
         delay = self.host.delays.get(command.phase, 0.0)
         if delay:
             await anyio.sleep(delay)
         answer = self.host.answers.get(command.phase)
-        if answer is None:
-            return self.host.default(command)
         if isinstance(answer, BaseException):
             raise answer
-        if isinstance(answer, CommandResult):
-            return CommandResult(
-                answer.command if answer.command else command, answer.exit_status, answer.stdout, answer.stderr
-            )
-        return answer(command)
+        return answer
 
-    async def exchange(self, command: RemoteCommand, count: int) -> tuple[str, list[tuple[int, str, int]]]:
-        if self.closed:
-            raise ConnectionLost(self.name, "connection closed")
-        self.host.log.append(command)
-        answer = self.host.answers.get(command.phase)
-        if isinstance(answer, BaseException):
-            raise answer
-        samples = []
-        for _ in range(count):
-            sent = time.time_ns()
-            remote = time.time_ns() + self.host.clock_offset_ns
-            samples.append((sent, str(remote), time.time_ns()))
-        return "@@clock ns", samples
+    async def run(self, command: RemoteCommand) -> CommandResult:
+        try:
+            answer = await self._start(command)
+            if answer is None:
+                return self.host.default(command)
+            if isinstance(answer, CommandResult):
+                return CommandResult(command, answer.exit_status, answer.stdout, answer.stderr)
+            return cast(Callable[[RemoteCommand], CommandResult], answer)(command)
+        finally:
+            self.host.sessions_open -= 1
+
+    async def open(self, command: RemoteCommand) -> FakeSession:
+        try:
+            return FakeSession(self.host, command, await self._start(command))
+        except BaseException:
+            self.host.sessions_open -= 1
+            raise
 
     async def get(self, remote_path: str, local_path: Path) -> None:
         if not remote_path.startswith(self.host.remote_dir + "/"):
             raise TransferError(self.name, f"no such file {remote_path}")
-        fd = os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.host.pcap)
+        self.host.sessions_open += 1  # a transfer session while it lasts
+        self.host.sessions_max = max(self.host.sessions_max, self.host.sessions_open)
+        try:
+            await anyio.lowlevel.checkpoint()
+            fd = os.open(local_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(self.host.pcap)
+        finally:
+            self.host.sessions_open -= 1
 
     async def close(self) -> None:
         self.closed = True
@@ -138,3 +239,6 @@ class FakeConnector:
         if host.connect_error is not None:
             raise host.connect_error
         return FakeTransport(host)
+
+    async def close(self) -> None:
+        return None

@@ -6,6 +6,8 @@ the phase parsers below turn the blocks into small dataclasses. Nothing here doe
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from dataclasses import dataclass, field
@@ -15,10 +17,9 @@ SNAPSHOT_SECTIONS = (
     "clock_ns",
     "uname",
     "ip_addr",
-    "ip_link",
+    "ip_link",  # bundles before 0.2 (ip -j addr has the links' index, name and MAC too)
     "ip_s_link",
-    "ss_tnpi",
-    "ss_tlnp",
+    "ss_tanpi",  # connections and listeners, with their processes (bundles before 0.2: ss_tnpi, ss_tlnp)
     "ss_s",
     "nstat",
     "conntrack_count",
@@ -123,12 +124,17 @@ def parse_ssh_connection(value: str) -> SshEndpoints | None:
         return None
 
 
+def _int(text: str | None, default: int) -> int:
+    """A number the host printed; anything else is the default (parsers are total)."""
+    t = (text or "").strip()
+    return int(t) if re.fullmatch(r"-?[0-9]{1,20}", t) else default
+
+
 @dataclass
 class Preflight:
     uid: int
     owner: str
     tcpdump: str
-    tcpdump_version: str
     free_kb: int
     remote_dir: str
     ssh: SshEndpoints | None
@@ -137,11 +143,10 @@ class Preflight:
 def parse_preflight(parsed: Parsed) -> Preflight:
     kv = parsed.kv("preflight")
     return Preflight(
-        uid=int(kv.get("uid", "-1") or -1),
+        uid=_int(kv.get("uid"), -1),
         owner=kv.get("owner", ""),
         tcpdump=kv.get("tcpdump", ""),
-        tcpdump_version=kv.get("tcpdump_version", ""),
-        free_kb=int(kv.get("free_kb", "0") or 0),
+        free_kb=_int(kv.get("free_kb"), 0),
         remote_dir=kv.get("dir", ""),
         ssh=parse_ssh_connection(parsed.ssh_connection),
     )
@@ -154,12 +159,22 @@ class RemoteFile:
     sha256: str
 
 
-def _files(parsed: Parsed, section: str) -> list[RemoteFile]:
-    return [
-        RemoteFile(w[0], int(w[1]), w[2])
-        for w in parsed.words(section, "file")
-        if len(w) == 3 and w[1].isdigit() and re.fullmatch(r"[0-9a-f]{64}", w[2])
-    ]
+_SHA_LINE = re.compile(r"^([0-9a-f]{64}) [ *](\S+)$")
+
+
+def parse_files(parsed: Parsed) -> list[RemoteFile]:
+    """The ``files`` section: ``size N PATH`` lines (one ``stat``) and ``SHA256  PATH`` lines (one
+    ``sha256sum``), joined by file name. A file with only one of the two is left out."""
+    sec = parsed.sections.get("files")
+    sizes: dict[str, int] = {}
+    digests: dict[str, str] = {}
+    for line in sec.body.splitlines() if sec else []:
+        words = line.split()
+        if len(words) == 3 and words[0] == "size" and words[1].isdigit():
+            sizes[words[2].rsplit("/", 1)[-1]] = int(words[1])
+        elif m := _SHA_LINE.match(line):
+            digests[m.group(2).rsplit("/", 1)[-1]] = m.group(1)
+    return [RemoteFile(name, size, digests[name]) for name, size in sizes.items() if name in digests]
 
 
 @dataclass
@@ -177,10 +192,12 @@ class WitnessStatus:
     files: list[RemoteFile] = field(default_factory=list)
 
 
+_WITNESS_FILE = re.compile(r"witness\.[a-z_]+(\.format)?")
+
+
 def parse_witness(parsed: Parsed) -> WitnessStatus:
     kv = parsed.kv("witness")
     removed = kv.get("removed")
-    swept = kv.get("swept", "0")
     return WitnessStatus(
         state=kv.get("state", "unknown"),
         reason=kv.get("reason", ""),
@@ -188,9 +205,9 @@ def parse_witness(parsed: Parsed) -> WitnessStatus:
         clock=kv.get("clock", ""),
         events=[e for e in kv.get("events", "").split(",") if e],
         removed=None if removed is None else removed == "1",
-        swept=int(swept) if swept.isdigit() else 0,
+        swept=max(0, _int(kv.get("swept"), 0)),
         error=kv.get("error", ""),
-        files=[f for f in _files(parsed, "witness") if re.fullmatch(r"witness\.[a-z_]+(\.format)?", f.name)],
+        files=[f for f in parse_files(parsed) if _WITNESS_FILE.fullmatch(f.name)],
     )
 
 
@@ -200,13 +217,16 @@ class Armed:
     job_pid: int | None
     pids: dict[str, int]
     witness: WitnessStatus = field(default_factory=WitnessStatus)
+    tcpdump: str = ""  # path and version of the tcpdump that captured
 
 
 def parse_arm(parsed: Parsed) -> Armed:
     kv = parsed.kv("arm")
     pids = {w[0]: int(w[1]) for w in parsed.words("arm", "pid") if len(w) == 2 and w[1].isdigit()}
-    job, armed = kv.get("job_pid", ""), kv.get("armed_ns", "")
-    return Armed(int(armed) if armed.isdigit() else 0, int(job) if job.isdigit() else None, pids, parse_witness(parsed))
+    job, armed = _int(kv.get("job_pid"), -1), _int(kv.get("armed_ns"), 0)
+    td = parsed.kv("tcpdump")
+    tcpdump = " ".join(x for x in (td.get("path", ""), td.get("version", "")) if x)
+    return Armed(max(armed, 0), job if job > 0 else None, pids, parse_witness(parsed), tcpdump)
 
 
 @dataclass
@@ -243,16 +263,16 @@ def parse_finish(parsed: Parsed) -> Finished:
     for w in parsed.words("finish", "rc"):
         if w:
             codes[w[0]] = int(w[1]) if len(w) > 1 and w[1].lstrip("-").isdigit() else None
-    files = _files(parsed, "finish")
+    files = [f for f in parse_files(parsed) if f.name.endswith(".pcap")]
     errs = {
         name[len("tcpdump_err ") :]: sec.body
         for name, sec in parsed.sections.items()
         if name.startswith("tcpdump_err ")
     }
-    done = kv.get("done_ns", "")
+    done = _int(kv.get("done_ns"), -1)
     return Finished(
         already_done=kv.get("already_done") == "1",
-        done_ns=int(done) if done.isdigit() else None,
+        done_ns=done if done > 0 else None,
         stop_reason=kv.get("stop_reason", ""),
         exit_codes=codes,
         files=files,
@@ -260,6 +280,46 @@ def parse_finish(parsed: Parsed) -> Finished:
         stats={iface: parse_tcpdump_stats(text) for iface, text in errs.items()},
         witness=parse_witness(parsed),
     )
+
+
+def parse_inline(parsed: Parsed, files: list[RemoteFile]) -> dict[str, bytes]:
+    """The files the host sent inside its finish output (section ``inline``: their names, then
+    their bytes one after the other, base64), cut by the sizes the host listed. A file whose
+    bytes do not add up is left out (it comes over SFTP instead); digests are the caller's."""
+    sec = parsed.sections.get("inline")
+    if sec is None or sec.rc != 0:
+        return {}
+    names = [w[0] for w in parsed.words("inline", "name") if w]
+    text = "".join(ln for ln in sec.body.splitlines() if not ln.startswith("name "))
+    try:
+        blob = base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return {}
+    sizes = {f.name: f.size for f in files}
+    out: dict[str, bytes] = {}
+    at = 0
+    for name in names:
+        size = sizes.get(name)
+        if size is None or at + size > len(blob):
+            return out
+        out[name] = blob[at : at + size]
+        at += size
+    return out
+
+
+@dataclass
+class Cleaned:
+    removed: bool  # the directory is gone
+    instance_removed: bool | None  # the witness's ftrace instance is gone (None: none, or not yet)
+    instance_pending: bool = False  # it was still there, its job still removing it
+
+
+def parse_cleanup(parsed: Parsed) -> Cleaned:
+    kv = parsed.kv("cleanup")
+    inst = kv.get("instance_removed")
+    if inst == "pending":
+        return Cleaned(bool(kv.get("removed")), None, True)
+    return Cleaned(bool(kv.get("removed")), None if inst is None else inst == "1")
 
 
 def snapshot_files(parsed: Parsed) -> dict[str, str]:
@@ -329,8 +389,9 @@ class ProbeResult:
 def parse_probe(header: str, samples: list[tuple[int, str, int]]) -> ProbeResult | None:
     """NTP-style: the host read its clock somewhere between our send and our receive, so with
     the shortest round trip, offset = host - (send + receive) / 2 within +- round trip / 2.
-    None when no answer was a number (the first sample, which pays for the shell, is dropped)."""
-    unit = 1000 if header.strip() == "@@clock us" else 1
+    ``header`` is the host's ``@@probe us`` or ``@@probe ns``. None when no answer was a number
+    (the first sample, which pays for the shell, is dropped)."""
+    unit = 1000 if header.split()[-1:] == ["us"] else 1
     good = []
     for sent, text, received in samples[1:] if len(samples) > 1 else samples:
         if text.isdigit() and received >= sent:

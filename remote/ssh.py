@@ -31,6 +31,7 @@ from remote.errors import (
 from remote.transport import CommandResult, SshTarget
 
 _known_hosts_lock = asyncio.Lock()
+_NOTHING_TRUSTED = asyncssh.import_known_hosts("")
 CAT_TIMEOUT_S = 3600  # one file over an exec channel (no SFTP on the host): at most an hour
 
 
@@ -81,43 +82,106 @@ def _mapped(name: str, what: str, prefix: str = "") -> Iterator[None]:
         raise ConnectError(name, f"{prefix}{what} failed: {exc.reason}") from exc
 
 
+# Sessions, commands and transfers open at once on one connection: below OpenSSH's default
+# MaxSessions (10), so that a stock sshd never refuses one of ours.
+MAX_SESSIONS = 8
+
+
+class SshSession:
+    def __init__(self, name: str, proc: Any, command: RemoteCommand, release: Any) -> None:
+        self.name = name
+        self._proc = proc
+        self._command = command
+        self._release = release
+        self._started = time.time_ns()
+        self._lines: list[str] = []  # complete lines read ahead, in reverse order
+        self._partial = ""
+        self._eof = False
+
+    async def readline(self) -> str | None:
+        # Read what has arrived and split it here: a snapshot is hundreds of lines, and asyncssh's
+        # own readline costs far more per line than one read and a split.
+        while not self._lines:
+            if self._eof:
+                if self._partial:
+                    line, self._partial = self._partial, ""
+                    return line
+                return None
+            try:
+                data = await self._proc.stdout.read(1 << 16)
+            except (asyncssh.Error, OSError) as exc:
+                raise ConnectionLost(self.name, f"connection lost during {self._command.phase}: {exc}") from exc
+            if not data:
+                self._eof = True
+                continue
+            *done, self._partial = (self._partial + data).split("\n")
+            self._lines = done[::-1]
+        return self._lines.pop()
+
+    async def send(self, line: str) -> None:
+        try:
+            self._proc.stdin.write(line + "\n")
+        except (asyncssh.Error, OSError, BrokenPipeError) as exc:
+            raise ConnectionLost(self.name, f"connection lost during {self._command.phase}: {exc}") from exc
+
+    async def close(self, wait_s: float) -> CommandResult:
+        status: int | None = None
+        stdout = stderr = ""
+        try:
+            try:
+                self._proc.stdin.write_eof()
+            except (asyncssh.Error, OSError):
+                pass
+            done = await self._proc.wait(check=False, timeout=wait_s)
+            status, stdout, stderr = done.exit_status, str(done.stdout or ""), str(done.stderr or "")
+        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
+            stderr = f"session did not end cleanly: {exc}"
+        finally:
+            self._proc.close()
+            self._release()
+        return CommandResult(self._command, status, stdout, stderr, self._started, time.time_ns())
+
+
 class SshTransport:
-    def __init__(self, name: str, conn: asyncssh.SSHClientConnection, jump: Any = None) -> None:
+    def __init__(self, name: str, conn: asyncssh.SSHClientConnection) -> None:
         self.name = name
         self._conn = conn
-        self._jump = jump
+        self._slots = asyncio.Semaphore(MAX_SESSIONS)
+        self._sftp: Any = None
+        self._sftp_lock = asyncio.Lock()
         self.sftp: bool | None = None  # None: not tried yet; False: the host refused the subsystem
 
     async def run(self, command: RemoteCommand) -> CommandResult:
         started = time.time_ns()
-        try:
-            proc = await self._conn.run(command.line, check=False, encoding="utf-8", errors="replace")
-        except (asyncssh.Error, OSError) as exc:
-            raise ConnectionLost(self.name, f"connection lost during {command.phase}: {exc}") from exc
-        return CommandResult(
-            command,
-            proc.exit_status,
-            str(proc.stdout or ""),
-            str(proc.stderr or ""),
-            started,
-            time.time_ns(),
-        )
+        async with self._slots:
+            try:
+                proc = await self._conn.run(command.line, check=False, encoding="utf-8", errors="replace")
+            except (asyncssh.Error, OSError) as exc:
+                raise ConnectionLost(self.name, f"connection lost during {command.phase}: {exc}") from exc
+        return CommandResult(command, proc.exit_status, str(proc.stdout or ""), str(proc.stderr or ""), started,
+                             time.time_ns())  # fmt: skip
 
-    async def exchange(self, command: RemoteCommand, count: int) -> tuple[str, list[tuple[int, str, int]]]:
-        samples = []
+    async def open(self, command: RemoteCommand) -> SshSession:
+        await self._slots.acquire()
         try:
-            async with self._conn.create_process(command.line, encoding="utf-8", errors="replace") as proc:
-                header = (await proc.stdout.readline()).strip()
-                for _ in range(count):
-                    sent = time.time_ns()
-                    proc.stdin.write("t\n")
-                    answer = await proc.stdout.readline()
-                    samples.append((sent, answer.strip(), time.time_ns()))
-                proc.stdin.write_eof()
-                await proc.wait(check=False, timeout=5)
-        except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
-            raise ConnectionLost(self.name, f"clock probe failed: {exc}") from exc
-        return header, samples
+            proc = await self._conn.create_process(command.line, encoding="utf-8", errors="replace")
+        except BaseException as exc:
+            self._slots.release()
+            if isinstance(exc, (asyncssh.Error, OSError)):
+                raise ConnectionLost(self.name, f"cannot start {command.phase}: {exc}") from exc
+            raise
+        return SshSession(self.name, proc, command, self._slots.release)
+
+    async def _sftp_client(self) -> Any:
+        """One SFTP session for all of this host's files (None where the host has none)."""
+        async with self._sftp_lock:
+            if self.sftp is None:
+                try:
+                    self._sftp = await self._conn.start_sftp_client()
+                    self.sftp = True
+                except (asyncssh.ChannelOpenError, asyncssh.SFTPError):
+                    self.sftp = False  # the subsystem is refused: not asked again on this connection
+            return self._sftp
 
     async def get(self, remote_path: str, local_path: Path) -> None:
         """SFTP first; where the host has no SFTP subsystem (hardened hosts remove it), the file
@@ -127,17 +191,12 @@ class SshTransport:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.close(fd)
-            if self.sftp is not False:
-                try:
-                    client = await self._conn.start_sftp_client()
-                except (asyncssh.ChannelOpenError, asyncssh.SFTPError):
-                    self.sftp = False  # the subsystem is refused: not asked again on this connection
+            client = await self._sftp_client()
+            async with self._slots:
+                if client is not None:
+                    await client.get(remote_path, str(tmp))
                 else:
-                    self.sftp = True
-                    async with client:
-                        await client.get(remote_path, str(tmp))
-            if self.sftp is False:
-                await self._cat(remote_path, tmp)
+                    await self._cat(remote_path, tmp)
             os.chmod(tmp, 0o600)
             os.replace(tmp, local_path)
         except (asyncssh.Error, OSError) as exc:
@@ -154,16 +213,16 @@ class SshTransport:
             raise OSError(f"no SFTP subsystem, and `cat` exited {result.exit_status}: {err}")
 
     async def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.exit()
         self._conn.close()
-        if self._jump is not None:
-            self._jump.close()
 
 
 def _expand(paths: tuple[str, ...]) -> list[str]:
     return [os.path.expanduser(p) for p in paths]
 
 
-async def _open(target: SshTarget, known_hosts: Any) -> tuple[asyncssh.SSHClientConnection, Any]:
+def _common(target: SshTarget, known_hosts: Any) -> dict[str, Any]:
     # Both the jump host and the target get the same keys, known_hosts and client config.
     common: dict[str, Any] = {
         "known_hosts": known_hosts,
@@ -173,29 +232,65 @@ async def _open(target: SshTarget, known_hosts: Any) -> tuple[asyncssh.SSHClient
     }
     if target.identity_files:
         common["client_keys"] = _expand(target.identity_files)
-    jump = None
-    if target.jump is not None:
-        j = target.jump
-        with _mapped(target.name, "connect", prefix=f"jump host {j.host}:{j.port}: "):
-            jump = await asyncssh.connect(j.host, port=j.port, username=j.user or target.user or (), **common)
-        common["tunnel"] = jump
-    try:
-        conn = await asyncssh.connect(target.host, port=target.port, username=target.user or (), **common)
-    except BaseException:
-        if jump is not None:
-            jump.close()
-        raise
-    return conn, jump
+    return common
 
 
 class SshConnector:
+    """Opens one connection per host. Hosts behind the same jump host share one connection to it
+    (each host is a forwarded channel on it): a bastion's sshd sees one login, not one per host,
+    so its MaxStartups (10:30:100 by default) never drops ours."""
+
+    def __init__(self) -> None:
+        self._jumps: dict[tuple[Any, ...], asyncio.Future[asyncssh.SSHClientConnection]] = {}
+        self._known: dict[Path, Any] = {}  # known_hosts files, read once per run, not once per host
+
+    def _known_hosts(self, path: Path, host: str) -> Any:
+        if path not in self._known:
+            try:
+                self._known[path] = asyncssh.read_known_hosts(str(path)) if path.exists() else _NOTHING_TRUSTED
+            except (OSError, ValueError) as exc:
+                raise ConnectError(host, f"cannot read known_hosts {path}: {exc}") from exc
+        return self._known[path]
+
+    async def _jump(self, target: SshTarget, known: Any) -> asyncssh.SSHClientConnection:
+        j = target.jump
+        assert j is not None
+        key = (j.host, j.port, j.user or target.user, target.identity_files, target.config_files, id(known))
+        fut = self._jumps.get(key)
+        if fut is not None and not (fut.done() and fut.result().is_closed()):
+            return await asyncio.shield(fut)  # the hosts behind one jump host share its connection
+        fut = asyncio.get_running_loop().create_future()
+        self._jumps[key] = fut
+        try:
+            with _mapped(target.name, "connect", prefix=f"jump host {j.host}:{j.port}: "):
+                conn = await asyncssh.connect(
+                    j.host, port=j.port, username=j.user or target.user or (), **_common(target, known)
+                )
+        except BaseException as exc:
+            del self._jumps[key]  # the next host tries again; the ones waiting get this error
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(exc)
+                fut.exception()  # retrieved
+            raise
+        fut.set_result(conn)
+        return conn
+
+    async def _open(self, target: SshTarget, known_hosts: Any, jump_known_hosts: Any) -> asyncssh.SSHClientConnection:
+        common = _common(target, known_hosts)
+        if target.jump is not None:
+            # The jump host's key is always verified, even when the target's is being learnt.
+            common["tunnel"] = await self._jump(target, jump_known_hosts)
+        return await asyncssh.connect(target.host, port=target.port, username=target.user or (), **common)
+
     async def connect(self, target: SshTarget) -> SshTransport:
         path = _known_hosts_path(target)
         # A missing known_hosts file means "nothing is trusted", never "trust everything".
-        known: Any = str(path) if path.exists() else asyncssh.import_known_hosts("")
         with _mapped(target.name, "connect"):
+            known = self._known_hosts(path, target.name)
             try:
-                conn, jump = await _open(target, known)
+                conn = await self._open(target, known, known)
             except asyncssh.HostKeyNotVerifiable as exc:
                 if _has_entry(target):
                     raise HostKeyError(
@@ -209,9 +304,15 @@ class SshConnector:
                         f"unknown host key for {_known_hosts_name(target)} (not in {path}); "
                         "verify it and add it with ssh-keyscan, or re-run with --accept-new-host-keys",
                     ) from exc
-                conn, jump = await _open(target, None)
+                conn = await self._open(target, None, known)
                 await self._remember(target, conn, path)
-        return SshTransport(target.name, conn, jump)
+        return SshTransport(target.name, conn)
+
+    async def close(self) -> None:
+        for fut in self._jumps.values():
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                fut.result().close()
+        self._jumps.clear()
 
     @staticmethod
     async def _remember(target: SshTarget, conn: asyncssh.SSHClientConnection, path: Path) -> None:

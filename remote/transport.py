@@ -46,8 +46,28 @@ class CommandResult:
     ended_ns: int = 0
 
 
+class Session(Protocol):
+    """One remote command the controller talks to line by line over its stdin and stdout (the
+    arm and finish sessions of ``remote.scripts``)."""
+
+    async def readline(self) -> str | None:
+        """The next line of its stdout, without the newline; None once it closed its stdout.
+        Raises ConnectionLost."""
+        ...
+
+    async def send(self, line: str) -> None:
+        """Write one line to its stdin. Raises ConnectionLost."""
+        ...
+
+    async def close(self, wait_s: float) -> CommandResult:
+        """Close its stdin and wait (at most ``wait_s``) for it to exit: its exit status (None
+        if it did not exit within wait_s, or the connection went), its stderr, and any stdout not read."""
+        ...
+
+
 class Transport(Protocol):
-    """One open connection to one host."""
+    """One open connection to one host. Sessions, commands and transfers on it count against the
+    host's sshd ``MaxSessions`` (10 by default): an implementation keeps to fewer at once."""
 
     name: str
 
@@ -55,10 +75,8 @@ class Transport(Protocol):
         """Run one command. Raises ConnectionLost, CommandTimeout (see ``remote.errors``)."""
         ...
 
-    async def exchange(self, command: RemoteCommand, count: int) -> tuple[str, list[tuple[int, str, int]]]:
-        """Start ``command``, read the header line it prints first, then ``count`` times send it a
-        line and read its one-line answer: (header, [(controller ns sent, answer, controller ns
-        received)]). Used for the clock probe. Raises ConnectionLost."""
+    async def open(self, command: RemoteCommand) -> Session:
+        """Start a command to talk to (``Session``); the caller closes it. Raises ConnectionLost."""
         ...
 
     async def get(self, remote_path: str, local_path: Path) -> None:
@@ -71,4 +89,8 @@ class Transport(Protocol):
 class Connector(Protocol):
     async def connect(self, target: SshTarget) -> Transport:
         """Open a connection. Raises ConnectError, AuthError, HostKeyError."""
+        ...
+
+    async def close(self) -> None:
+        """Close what the connector shares between connections (jump-host connections)."""
         ...

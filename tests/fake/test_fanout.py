@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import anyio
@@ -13,8 +15,9 @@ from orchestrator.flow import parse_flow
 from orchestrator.inventory import Inventory
 from orchestrator.plan import build_plan
 from orchestrator.run import PROBE_SAMPLES, RunOptions, run_capture
-from remote.errors import AuthError, ConnectError, ConnectionLost, HostKeyError
-from remote.fake import FakeConnector, FakeHost
+from remote.commands import RemoteCommand
+from remote.errors import AuthError, ConnectError, HostKeyError
+from remote.fake import Conversation, FakeConnector, FakeHost, arm_dialogue, finish_dialogue, probe, snapshot
 from remote.transport import CommandResult
 
 pytestmark = pytest.mark.anyio
@@ -77,27 +80,65 @@ async def test_all_hosts_captured_pulled_and_cleaned(tmp_path: Path) -> None:
     assert (tmp_path / "b/proxy/eth1.pcap").read_bytes() == fakes["proxy"].pcap
     assert all(r.remote_dir_removed for r in recs.values())
     for f in fakes.values():
-        assert [c.phase for c in f.log] == ["prepare", "probe", "arm", "finish", "probe", "cleanup"]
-        # Every remote call, the clock probes included, has its line in commands.jsonl.
-        logged = [json.loads(x)["phase"] for x in (tmp_path / "b" / f.name / "commands.jsonl").read_text().splitlines()]
-        assert logged == ["prepare", "probe", "arm", "finish", "probe", "cleanup"]
+        # Two sessions a host: arm (go, the probe, snap) and finish (the probe, snap, rm).
+        assert [c.phase for c in f.log] == ["arm", "finish"]
+        logged = [json.loads(x) for x in (tmp_path / "b" / f.name / "commands.jsonl").read_text().splitlines()]
+        assert [x["phase"] for x in logged] == ["arm", "finish"]
+        assert logged[0]["said"] == [f"go {f.filters[0]}", f"t (x{PROBE_SAMPLES})", "snap"]
+        assert logged[1]["said"] == [f"t (x{PROBE_SAMPLES})", "snap", "rm"]
+        assert set(logged[0]["steps_ns"]) == {"preflight", "tcpdump listening", "clock probe", "witness and snapshot"}
+        assert f.sessions_max <= 3  # far below OpenSSH's default MaxSessions 10
     # The capture filter excludes our own SSH session as the host reported it.
     assert "not (host 198.19.0.1 and host 198.19.0.20 and port 40000 and port 22)" in (recs["client"].bpf_filter or "")
+    assert fakes["client"].filters == [recs["client"].bpf_filter]
     assert result.start_skew_ms is not None
+    assert (tmp_path / "b/proxy/before/nstat.txt").exists() and (tmp_path / "b/proxy/after/nstat.txt").exists()
+
+
+async def test_no_host_hears_go_before_every_host_is_ready(tmp_path: Path) -> None:
+    """The start barrier: the slowest host's @@ready comes before anyone's "go"."""
+    events: list[tuple[str, str]] = []
+
+    def watched(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        talk = arm_dialogue(host, cmd)
+        out = next(talk)
+        events.append(("ready", host.name))
+        said = yield out
+        events.append(("go", host.name))
+        try:
+            while True:
+                said = yield talk.send(said)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    fakes = hosts(backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA", connect_delay=0.3))
+    for f in fakes.values():
+        f.dialogues["arm"] = watched
+    _, recs = await go(tmp_path, fakes)
+    assert all(r.status == "ok" for r in recs.values())
+    assert [e for e, _ in events] == ["ready"] * 3 + ["go"] * 3, events
+    assert events[2] == ("ready", "backend")
 
 
 async def test_clock_probes_are_recorded_and_a_failing_probe_is_only_a_note(tmp_path: Path) -> None:
+    def nonsense(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        said = yield f"@@section preflight\nuid=0\ndir={host.remote_dir}\n@@ready\n"
+        host.filters.append(said[3:])
+        said = yield f"@@section arm\narmed_ns={time.time_ns()}\n@@probe us\n"
+        while said == "t":
+            said = yield "not a clock\n"
+        return snapshot(), 0
+
     fakes = hosts(
         proxy=FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA", clock_offset_ns=2_500_000_000),
-        backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA",
-                         answers={"probe": ConnectionLost("backend", "channel closed")}),
-    )  # fmt: skip
+        backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA", answers={"arm": nonsense}),
+    )
     _, recs = await go(tmp_path, fakes)
     assert [p.phase for p in recs["proxy"].clock_probes] == ["start", "end"]
     for p in recs["proxy"].clock_probes:
         assert abs(p.offset_ns - 2_500_000_000) <= p.bound_ns and p.samples == PROBE_SAMPLES - 1
-    assert recs["backend"].status == "ok" and not recs["backend"].clock_probes
-    assert "clock probe at start failed: channel closed" in recs["backend"].notes
+    assert recs["backend"].status == "ok" and [p.phase for p in recs["backend"].clock_probes] == ["end"]
+    assert "clock probe at start: no usable answer" in recs["backend"].notes
 
 
 @pytest.mark.parametrize(
@@ -128,24 +169,35 @@ async def test_connect_deadline(tmp_path: Path) -> None:
     assert recs["client"].status == "ok"
 
 
-async def test_command_deadline_on_the_controller(tmp_path: Path) -> None:
-    fakes = hosts(backend=FakeHost("backend", delays={"finish": 30}))
+def silent_after_listing(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    """A finish session that stops answering after it stopped the capture."""
+    yield "@@section finish\nalready_done=0\n"
+    raise AssertionError("the controller never speaks before @@probe")
+
+
+async def test_a_host_that_stops_answering_mid_session_is_cut_off(tmp_path: Path) -> None:
+    fakes = hosts(backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA"))
+    fakes["backend"].dialogues["finish"] = silent_after_listing
     with anyio.fail_after(20):
-        _, recs = await go(tmp_path, fakes, controller_slack=-80.0)  # finish's host limit is 80 s
+        _, recs = await go(tmp_path, fakes, step_timeout=0.5, grace=0)  # finish waits grace + 5 s more
     assert recs["backend"].error_kind == "timeout" and recs["backend"].failed_phase == "finish"
+    assert "stopping the capture" in (recs["backend"].error or "")
     assert recs["client"].status == "ok"
+    # The session's line is in commands.jsonl all the same, and the host was asked to clean up.
+    logged = [json.loads(x) for x in (tmp_path / "b/backend/commands.jsonl").read_text().splitlines()]
+    assert [x["phase"] for x in logged] == ["arm", "finish", "cleanup"]
 
 
 async def test_sudo_refusal_and_preflight_refusal_are_named(tmp_path: Path) -> None:
-    sudo_no = FakeHost("proxy", answers={"prepare": CommandResult(None, 1, "", "sudo: a password is required\n")})  # type: ignore[arg-type]
+    sudo_no = FakeHost("proxy", answers={"arm": CommandResult(None, 1, "", "sudo: a password is required\n")})  # type: ignore[arg-type]
     no_tcpdump = FakeHost(
         "backend",
         answers={
-            "prepare": CommandResult(
+            "arm": CommandResult(
                 None, 11, "@@section preflight\nuid=0\n@@fail no_tcpdump tcpdump is not installed\n", ""
-            )
+            )  # type: ignore[arg-type]
         },
-    )  # type: ignore[arg-type]
+    )
     inv = INV.model_copy(update={"ssh": INV.ssh.model_copy(update={"sudo": True})})
     bundle = Bundle.create(tmp_path / "b")
     result = await run_capture(
@@ -154,40 +206,53 @@ async def test_sudo_refusal_and_preflight_refusal_are_named(tmp_path: Path) -> N
     recs = {r.name: r for r in result.records}
     assert recs["proxy"].error_kind == "no_privilege" and "sudo -n refused" in (recs["proxy"].error or "")
     assert recs["backend"].error_kind == "no_tcpdump" and recs["backend"].error == "tcpdump is not installed"
+    assert recs["proxy"].failed_phase == recs["backend"].failed_phase == "prepare"
     # The exact command and its stderr are kept for the person reading the bundle.
     logged = [json.loads(x) for x in (tmp_path / "b/proxy/commands.jsonl").read_text().splitlines()]
-    assert logged[0]["phase"] == "prepare" and logged[0]["exit_status"] == 1
+    assert logged[0]["phase"] == "arm" and logged[0]["exit_status"] == 1
     assert "sudo: a password is required" in logged[0]["stderr"]
+    assert recs["client"].status == "ok"
 
 
-async def test_reproduce_runs_on_the_client_once_all_are_armed(tmp_path: Path) -> None:
+async def test_reproduce_runs_on_the_client_once_every_host_has_its_snapshot(tmp_path: Path) -> None:
     order: list[str] = []
+
+    def noted(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        last, status = yield from arm_dialogue(host, cmd)
+        order.append(f"armed {host.name}")
+        return last, status
+
     fakes = hosts()
     for f in fakes.values():
-        f.answers["arm"] = lambda cmd, f=f: (order.append(f"arm {f.name}"), f.default(cmd))[1]
+        f.dialogues["arm"] = noted
     fakes["client"].answers["reproduce"] = lambda cmd: (
         order.append("reproduce"),
         CommandResult(cmd, 56, "", "curl: (56) reset\n"),
     )[1]
     result, _ = await go(tmp_path, fakes, reproduce="curl http://10.1.0.2:443/")
-    assert order[-1] == "reproduce" and sorted(order[:-1]) == ["arm backend", "arm client", "arm proxy"]
+    assert order[-1] == "reproduce" and sorted(order[:-1]) == ["armed backend", "armed client", "armed proxy"]
     assert result.reproduce_exit == 56
     assert "curl: (56) reset" in (tmp_path / "b/client/reproduce.txt").read_text()
     assert not any(c.phase == "reproduce" for c in fakes["proxy"].log)
 
 
+def wrong_digest(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    talk = finish_dialogue(host, cmd)
+    said = yield re.sub(r"^[0-9a-f]{64} ", "0" * 64 + " ", next(talk), flags=re.M)
+    try:
+        while True:
+            said = yield talk.send(said)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
 async def test_corrupted_transfer_is_caught(tmp_path: Path) -> None:
     bad = FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA")
-    bad.answers["finish"] = lambda cmd: _with_wrong_digest(bad.default(cmd))
+    bad.dialogues["finish"] = wrong_digest
     _, recs = await go(tmp_path, hosts(backend=bad))
     assert recs["backend"].error_kind == "transfer" and "SHA-256" in (recs["backend"].error or "")
     assert recs["backend"].remote_dir_removed  # still cleaned up
-
-
-def _with_wrong_digest(res: CommandResult) -> CommandResult:
-    lines = [ln if not ln.startswith("file ") else ln[:-64] + "0" * 64 for ln in res.stdout.splitlines()]
-    res.stdout = "\n".join(lines) + "\n"
-    return res
+    assert bad.said[-1] == "rm"
 
 
 async def test_stop_early_still_collects(tmp_path: Path) -> None:
@@ -224,29 +289,63 @@ async def test_manifest_digests_verify(tmp_path: Path) -> None:
     assert verify(tmp_path / "b") == ["client/eth0.pcap: SHA-256 differs from the manifest"]
 
 
-@pytest.mark.parametrize("phase", ["prepare", "arm", "finish"])
-async def test_a_bug_in_one_hosts_phase_is_that_hosts_outcome(tmp_path: Path, phase: str) -> None:
+BUG = ValueError("invalid literal for int(): '1700000000N'")
+
+
+def bug_on_go(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    yield f"@@section preflight\nuid=0\ndir={host.remote_dir}\n@@ready\n"
+    raise BUG
+
+
+@pytest.mark.parametrize(
+    ("phase", "where"), [("prepare", {"answers": {"arm": BUG}}), ("arm", {"dialogues": {"arm": bug_on_go}}),
+                         ("finish", {"answers": {"finish": BUG}})]  # fmt: skip
+)
+async def test_a_bug_in_one_hosts_phase_is_that_hosts_outcome(tmp_path: Path, phase: str, where: dict) -> None:  # type: ignore[type-arg]
     """Any exception inside one host's phase (here the transport raising something no rule of
     ours expects) fails that host with error_kind internal and a debug log in the bundle; the
     other hosts' evidence is kept and the run goes on."""
-    bug = ValueError("invalid literal for int(): '1700000000N'")
-    fakes = hosts(backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA", answers={phase: bug}))
+    backend = FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA")
+    for attr, value in where.items():
+        getattr(backend, attr).update(value)
+    fakes = hosts(backend=backend)
     _, recs = await go(tmp_path, fakes)
-    backend = recs["backend"]
-    assert (backend.status, backend.error_kind, backend.failed_phase) == ("failed", "internal", phase)
-    assert "ValueError" in (backend.error or "") and "backend/debug.log" in (backend.error or "")
+    rec = recs["backend"]
+    assert (rec.status, rec.error_kind, rec.failed_phase) == ("failed", "internal", phase)
+    assert "ValueError" in (rec.error or "") and "backend/debug.log" in (rec.error or "")
     log = (tmp_path / "b/backend/debug.log").read_text()
     assert "Traceback" in log and "1700000000N" in log
     assert recs["client"].status == recs["proxy"].status == "ok"
     assert (tmp_path / "b/proxy/eth1.pcap").read_bytes() == fakes["proxy"].pcap
 
 
+def garbage_arm(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    said = yield f"@@section preflight\nuid=0\ndir={host.remote_dir}\n@@ready\n"
+    said = yield "@@section arm\narmed_ns=1700000000N\njob_pid=42x\npid eth0 5000\n@@probe ns\n"
+    said = yield from probe(host, said)
+    return "@@section witness\nstate=\nswept=x\n", 0
+
+
 async def test_an_unparseable_arm_reply_does_not_lose_the_host(tmp_path: Path) -> None:
-    garbage = CommandResult(None, 0, "@@section arm\narmed_ns=1700000000N\njob_pid=42x\npid eth0 5000\n", "")  # type: ignore[arg-type]
-    fakes = hosts(client=FakeHost("client", remote_dir="/tmp/capture-all.CLIEAAAA", answers={"arm": garbage}))
-    _, recs = await go(tmp_path, fakes)
+    client = FakeHost("client", remote_dir="/tmp/capture-all.CLIEAAAA")
+    client.dialogues["arm"] = garbage_arm
+    _, recs = await go(tmp_path, hosts(client=client))
     assert recs["client"].status == "ok" and recs["client"].remote_armed_ns is None
     assert all(r.status == "ok" for r in recs.values())
+
+
+async def test_a_failure_after_the_capture_started_costs_the_extras_not_the_capture(tmp_path: Path) -> None:
+    def snapshot_fails(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        said = yield f"@@section preflight\nuid=0\ndir={host.remote_dir}\n@@ready\n"
+        said = yield f"@@section arm\narmed_ns={time.time_ns()}\n@@probe ns\n"
+        said = yield from probe(host, said)
+        return "sh: 1: ip: not found\n", 2
+
+    proxy = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA")
+    proxy.dialogues["arm"] = snapshot_fails
+    _, recs = await go(tmp_path, hosts(proxy=proxy))
+    assert recs["proxy"].status == "ok" and (tmp_path / "b/proxy/eth1.pcap").exists()
+    assert any("after the capture started, the arm session failed: arm exited 2" in n for n in recs["proxy"].notes)
 
 
 async def test_a_stalled_reproducer_does_not_hold_the_run_past_its_window(tmp_path: Path) -> None:

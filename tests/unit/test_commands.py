@@ -8,10 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from remote import commands
+from remote import commands, scripts
 from remote.commands import UnsafeValue
 
 HOSTILE = ["$(reboot)", "`id`", "a; rm -rf /", "x' 'y", 'q"q', "new\nline", "--help", "*"]
+
+
+def arm(interfaces: list[str] | None = None, sudo: bool = False, **kw: object) -> commands.RemoteCommand:
+    values: dict[str, object] = dict(min_free_kb=1, limit_s=40, max_packets=1, max_bytes=1, snaplen=1, keep_s=1,
+                                     witness_kb=0, ports=(443,), sudo=sudo)  # fmt: skip
+    values.update(kw)
+    return commands.arm("/tmp", interfaces or ["eth0"], **values)  # type: ignore[arg-type]
 
 
 def argv_after_script(line: str, script: str) -> list[str]:
@@ -23,30 +30,24 @@ def argv_after_script(line: str, script: str) -> list[str]:
 
 
 @pytest.mark.parametrize("value", HOSTILE)
-def test_hostile_filter_and_command_stay_single_words(value: str) -> None:
-    cmd = commands.arm(
-        "/tmp/capture-all.AbCdEf12",
-        ["eth0"],
-        value,
-        tcpdump="/usr/sbin/tcpdump",
-        limit_s=10,
-        max_packets=1,
-        max_bytes=1,
-        snaplen=1,
-        keep_s=1,
-        witness_kb=256,
-        sudo=True,
-    )
-    assert argv_after_script(cmd.line, commands.ARM_SCRIPT)[7] == value
-    assert shlex.split(cmd.line)[:3] == ["sudo", "-n", "--"]
+def test_a_hostile_reproduce_command_stays_one_word(value: str) -> None:
     rep = commands.reproduce(value, timeout_s=5)
     assert shlex.split(rep.line)[-1] == value and shlex.split(rep.line)[-2] == "-c"
+
+
+def test_the_filter_is_never_on_a_command_line() -> None:
+    """The capture filter reaches the host over the session's stdin (``go FILTER``), where `read -r`
+    takes it as data; no command line carries it (see test_scripts for what the host does with it)."""
+    cmd = arm()
+    assert "go " not in " ".join(cmd.args[:3] + cmd.args[4:])
+    assert 'IFS= read -r said' in scripts.ARM_SCRIPT and 'printf \'%s\\n\' "$said" >&3' in scripts.ARM_SCRIPT
+    assert '"$filter" 2>' in scripts.JOB_SCRIPT  # one quoted argument of tcpdump, never evaluated
 
 
 @pytest.mark.parametrize("value", HOSTILE + ["", "eth0/../x", "a" * 16, ".."])
 def test_hostile_interface_names_never_reach_a_shell(value: str) -> None:
     with pytest.raises(UnsafeValue):
-        commands.prepare("/tmp", [value], min_free_kb=1, sudo=False)
+        arm([value])
 
 
 @pytest.mark.parametrize(
@@ -70,21 +71,8 @@ def test_only_our_own_mktemp_dirs_are_touched(path: str) -> None:
 
 def test_every_line_is_bounded_on_the_host() -> None:
     lines = [
-        commands.prepare("/tmp", ["eth0"], min_free_kb=1, sudo=True),
-        commands.arm(
-            "/tmp/capture-all.AbCdEf12",
-            ["eth0"],
-            "tcp",
-            tcpdump="/usr/sbin/tcpdump",
-            limit_s=40,
-            max_packets=1,
-            max_bytes=1,
-            snaplen=1,
-            keep_s=1,
-            witness_kb=0,
-            sudo=False,
-        ),
-        commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=15, sudo=False, conntrack_ports=(443, 8443)),
+        arm(sudo=True),
+        commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=15, sudo=False, ports=(443, 8443)),
         commands.cleanup("/tmp/capture-all.AbCdEf12", sudo=False),
         commands.reproduce("true", timeout_s=7),
     ]
@@ -92,10 +80,13 @@ def test_every_line_is_bounded_on_the_host() -> None:
         words = shlex.split(cmd.line.split("; ", 1)[1] if cmd.line.startswith("echo") else cmd.line)
         words = words[3:] if words[0] == "sudo" else words
         assert words[0] == "timeout" and int(words[3]) <= cmd.timeout
-    # The capture job itself carries its own limit: duration + grace, whatever the controller does.
-    arm = argv_after_script(lines[1].line, commands.ARM_SCRIPT)
-    assert arm[0] == commands.JOB_SCRIPT and arm[2] == "40"
-    assert 'timeout -s INT -k 5 "$limit"' in commands.JOB_SCRIPT
+    # The capture job itself carries its own limit: duration + grace, whatever the controller does,
+    # and waits for "go" at most go_wait_s.
+    job = argv_after_script(lines[0].line, scripts.ARM_SCRIPT)
+    assert job[3] == scripts.JOB_SCRIPT and job[4] == "40" and job[2] == str(commands.GO_WAIT_S)
+    assert 'timeout -s INT -k 5 "$limit"' in scripts.JOB_SCRIPT
+    assert 'timeout "$gowait" head -n 1' in scripts.JOB_SCRIPT
+    assert shlex.split(lines[0].line.split("; ", 1)[1])[:3] == ["sudo", "-n", "--"]
 
 
 def test_cleanup_script_removes_only_its_dir(tmp_path: Path) -> None:
@@ -112,24 +103,21 @@ def test_cleanup_script_removes_only_its_dir(tmp_path: Path) -> None:
     assert f"removed={target}" in done.stdout
 
 
-def test_conntrack_ports_are_integers_in_range() -> None:
-    cmd = commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, conntrack_ports=(443, 8443))
-    assert cmd.args[2] == "443,8443"
-    assert commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False).args[2] == ""
+def test_ports_are_integers_in_range() -> None:
+    cmd = commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, ports=(443, 8443),
+                          conntrack=True)  # fmt: skip
+    assert cmd.args[2:4] == ("443,8443", "1")
+    assert commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False).args[2:4] == ("", "0")
     for bad in (0, 70000):
         with pytest.raises(UnsafeValue):
-            commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, conntrack_ports=(bad,))
+            commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, ports=(bad,))
+        with pytest.raises(UnsafeValue):
+            arm(ports=(bad,))
 
 
 def test_the_scripts_exit_codes_are_the_python_constants() -> None:
-    line = commands.prepare("/tmp", ["eth0"], min_free_kb=1, sudo=False).line
+    line = arm().line
     script = shlex.split(line.split("; ", 1)[1])[6]
     assert script.startswith(f"E_NO_TOOL={commands.EXIT_NO_TOOL} ") and "exit $E_NO_TOOL" in script
-    for code in (11, 12, 13, 14, 15):
-        assert f"exit {code}" not in commands.PREPARE_SCRIPT + commands.ARM_SCRIPT + commands.FINISH_SCRIPT
-
-
-@pytest.mark.parametrize("path", ["tcpdump", "/usr/sbin/tcpdump; reboot", "/usr/../bin/sh", "/a b"])
-def test_the_tcpdump_path_is_a_plain_absolute_path(path: str) -> None:
-    with pytest.raises(UnsafeValue):
-        commands.validate_tool_path(path)
+    for code in (11, 12, 13, 14, 15, 16):
+        assert f"exit {code}" not in scripts.ARM_SCRIPT + scripts.FINISH_SCRIPT + scripts.CLEANUP_SCRIPT

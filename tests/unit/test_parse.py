@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from remote.parse import (
     SNAPSHOT_SECTIONS,
     host_addresses,
     parse_arm,
+    parse_cleanup,
     parse_conntrack,
     parse_finish,
+    parse_inline,
     parse_preflight,
     parse_sections,
     parse_ssh_connection,
@@ -24,39 +27,59 @@ def load(name: str) -> str:
     return (DATA / name).read_text()
 
 
-def test_prepare_output() -> None:
-    parsed = parse_sections(load("prepare-proxy-sudo.txt"))
-    pre = parse_preflight(parsed)
-    assert pre.uid == 0 and pre.owner == "root"
-    assert pre.tcpdump.endswith("/tcpdump") and pre.tcpdump_version.startswith("tcpdump version 4.")
+def test_arm_session_output() -> None:
+    """The arm session on the lab's proxy (sudo): preflight, the capture, the probe, the "before"
+    snapshot and the witness, recorded with tests/lab/record.py."""
+    text = load("arm-proxy-sudo.txt")
+    before_ready, _, rest = text.partition("@@ready\n")
+    pre = parse_preflight(parse_sections(before_ready))
+    assert pre.uid == 0 and pre.owner == "root" and pre.tcpdump.endswith("/tcpdump")
     assert pre.remote_dir.rsplit("/", 1)[1].startswith("capture-all.") and pre.free_kb > 0
+    assert pre.ssh is not None and pre.ssh.server_port == 22
+    armed_part, _, after_probe = rest.partition("@@probe us\n")
+    armed = parse_arm(parse_sections(armed_part))
+    assert set(armed.pids) == {"eth1", "eth2"} and armed.armed_ns > 1_700_000_000 * 10**9 and armed.job_pid
+    probe_answers = after_probe.splitlines()[:8]
+    assert all(a.isdigit() and len(a) == 16 for a in probe_answers)  # microseconds since the epoch
+    parsed = parse_sections(after_probe)
     assert parsed.failure is None
     files = snapshot_files(parsed)
-    assert set(files) == {f"{s}.txt" for s in SNAPSHOT_SECTIONS} - {"conntrack_flow.txt"}  # finish only
+    assert set(files) == {f"{s}.txt" for s in SNAPSHOT_SECTIONS} - {"conntrack_flow.txt", "ip_link.txt"}
     assert "TcpExtListenOverflows" in files["nstat.txt"]
-    ips, macs = host_addresses(files["ip_addr.txt"], files["ip_link.txt"])
+    ips, macs = host_addresses(files["ip_addr.txt"])
     assert {"198.18.2.10", "198.18.3.1", "198.19.0.13", "127.0.0.1"} <= ips
     assert len(macs) == 3  # mgmt, eth1, eth2 (loopback's all-zero MAC is not one)
+    # Only the flow's ports are listed: HAProxy's :8080 listener, not its :8081-8083 ones.
+    assert "198.18.2.10:8080" in files["ss_tanpi.txt"] and ":8081" not in files["ss_tanpi.txt"]
+    assert parse_arm(parsed).witness.state == "running" and parse_arm(parsed).tcpdump == pre.tcpdump
 
 
 def test_refusals_carry_their_reason() -> None:
-    parsed = parse_sections(load("prepare-no-interface.txt"))
+    parsed = parse_sections(load("arm-no-interface.txt"))
     assert parsed.failure is not None
     assert (parsed.failure.code, parsed.failure.text) == ("no_interface", "interface eth7 does not exist")
-    low = parse_sections(load("prepare-low-disk.txt")).failure
+    low = parse_sections(load("arm-low-disk.txt")).failure
     assert low is not None and low.code == "low_disk" and "KiB free" in low.text
 
 
-def test_arm_and_finish_output() -> None:
-    armed = parse_arm(parse_sections(load("arm-proxy.txt")))
-    assert set(armed.pids) == {"eth1", "eth2"} and armed.armed_ns > 1_700_000_000 * 10**9
-    fin = parse_finish(parse_sections(load("finish-proxy.txt")))
+def test_finish_session_output() -> None:
+    text = load("finish-proxy-sudo.txt")
+    listing, _, rest = text.partition("@@probe us\n")
+    fin = parse_finish(parse_sections(listing))
     assert not fin.already_done and fin.stop_reason == ""
     assert fin.exit_codes == {"eth1": 0, "eth2": 0}
     assert [f.name for f in fin.files] == ["eth1.pcap", "eth2.pcap"]
-    assert all(len(f.sha256) == 64 and f.size > 24 for f in fin.files)
-    assert fin.stats["eth1"].captured == fin.stats["eth1"].received == 9
-    assert fin.stats["eth1"].dropped == 0
+    assert all(len(f.sha256) == 64 for f in fin.files) and fin.files[0].size > 24
+    assert fin.stats["eth1"].captured == fin.stats["eth1"].received and fin.stats["eth1"].dropped == 0
+    assert fin.witness.state == "ran" and "witness.trace" in [f.name for f in fin.witness.files]
+    # Every file came back inside the session, each matching the digest the host computed.
+    snap, _, cleanup = rest.partition("@@listed\n")
+    inline = parse_inline(parse_sections(snap), fin.files + fin.witness.files)
+    assert set(inline) == {f.name for f in fin.files + fin.witness.files}
+    for f in fin.files + fin.witness.files:
+        assert hashlib.sha256(inline[f.name]).hexdigest() == f.sha256
+    done = parse_cleanup(parse_sections(cleanup))
+    assert done.removed and done.instance_removed in (True, False)
 
 
 def test_tcpdump_stats_singular_and_missing() -> None:
@@ -80,12 +103,12 @@ def test_clock_probe_keeps_the_shortest_round_trip_and_drops_the_first() -> None
         (3_000_000_000, "3500000000", 3_000_900_000),
         (4_000_000_000, "not a number", 4_000_001_000),
     ]
-    got = parse_probe("@@clock us", [(s, t[:-3] if t.isdigit() else t, r) for s, t, r in samples])
+    got = parse_probe("@@probe us", [(s, t[:-3] if t.isdigit() else t, r) for s, t, r in samples])
     assert got is not None
     assert (got.at_ns, got.rtt_ns, got.samples, got.resolution_ns) == (2_000_002_000, 4_000, 2, 1000)
     # host 2.500001 s (us resolution) at controller 2.000002 s: +500 ms -0.5 us, within rtt/2 + 1 us
     assert got.offset_ns == 2_500_001_000 - 2_000_002_000 and got.bound_ns == 3_000
-    assert parse_probe("@@clock ns", [(1, "x", 2), (3, "", 4)]) is None
+    assert parse_probe("@@probe ns", [(1, "x", 2), (3, "", 4)]) is None
 
 
 def test_interface_drop_counters_are_read_by_their_column_names() -> None:
@@ -134,9 +157,11 @@ def test_the_witness_section_of_finish() -> None:
         "@@section witness\n"
         "state=running\ninstance=/sys/kernel/tracing/instances/capture-all.2zDAHZNT.249\nclock=mono\n"
         "events=tcp_send_reset,tcp_receive_reset\nbuffer_kb=256\nswept=1\nstate=ran\nremoved=1\n"
-        f"file witness.trace 1200 {sha}\nfile witness.tcp_send_reset.format 2100 {sha}\n"
-        f"file ../../etc/passwd 10 {sha}\n"
         "error=sh: 1: echo: I/O error\n"
+        "@@section files\nsize 1200 /d/capture-all.X/witness.trace\n"
+        "size 2100 /d/capture-all.X/witness.tcp_send_reset.format\nsize 10 /etc/passwd\n"
+        f"{sha}  /d/capture-all.X/witness.trace\n{sha}  /d/capture-all.X/witness.tcp_send_reset.format\n"
+        f"{sha}  /etc/passwd\n"
     )
     w = parse_witness(parse_sections(out))
     assert (w.state, w.clock, w.removed, w.swept) == ("ran", "mono", True, 1)

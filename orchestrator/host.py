@@ -1,0 +1,457 @@
+"""One host through a capture run: its state machine, and what each step leaves in the bundle.
+
+    step       remote                                   on failure (the host's outcome, never the run's)
+    prepare    connect; arm session until @@ready:      failed_phase prepare; the host's job sees the
+               preflight, private dir, detached job     session end and removes the dir
+    arm        go FILTER; tcpdump listening; probe;     failed_phase arm; the capture stops by itself
+               witness; "before" snapshot
+    finish     finish session: stop, list, probe,       failed_phase finish; what was pulled is kept
+               "after" snapshot; pull every file;
+               rm (or the cleanup command)
+
+Any exception in a step, ours included, ends in ``fail`` or ``internal``: the host's record says
+what happened, and a bug writes its traceback to ``<host>/debug.log``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from orchestrator.bundle import Bundle, sha256_file
+from orchestrator.flow import ssh_exclusion
+from orchestrator.manifest import CaptureFile, ClockProbeRecord, HostRecord
+from orchestrator.plan import TRANSLATING_ROLES, HostPlan
+from orchestrator.talk import Log, Talk, call
+from remote import commands
+from remote.errors import CommandError, ConnectError, ConnectionLost, InternalError, RemoteError, TransferError
+from remote.parse import (
+    Armed,
+    Finished,
+    Parsed,
+    Preflight,
+    ProbeResult,
+    RemoteFile,
+    WitnessStatus,
+    parse_arm,
+    parse_cleanup,
+    parse_finish,
+    parse_inline,
+    parse_preflight,
+    snapshot_files,
+)
+from remote.transport import Connector, Transport
+
+# host ("*" for the whole run), state, detail
+EventSink = Callable[[str, str, str], None]
+
+
+@dataclass
+class RunOptions:
+    duration: float = 30.0
+    grace: int = 10  # the host stops by itself at duration + grace
+    max_packets: int = 1_000_000
+    max_bytes: int = 200 * 1024 * 1024
+    snaplen: int = 262144
+    keep: int = 600  # the host deletes uncollected evidence this long after the capture ended
+    concurrency: int = 100  # SSH handshakes at once
+    reproduce: str | None = None
+    reproduce_on: str | None = None
+    reproduce_timeout: int = 60
+    controller_slack: float = 10.0  # the controller gives up on a command this long after the host's own limit
+    step_timeout: float = 60.0  # the controller waits this long for each step of a session
+    witness_kb: int = 256  # per-CPU buffer of the kernel reset witness; 0 turns it off (--no-witness)
+
+    @property
+    def limit_s(self) -> int:
+        return int(self.duration + 0.999) + self.grace
+
+    @property
+    def min_free_kb(self) -> int:
+        # Room for the capture cap twice over, plus the snapshots.
+        return (2 * self.max_bytes) // 1024 + 10 * 1024
+
+
+def _stop_reason(fin: Finished) -> str:
+    if fin.stop_reason:  # written by the host's size watchdog
+        return "max-bytes"
+    if not fin.already_done:
+        return "duration"  # we stopped it
+    if commands.EXIT_TIMEOUT in fin.exit_codes.values():
+        return "host time limit"  # the controller never came back: duration + grace
+    return "max-packets"
+
+
+class HostRun:
+    def __init__(self, plan: HostPlan, connector: Connector, bundle: Bundle, opts: RunOptions, sink: EventSink):
+        self.plan, self.connector, self.bundle, self.opts, self.sink = plan, connector, bundle, opts, sink
+        self.log = Log(bundle, plan.name)
+        self.transport: Transport | None = None
+        self.talk: Talk | None = None  # the open arm session, between prepare and the end of arm
+        self.preflight: Preflight | None = None
+        self.armed: Armed | None = None
+        self.arm_done = anyio.Event()
+        # The flow's server ports on this host: its snapshots list their sockets.
+        self.ports = tuple(sorted({leg.server.port for leg in plan.legs if leg.server.port}))
+        self.record = HostRecord(
+            name=plan.name,
+            role=plan.role,
+            ssh_address=f"{plan.target.host}:{plan.target.port}",
+            interfaces=list(plan.interfaces),
+            addresses=list(plan.addresses),
+            notes=list(plan.notes),
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.record.status != "failed"
+
+    @property
+    def sudo(self) -> bool:
+        return self.plan.sudo
+
+    def fail(self, phase: str, exc: RemoteError) -> None:
+        self.record.status = "failed"
+        self.record.error = exc.message
+        self.record.error_kind = exc.kind
+        self.record.failed_phase = phase
+        self.sink(self.plan.name, "failed", f"{phase}: {exc.message}")
+
+    def _debug(self, phase: str, exc: BaseException) -> str:
+        path = f"{self.plan.name}/debug.log"
+        trace = "".join(traceback.format_exception(exc))
+        self.bundle.write(path, f"internal error in phase {phase} of host {self.plan.name}\n{trace}")
+        return path
+
+    def internal(self, phase: str, exc: Exception) -> None:
+        """A bug of ours (or output no parser foresaw) in one host's phase: that host's failed
+        outcome, with the traceback in the bundle; never the run's, never the other hosts'."""
+        path = self._debug(phase, exc)
+        self.fail(
+            phase, InternalError(self.plan.name, f"internal error in {phase} ({type(exc).__name__}: {exc}); see {path}")
+        )
+
+    async def _guard(self, phase: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run one step; whatever it raises becomes this host's outcome."""
+        try:
+            await step()
+        except RemoteError as exc:
+            self.fail(phase, exc)
+        except commands.UnsafeValue as exc:
+            self.fail(phase, CommandError(self.plan.name, str(exc)))
+        except Exception as exc:  # a host's bug is that host's outcome, not the run's
+            self.internal(phase, exc)
+
+    async def _connect(self) -> Transport:
+        t = self.plan.target.connect_timeout
+        try:
+            with anyio.fail_after(t + min(5.0, t)):
+                return await self.connector.connect(self.plan.target)
+        except TimeoutError:
+            raise ConnectError(self.plan.name, f"no answer within {t:.0f} s") from None
+
+    async def _talk(self, command: commands.RemoteCommand) -> Talk:
+        assert self.transport is not None
+        return await Talk.open(self.transport, command, self.log, self.opts.step_timeout, self.sudo)
+
+    # ---- prepare: connect, and the arm session up to @@ready -----------------------------------
+    async def prepare(self, limiter: anyio.CapacityLimiter) -> None:
+        await self._guard("prepare", lambda: self._prepare(limiter))
+        if not self.ok:
+            await self._end_talk()
+
+    async def _prepare(self, limiter: anyio.CapacityLimiter) -> None:
+        name = self.plan.name
+        async with limiter:  # the handshakes: the costly part of a connection, for both ends
+            self.sink(name, "connecting", self.record.ssh_address)
+            self.transport = await self._connect()
+        self.record.connected_ns = time.time_ns()
+        self.sink(name, "preparing", "preflight")
+        o = self.opts
+        cmd = commands.arm(
+            self.plan.tmpdir, list(self.plan.interfaces), min_free_kb=o.min_free_kb, limit_s=o.limit_s,
+            max_packets=o.max_packets, max_bytes=o.max_bytes, snaplen=o.snaplen, keep_s=o.keep,
+            witness_kb=o.witness_kb, ports=self.ports, sudo=self.sudo,
+        )  # fmt: skip
+        self.talk = await self._talk(cmd)
+        ready = await self.talk.until("@@ready", what="preflight")
+        self.preflight = pre = parse_preflight(self.talk.parsed())
+        self.record.remote_dir = pre.remote_dir or None
+        if ready is None:
+            raise await self.talk.failure()
+        if not pre.remote_dir:
+            raise CommandError(name, "the arm session did not report its temp directory")
+        ssh = pre.ssh
+        excl = ssh_exclusion(ssh.client_ip, ssh.client_port, ssh.server_ip, ssh.server_port) if ssh else None
+        self.record.bpf_filter = self.plan.bpf(excl)
+        self.sink(name, "ready", "waiting for the other hosts")
+
+    async def _end_talk(self) -> None:
+        if self.talk is not None:
+            await self.talk.end()
+            self.talk = None
+
+    # ---- arm: go, listening, probe, witness, "before" snapshot ---------------------------------
+    async def arm(self, listening: Callable[[], None], all_listening: anyio.Event) -> None:
+        """``listening`` is called once, when this host's capture listens or the host failed;
+        the rest of the session (probe, witness, snapshot) waits for ``all_listening``: until
+        every capture listens, the hosts' CPUs are the other captures' start."""
+        told = False
+
+        def tell() -> None:
+            nonlocal told
+            if not told:
+                told = True
+                listening()
+
+        try:
+            await self._guard("arm", lambda: self._arm(tell, all_listening))
+            await self._end_talk()
+        finally:
+            tell()
+            self.arm_done.set()
+
+    async def _arm(self, listening: Callable[[], None], all_listening: anyio.Event) -> None:
+        talk = self.talk
+        assert talk is not None and self.record.bpf_filter is not None
+        await talk.say("go " + self.record.bpf_filter)
+        header = await talk.until("@@probe", what="tcpdump listening", extra=15)
+        self.record.armed_ns = time.time_ns()
+        if header is None:
+            err = await talk.failure()
+            tail = [s.body.strip().splitlines()[-1] for n, s in talk.parsed().sections.items()
+                    if n.startswith("tcpdump_err ") and s.body.strip()]  # fmt: skip
+            if tail:
+                err.message += f" ({tail[0]})"
+            self.record.armed_ns = None
+            raise err
+        self.armed = parse_arm(talk.parsed())
+        self.record.remote_armed_ns = self.armed.armed_ns or None
+        listening()
+        await all_listening.wait()
+        try:
+            await self._after_listening(talk, header)
+        except Exception as exc:
+            # The capture runs: whatever went wrong after it started costs its extras (probe,
+            # witness, "before" snapshot), never the capture, which finish still collects.
+            if not isinstance(exc, RemoteError):
+                self._debug("arm", exc)
+            why = exc.message if isinstance(exc, RemoteError) else f"internal error ({type(exc).__name__}: {exc})"
+            self.record.notes.append(f"after the capture started, the arm session failed: {why}")
+            self.sink(self.plan.name, "warning", f"arm: {why}")
+
+    async def _after_listening(self, talk: Talk, header: str) -> None:
+        self._probe("start", await talk.probe(header))
+        await talk.say("snap")
+        await talk.until(what="witness and snapshot")
+        result = await talk.end()
+        parsed = talk.parsed()
+        if result.exit_status != 0:
+            raise await talk.failure()
+        armed = parse_arm(parsed)
+        self.record.tcpdump = armed.tcpdump or None
+        for fname, text in snapshot_files(parsed).items():
+            self.bundle.write(f"{self.plan.name}/before/{fname}", text)
+        self._witness(armed.witness)
+        w = self.record.witness
+        witness = "kernel witness on" if w.state == "running" else f"no kernel witness: {w.reason or w.state}"
+        self.sink(self.plan.name, "armed", f"{', '.join(self.plan.interfaces)}; {witness}")
+
+    def _probe(self, phase: str, got: ProbeResult | None) -> None:
+        if got is None:
+            self.record.notes.append(f"clock probe at {phase}: no usable answer")
+        else:
+            self.record.clock_probes.append(ClockProbeRecord(phase=phase, **vars(got)))
+
+    def _witness(self, status: WitnessStatus) -> None:
+        w = self.record.witness
+        if status.state == "unknown":
+            return  # the host wrote no status (yet): keep what we knew
+        w.state, w.reason = status.state, status.reason or None
+        w.instance = status.instance or w.instance
+        w.clock = status.clock or w.clock
+        w.events = status.events or w.events
+        w.error = status.error or None
+        note = f"removed {status.swept} stale ftrace instance(s) of an earlier capture-all job"
+        if status.swept and note not in self.record.notes:
+            self.record.notes.append(note)
+
+    # ---- finish: stop, list, probe, "after" snapshot, pull, rm --------------------------------
+    async def finish(self) -> None:
+        name = self.plan.name
+        await self.arm_done.wait()
+        self.sink(name, "stopping", "")
+        talk: list[Talk] = []
+        await self._guard("finish", lambda: self._finish(talk))
+        if talk and talk[0].ended is None:
+            await self._guard("cleanup", lambda: self._rm(talk[0]))
+        else:
+            await self.cleanup()
+        if self.record.status == "pending":
+            self.record.status = "ok"
+            total = sum(c.packets or 0 for c in self.record.captures)
+            drops = sum(c.kernel_drops or 0 for c in self.record.captures)
+            self.sink(name, "done", f"{total} packets, {drops} dropped by kernel")
+
+    async def _listing(self) -> tuple[Talk, Finished]:
+        assert self.record.remote_dir is not None
+        wait_s = self.opts.grace + 5
+        # A translating box also reports its conntrack entries for the flow's server ports.
+        cmd = commands.finish(self.record.remote_dir, list(self.plan.interfaces), wait_s=wait_s, sudo=self.sudo,
+                              ports=self.ports, conntrack=self.plan.role in TRANSLATING_ROLES)  # fmt: skip
+        talk = await self._talk(cmd)
+        try:
+            header = await talk.until("@@probe", what="stopping the capture", extra=wait_s)
+            if header is None:
+                raise await talk.failure()
+            fin = parse_finish(talk.parsed())
+            self._probe("end", await talk.probe(header))
+            await talk.say("snap")
+            if await talk.until("@@listed", what="snapshot") is None:
+                raise await talk.failure()
+        except BaseException:
+            await talk.end()
+            raise
+        return talk, fin
+
+    async def _finish(self, out: list[Talk]) -> None:
+        name = self.plan.name
+        try:
+            talk, fin = await self._listing()
+        except ConnectionLost:
+            # The capture stopped by itself on the host; its files wait there until `keep` runs
+            # out. One fresh connection is worth a try.
+            self.sink(name, "reconnecting", "connection lost while stopping the capture")
+            await self.close()
+            self.transport = await self._connect()
+            talk, fin = await self._listing()
+        out.append(talk)
+        self.record.stopped_ns = fin.done_ns
+        self.record.stop_reason = _stop_reason(fin)
+        for fname, text in snapshot_files(talk.parsed()).items():
+            self.bundle.write(f"{name}/after/{fname}", text)
+        for iface, text in fin.tcpdump_stderr.items():
+            self.bundle.write(f"{name}/{iface}.tcpdump.txt", text)
+        self._witness(fin.witness)
+        self.sink(name, "pulling", f"{len(fin.files) + len(fin.witness.files)} file(s)")
+        inline = parse_inline(talk.parsed(), fin.files + fin.witness.files)
+        with anyio.fail_after(commands.TRANSFER_S):
+            await self._pull_all(fin, inline)
+        talk.steps["pulls"] = time.time_ns() - talk.started
+        missing = [i for i in self.plan.interfaces if f"{i}.pcap" not in {f.name for f in fin.files}]
+        bad = {i: c for i, c in fin.exit_codes.items() if c not in (0, 124, None)}
+        if missing or bad:
+            self.record.status = "partial" if self.record.captures else "failed"
+            problem = ", ".join(
+                [f"no capture from {i}" for i in missing] + [f"tcpdump on {i} exited {c}" for i, c in bad.items()]
+            )
+            self.record.error = problem
+            self.record.error_kind = "capture"
+            self.record.failed_phase = "finish"
+            self.sink(name, "failed" if self.record.status == "failed" else "partial", problem)
+
+    async def _pull(self, f: RemoteFile, local_rel: str, inline: dict[str, bytes]) -> None:
+        """One file into the bundle: from the finish output if it came inline and its digest is
+        the host's, else over SFTP (or `cat`); either way its SHA-256 must be the host's."""
+        assert self.transport is not None and self.record.remote_dir is not None
+        data = inline.get(f.name)
+        if data is not None and hashlib.sha256(data).hexdigest() == f.sha256:
+            self.bundle.write(f"{self.plan.name}/{local_rel}", data)
+            return
+        sub, _, fname = local_rel.rpartition("/")
+        local = self.bundle.folder(self.plan.name, *([sub] if sub else [])) / fname  # 0700 folders
+        await self.transport.get(f"{self.record.remote_dir}/{f.name}", local)
+        if sha256_file(local) != f.sha256:
+            raise TransferError(self.plan.name, f"{f.name}: SHA-256 after transfer differs from the host's")
+
+    async def _pull_all(self, fin: Finished, inline: dict[str, bytes]) -> None:
+        """Every file at once (one SFTP session carries them all, the small ones came inline). A
+        capture that does not come back fails the host; a witness file is only a note: it adds to
+        the packets."""
+        name = self.plan.name
+        errors: list[RemoteError] = []
+
+        async def capture(rf: RemoteFile) -> None:
+            try:
+                await self._pull(rf, rf.name, inline)
+            except RemoteError as exc:
+                errors.append(exc)
+
+        async def witness(wf: RemoteFile) -> None:
+            try:
+                await self._pull(wf, f"witness/{wf.name}", inline)
+            except RemoteError as exc:
+                self.record.notes.append(f"kernel witness file {wf.name} not pulled: {exc.message}")
+                self.record.witness.error = f"{wf.name} not pulled"
+
+        async with anyio.create_task_group() as tg:
+            for rf in fin.files:
+                tg.start_soon(capture, rf)
+            for wf in fin.witness.files:
+                tg.start_soon(witness, wf)
+        for rf in fin.files:
+            if (self.bundle.root / name / rf.name).exists():
+                iface = rf.name.removesuffix(".pcap")
+                stats = fin.stats.get(iface)
+                self.record.captures.append(CaptureFile(
+                    interface=iface, path=f"{name}/{rf.name}", bytes=rf.size,
+                    packets=stats.captured if stats else None, received_by_filter=stats.received if stats else None,
+                    kernel_drops=stats.dropped if stats else None, tcpdump_exit=fin.exit_codes.get(iface),
+                ))  # fmt: skip
+        pulled = self.bundle.root / name / "witness"
+        self.record.witness.files = sorted(
+            f"{name}/witness/{wf.name}" for wf in fin.witness.files if (pulled / wf.name).exists()
+        )
+        if errors:
+            raise errors[0]
+
+    async def _rm(self, talk: Talk) -> None:
+        await talk.say("rm")
+        await talk.until(what="removing the directory")
+        result = await talk.end()
+        if result.exit_status != 0:
+            raise await talk.failure()
+        self._removed(talk.parsed())
+
+    def _removed(self, parsed: Parsed) -> None:
+        done = parse_cleanup(parsed)
+        self.record.remote_dir_removed = done.removed
+        self.record.witness.removed = done.instance_removed
+        inst = self.record.witness.instance
+        if done.instance_pending:
+            self.record.notes.append(
+                f"its capture job was still removing its ftrace instance {inst} when the directory was removed "
+                "(the job goes on; the next capture-all job on this host removes any left over)"
+            )
+        elif done.instance_removed is False:
+            self.record.notes.append(
+                f"the capture job could not remove its ftrace instance {inst}; the next capture-all job on this "
+                "host removes it"
+            )
+
+    async def cleanup(self) -> None:
+        """Remove the remote dir of a host whose finish session is gone; on failure the host's
+        own reaper still does it after `keep`."""
+        if self.transport is None or self.record.remote_dir is None or self.record.remote_dir_removed:
+            return
+        try:
+            _, parsed = await call(self.transport, commands.cleanup(self.record.remote_dir, sudo=self.sudo), self.log,
+                                   slack=self.opts.controller_slack, sudo=self.sudo)  # fmt: skip
+            self._removed(parsed)
+        except RemoteError as exc:
+            self.record.notes.append(
+                f"cleanup failed ({exc.message}); the host removes it {self.opts.keep} s after the capture"
+            )
+
+    async def close(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self.talk is not None:
+                await self.talk.end()
+                self.talk = None
+            if self.transport is not None:
+                await self.transport.close()

@@ -1,0 +1,454 @@
+r"""The shell that runs on a host, as constants (``remote.commands`` builds the lines around them).
+
+Rules of this module:
+
+- No value is ever spliced into these texts: values arrive as positional parameters and every
+  word of the final line is ``shlex.quote``d (``remote.commands``). The one value that arrives
+  later, the capture filter, comes over the session's stdin into ``read -r`` and is only ever
+  used as one quoted argument of tcpdump: the shell never evaluates it.
+- Few processes: on a host every ``fork`` costs a millisecond or more, and the controller waits
+  for the slowest of many hosts. Builtins read small files (``read`` loops, not ``cat``), one
+  ``stat`` and one ``sha256sum`` cover every file, the trace and reaper loops sleep long.
+- Bounded whatever happens: each line runs under ``timeout``; the capture job runs detached
+  (``setsid``) so neither SSH nor the controller can keep it alive or cut it short, and it ends by
+  itself (its own ``timeout``, the size watchdog, the reaper); a session whose controller goes away
+  sees EOF on stdin and stops there.
+
+Output is line-oriented: ``@@section NAME`` opens a block, ``@@rc N`` closes a snapshot command,
+``@@fail CODE TEXT`` explains a refusal; ``@@ready``, ``@@probe UNIT`` and ``@@listed`` are the
+points where a session waits for the controller (``remote.parse`` and ``orchestrator.host``).
+
+The arm session (one per host, one shell)::
+
+    host: preflight, private dir, the detached job (which waits for "go")    -> @@ready
+    ctl:  go FILTER                        (sent to every host at once: the start barrier)
+    host: tcpdump on every interface, listening                              -> @@section arm
+    host: clock probe                                                        -> @@probe us
+    ctl:  t (x8, one answer each), then snap
+    host: the kernel witness, the "before" snapshot, the witness's state     -> exit 0
+
+The finish session::
+
+    host: stop, wait for the job, files and digests                          -> @@probe us
+    ctl:  t (x8), then snap
+    host: the "after" snapshot                                               -> @@listed
+    ctl:  (pulls the files over SFTP or cat), then rm
+    host: removes the directory                                              -> exit 0
+"""
+
+from __future__ import annotations
+
+# Builtins only: a small file's lines (``cat`` would be a process per file).
+_READ = r"""
+catf() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$1"; }
+"""
+
+# A snapshot: socket table, counters, addresses, links. Each command is optional on the host (a
+# missing tool shows as a non-zero @@rc in its own section, never as a failed phase). One `ss -tanpi`
+# gives both the connections and the listeners (`-p` walks every process's fds, once), only those of
+# the flow's ports ($ports): a busy proxy holds tens of thousands of connections nobody asked about.
+SNAPSHOT = r"""
+snap() { name=$1; shift; echo "@@section $name"; "$@" 2>&1; echo "@@rc $?"; }
+snapfile() {
+  echo "@@section $1"
+  if [ -r "$2" ]; then catf "$2"; echo "@@rc 0"; else echo "cannot read $2"; echo "@@rc 1"; fi
+}
+snapshot() {
+  snap clock_ns date +%s%N
+  snapfile uname /proc/sys/kernel/osrelease
+  snap ip_addr ip -j addr
+  snap ip_s_link ip -s link
+  ssf=""
+  oifs=$IFS; IFS=,; for p in $ports; do ssf="$ssf${ssf:+ or }sport = :$p or dport = :$p"; done; IFS=$oifs
+  if [ -n "$ssf" ]; then snap ss_tanpi ss -tanpi "( $ssf )"; else snap ss_tanpi ss -tanpi; fi
+  snap ss_s ss -s
+  snap nstat nstat -asz
+  snapfile conntrack_count /proc/sys/net/netfilter/nf_conntrack_count
+  snapfile conntrack_max /proc/sys/net/netfilter/nf_conntrack_max
+  snapfile port_range /proc/sys/net/ipv4/ip_local_port_range
+}
+"""
+
+# The clock probe: answers each "t" line with the host's clock until another line comes. bash's
+# $EPOCHREALTIME needs no process (microseconds); otherwise `date` (nanoseconds, a process each).
+PROBE = r"""
+probe() {
+  if command -v bash >/dev/null 2>&1; then
+    bash -c 'if [ -n "${EPOCHREALTIME:-}" ]; then echo "@@probe us"
+      while IFS= read -r l && [ "$l" = t ]; do echo "${EPOCHREALTIME//[!0-9]/}"; done
+    else echo "@@probe ns"; while IFS= read -r l && [ "$l" = t ]; do date +%s%N; done; fi'
+  else
+    echo "@@probe ns"; while IFS= read -r l && [ "$l" = t ]; do date +%s%N; done
+  fi
+}
+"""
+
+# The kernel reset witness. Its own ftrace instance (never the global buffer, never another's),
+# named capture-all.<dir suffix>.<job pid>: tcp:tcp_send_reset and tcp:tcp_receive_reset on, a
+# bounded per-CPU buffer that keeps the first events when full (overwrite off), the "mono" trace
+# clock tied to the wall clock by trace_marker writes bracketed by wall-clock reads. The arm
+# session sets it up once tcpdump listens (an instance costs the kernel tens of milliseconds, and
+# the capture must not wait for it); the job removes it when the capture ends, whatever the
+# controller does. Who removes it when the two race: the session creates it and then looks for the
+# job's "stopping" mark; the job writes that mark and then looks for the instance: one of them
+# always sees the other. An instance of ours whose job is gone is removed by the next job's session
+# on that host. tracefs is never mounted here: where it is missing the witness says why.
+_WITNESS = r"""
+wstatus() { printf '%s\n' "$@" > "$dir/witness.status"; }
+wset() { echo "$2" > "$wi/$1" 2>> "$dir/witness.err"; }
+wremove() {
+  echo 0 > "$1/tracing_on" 2>/dev/null
+  n=0
+  while ! rmdir "$1" 2>/dev/null && [ "$n" -lt 25 ]; do sleep 0.2; n=$((n + 1)); done
+}
+tracefs() {
+  tfs=""
+  for t in /sys/kernel/tracing /sys/kernel/debug/tracing; do [ -d "$t/instances" ] && { tfs=$t; return 0; }; done
+  return 1
+}
+wsync() {
+  if command -v bash >/dev/null 2>&1; then
+    bash -c 'for k in 1 2 3; do [ -n "${EPOCHREALTIME:-}" ] || exit 1
+        a=$EPOCHREALTIME; echo "capture-all-sync $1 $k" > "$2/trace_marker"; b=$EPOCHREALTIME
+        echo "$1 $k ${a//[!0-9]/}000 ${b//[!0-9]/}000"
+      done' wsync "$1" "$wi" >> "$dir/witness.sync" 2>> "$dir/witness.err" && return 0
+  fi
+  for k in 1 2 3; do a=$(date +%s%N); echo "capture-all-sync $1 $k" > "$wi/trace_marker"; b=$(date +%s%N)
+    echo "$1 $k $a $b" >> "$dir/witness.sync"; done 2>> "$dir/witness.err"
+}
+"""
+
+_WITNESS_START = r"""
+witness_start() {
+  wi=""
+  if [ "$witness_kb" = 0 ]; then wstatus state=off "reason=turned off (--no-witness)"; return; fi
+  if ! tracefs; then
+    wstatus state=unavailable \
+      "reason=tracefs is not mounted (no /sys/kernel/tracing/instances); capture-all does not mount it on a host"
+    return
+  fi
+  if [ ! -d "$tfs/events/tcp/tcp_send_reset" ]; then
+    wstatus state=unavailable "reason=this kernel ($(uname -r)) has no tcp:tcp_send_reset tracepoint"; return
+  fi
+  swept=0
+  for old in "$tfs"/instances/capture-all.*; do
+    [ -d "$old" ] || continue
+    p=${old##*.}
+    case "$p" in *[!0-9]*|"") continue;; esac
+    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q capture-all-job && continue
+    rmdir "$old" 2>/dev/null && swept=$((swept + 1))
+  done
+  wi="$tfs/instances/capture-all.${dir##*.}.$jobpid"
+  if ! mkdir "$wi" 2>> "$dir/witness.err"; then
+    wstatus state=unavailable "reason=cannot create an ftrace instance: $(tail -n 1 "$dir/witness.err")"; wi=""; return
+  fi
+  ok=1
+  wset tracing_on 0 && wset buffer_size_kb "$witness_kb" && wset options/overwrite 0 || ok=0
+  wset options/irq-info 1
+  # mono follows CLOCK_MONOTONIC; else global (one clock for all CPUs; never the per-CPU local).
+  clock=""; clocks=""
+  read -r clocks < "$wi/trace_clock"
+  for c in mono global; do
+    case " $clocks " in *" $c "*|*" [$c] "*) wset trace_clock "$c" && { clock=$c; break; };; esac
+  done
+  [ -n "$clock" ] || ok=0
+  events=""
+  for ev in tcp_send_reset tcp_receive_reset; do
+    [ -d "$wi/events/tcp/$ev" ] || continue
+    catf "$wi/events/tcp/$ev/format" > "$dir/witness.$ev.format" && wset "events/tcp/$ev/enable" 1 || ok=0
+    events="$events,$ev"
+  done
+  wset tracing_on 1 || ok=0
+  if [ -f "$dir/stopping" ]; then
+    wremove "$wi"
+    wstatus state=unavailable "reason=the capture ended before the witness was set up"; wi=""; return
+  fi
+  if [ "$ok" != 1 ]; then
+    rmdir "$wi" 2>/dev/null
+    wstatus state=unavailable "reason=cannot set up the ftrace instance: $(tail -n 1 "$dir/witness.err")"; wi=""; return
+  fi
+  wsync start
+  wstatus state=running "instance=$wi" "clock=$clock" "events=${events#,}" "buffer_kb=$witness_kb" "swept=$swept"
+  [ "$owner" = root ] || chown -- "$owner" "$dir"/witness.* 2>/dev/null
+}
+"""
+
+# Phase "arm": preflight, the private directory, the detached job; then, on "go", the capture.
+# Args: tmpbase min_free_kb go_wait_s job limit maxpk maxbytes snaplen keep witness_kb ports iface...
+ARM_SCRIPT = (
+    _READ
+    + SNAPSHOT
+    + PROBE
+    + _WITNESS
+    + _WITNESS_START
+    + r"""
+set -u
+base=$1 minfree=$2 gowait=$3 job=$4 limit=$5 maxpk=$6 maxbytes=$7 snaplen=$8 keep=$9
+shift 9
+witness_kb=$1 ports=$2
+shift 2
+nl='
+'
+echo "@@section preflight"
+uid=""
+if [ -r /proc/self/status ]; then
+  while read -r k r e _; do [ "$k" = Uid: ] && { uid=$e; break; }; done < /proc/self/status
+fi
+[ -n "$uid" ] || uid=$(id -u)
+echo "uid=$uid"
+owner=${SUDO_USER:-${LOGNAME:-${USER:-}}}
+[ -n "$owner" ] || owner=$(id -un)
+echo "owner=$owner"
+[ "$uid" = 0 ] ||
+  { echo "@@fail no_root commands run as uid $uid; tcpdump needs root: set sudo = true"; exit $E_NO_ROOT; }
+tcpdump=""
+oifs=$IFS; IFS=:; set -f
+for d in $PATH /usr/sbin /usr/bin /sbin; do
+  [ -f "$d/tcpdump" ] && [ -x "$d/tcpdump" ] && { tcpdump=$d/tcpdump; break; }
+done
+IFS=$oifs; set +f
+[ -n "$tcpdump" ] || { echo "@@fail no_tcpdump tcpdump is not installed (not in PATH nor /usr/sbin)"; exit $E_NO_TOOL; }
+echo "tcpdump=$tcpdump"
+for t in timeout setsid mktemp stat sha256sum head df mkfifo; do
+  command -v "$t" >/dev/null 2>&1 || { echo "@@fail no_tool $t is not installed"; exit $E_NO_TOOL; }
+done
+for i; do
+  [ "$i" = any ] || [ -e "/sys/class/net/$i" ] ||
+    { echo "@@fail no_interface interface $i does not exist"; exit $E_NO_INTERFACE; }
+done
+[ -d "$base" ] || { echo "@@fail no_tmpdir $base does not exist"; exit $E_NO_DIR; }
+dfo=$(df -Pk -- "$base" 2>/dev/null) || dfo=""
+f4() { free=${4:-0}; }
+set -f; f4 ${dfo##*"$nl"}; set +f
+case $free in ""|*[!0-9]*) free=0;; esac
+echo "free_kb=$free"
+[ "$free" -ge "$minfree" ] ||
+  { echo "@@fail low_disk only $free KiB free in $base, need $minfree KiB"; exit $E_LOW_DISK; }
+umask 077
+dir=$(mktemp -d "$base/capture-all.XXXXXXXX") ||
+  { echo "@@fail no_tmpdir cannot create a dir in $base"; exit $E_NO_DIR; }
+[ "$owner" = root ] || chown -- "$owner" "$dir" 2>/dev/null
+echo "dir=$dir"
+mkfifo "$dir/go" || { rm -rf -- "$dir"; echo "@@fail no_tmpdir cannot create a fifo in $dir"; exit $E_NO_DIR; }
+setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" "$gowait" \
+  "$tcpdump" "$owner" "$@" < /dev/null > /dev/null 2>&1 &
+# Opening the fifo waits for the job to open its end: ready means the job listens. This session
+# then holds the write end until the capture listens: if it ends first (the controller went away,
+# or said anything but go), the job reads EOF and removes the directory.
+exec 3> "$dir/go"
+echo "@@ready"
+IFS= read -r said || exit 0
+case $said in "go "*) ;; *) exit 0;; esac
+printf '%s\n' "$said" >&3
+listening() {
+  [ -f "$1" ] || return 1
+  while IFS= read -r l; do case $l in *"listening on"*) return 0;; esac; done < "$1"
+  return 1
+}
+n=0; ready=0
+while [ "$n" -lt 1000 ]; do
+  ready=1
+  for i; do listening "$dir/$i.tcpdump.err" || { ready=0; break; }; done
+  [ "$ready" = 1 ] && break
+  [ -f "$dir/stopping" ] && break
+  sleep 0.01; n=$((n + 1))
+done
+exec 3>&-
+echo "@@section arm"
+echo "armed_ns=$(date +%s%N)"
+jobpid=""; [ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
+echo "job_pid=$jobpid"
+for i; do p=""; [ -f "$dir/$i.pid" ] && read -r p < "$dir/$i.pid"; echo "pid $i $p"; done
+if [ "$ready" != 1 ]; then
+  for i; do echo "@@section tcpdump_err $i"; [ -f "$dir/$i.tcpdump.err" ] && catf "$dir/$i.tcpdump.err"; done
+  echo "@@fail not_armed tcpdump did not start listening"
+  exit $E_NOT_ARMED
+fi
+probe
+echo "@@section tcpdump"; echo "path=$tcpdump"
+witness_start
+"""
+    + r"""
+snapshot
+echo "@@section witness"
+[ -f "$dir/witness.status" ] && catf "$dir/witness.status"
+exit 0
+"""
+)
+
+# The detached capture job. Args: dir limit maxpk maxbytes snaplen keep go_wait_s tcpdump owner iface...
+# It waits (at most go_wait_s) for the arm session's "go FILTER" on the fifo, captures every
+# interface under its own `timeout` of duration + grace, with a size watchdog, then stops the
+# witness, marks the directory done, and reaps it if nobody collected it within `keep` seconds.
+JOB_SCRIPT = (
+    _READ
+    + _WITNESS
+    + r"""
+dir=$1 limit=$2 maxpk=$3 maxbytes=$4 snaplen=$5 keep=$6 gowait=$7 tcpdump=$8 owner=$9
+shift 9
+echo $$ > "$dir/job.pid"
+said=$(timeout "$gowait" head -n 1 -- "$dir/go" 2>/dev/null) || said=""
+case $said in "go "*) filter=${said#go } ;; *) rm -rf -- "$dir"; exit 0 ;; esac
+pids=""
+for i; do
+  timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" -Z "$owner" \
+    --immediate-mode --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" 2> "$dir/$i.tcpdump.err" < /dev/null &
+  echo "$!" > "$dir/$i.pid"
+  pids="$pids $!"
+done
+# The size cap over all our captures: checked every second, every 0.2 s once past half the cap;
+# bounded by the capture limit itself.
+(
+  t=0; end=$(( (limit + 10) * 10 ))
+  while [ "$t" -lt "$end" ]; do
+    [ -f "$dir/done" ] && exit 0
+    total=0
+    set -- $(stat -c %s -- "$dir"/*.pcap 2>/dev/null)
+    for s; do total=$((total + s)); done
+    if [ "$total" -ge "$maxbytes" ]; then
+      echo size > "$dir/stop.reason"
+      for p in $pids; do kill -INT "$p" 2>/dev/null; done
+      exit 0
+    fi
+    if [ $((total * 2)) -lt "$maxbytes" ]; then sleep 1; t=$((t + 10)); else sleep 0.2; t=$((t + 2)); fi
+  done
+) &
+wd=$!
+for i; do p=""; read -r p < "$dir/$i.pid"; wait "$p"; echo "$?" > "$dir/$i.rc"; done
+kill "$wd" 2>/dev/null
+: > "$dir/stopping"
+wi=""; wname=""
+if tracefs; then wname="$tfs/instances/capture-all.${dir##*.}.$$"; [ -d "$wname" ] && wi=$wname; fi
+if [ -n "$wi" ]; then
+  wsync end
+  echo 0 > "$wi/tracing_on"
+  cat "$wi/trace" > "$dir/witness.trace" 2>> "$dir/witness.err"
+  for s in "$wi"/per_cpu/cpu*/stats; do echo "@@cpu ${s%/stats}"; catf "$s"; done > "$dir/witness.stats" 2>/dev/null
+  echo state=ran >> "$dir/witness.status"
+fi
+[ "$owner" = root ] || chown -- "$owner" "$dir"/witness.* 2>/dev/null
+date +%s%N > "$dir/done"
+# The instance goes after "done": the kernel takes tens of milliseconds to remove one, and the
+# collection need not wait for that.
+[ -n "$wi" ] && wremove "$wi"
+# Reaper: whatever the controller does, nothing of ours stays on the disk beyond `keep` seconds
+# after the capture ended (the controller renews the lease while it collects), and an instance the
+# arm session made too late for the check above goes too.
+k=0
+while [ -d "$dir" ]; do
+  [ -n "$wname" ] && [ -d "$wname" ] && { echo 0 > "$wname/tracing_on"; rmdir "$wname"; } 2>/dev/null
+  if [ $((k % 5)) = 0 ]; then
+    now=$(date +%s)
+    set -- $(stat -c %Y -- "$dir/lease" "$dir/done" 2>/dev/null) "$now"
+    if [ $((now - $1)) -ge "$keep" ]; then rm -rf -- "$dir"; break; fi
+  fi
+  k=$((k + 1)); sleep 1
+done
+"""
+)
+
+# Phase "finish": stop (if still running), wait for the job, list the files with their digests;
+# then the clock probe, the "after" snapshot, on a translating box (conntrack=1) its conntrack
+# entries for the flow's server ports (read-only, at most 5000 lines), and the small files
+# themselves (base64, at most inline_kb in all: no transfer session for them); then wait for the
+# controller to pull the others and say "rm".
+# Args: dir wait_s ports(comma-separated) conntrack(0|1) inline_kb iface...
+FINISH_SCRIPT = (
+    _READ
+    + SNAPSHOT
+    + PROBE
+    + r"""
+set -u
+dir=$1; wait_s=$2; ports=$3; conntrack=$4; inline_kb=$5; shift 5
+nl='
+'
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
+[ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit $E_NO_DIR; }
+: > "$dir/lease"
+echo "@@section finish"
+if [ -f "$dir/done" ]; then echo "already_done=1"; else
+  echo "already_done=0"
+  for i; do
+    p=""; [ -f "$dir/$i.pid" ] && read -r p < "$dir/$i.pid"
+    # Only signal a PID that is still our own `timeout` for this directory (PIDs get reused).
+    if [ -n "$p" ] && tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF -- "$dir/"; then
+      kill -INT "$p" 2>/dev/null
+    fi
+  done
+fi
+n=0
+while [ ! -f "$dir/done" ] && [ "$n" -lt $((wait_s * 20)) ]; do sleep 0.05; n=$((n + 1)); done
+v=""; [ -f "$dir/done" ] && read -r v < "$dir/done"; echo "done_ns=$v"
+v=""; [ -f "$dir/stop.reason" ] && read -r v < "$dir/stop.reason"; echo "stop_reason=$v"
+for i; do v=""; [ -f "$dir/$i.rc" ] && read -r v < "$dir/$i.rc"; echo "rc $i $v"; done
+echo "@@section files"
+list=$(stat -c '%s %n' -- "$dir"/*.pcap "$dir"/witness.* 2>/dev/null)
+small=""; room=$((inline_kb * 1024))
+for i; do ifaces="${ifaces:-} $i"; done
+oifs=$IFS; IFS=$nl; set -f
+for line in $list; do
+  IFS=' '; set -- $line; IFS=$nl
+  echo "size $1 $2"
+  [ "$1" -le "$room" ] && { small="$small$nl$2"; room=$((room - $1)); }
+done
+IFS=$oifs; set +f
+sha256sum -- "$dir"/*.pcap "$dir"/witness.* 2>/dev/null
+set -- ${ifaces:-}
+for i; do echo "@@section tcpdump_err $i"; [ -f "$dir/$i.tcpdump.err" ] && catf "$dir/$i.tcpdump.err"; done
+echo "@@section witness"
+[ -f "$dir/witness.status" ] && catf "$dir/witness.status"
+if [ -s "$dir/witness.err" ]; then e=""; while IFS= read -r l; do e=$l; done < "$dir/witness.err"; echo "error=$e"; fi
+probe
+snapshot
+if [ -n "$small" ] && command -v base64 >/dev/null 2>&1; then
+  echo "@@section inline"
+  oifs=$IFS; IFS=$nl; set -f
+  for f in $small; do echo "name ${f##*/}"; done
+  cat -- $small | base64; echo "@@rc $?"
+  IFS=$oifs; set +f
+fi
+if [ "$conntrack" = 1 ] && [ -n "$ports" ]; then
+  echo "@@section conntrack_flow"
+  pat=" dport=($(echo "$ports" | tr , '|')) "
+  if command -v conntrack >/dev/null 2>&1; then
+    conntrack -L -p tcp 2>/dev/null | grep -E "$pat" | head -n 5000; echo "@@rc 0"
+  elif [ -r /proc/net/nf_conntrack ]; then
+    grep -E " tcp .*$pat" /proc/net/nf_conntrack | head -n 5000; echo "@@rc 0"
+  else
+    echo "no conntrack tool and no /proc/net/nf_conntrack"; echo "@@rc 1"
+  fi
+fi
+echo "@@listed"
+IFS= read -r said || exit 0
+[ "$said" = rm ] || exit 0
+wi=""; jobpid=""
+if [ -f "$dir/witness.status" ]; then
+  while IFS= read -r l; do case $l in instance=*) wi=${l#instance=};; esac; done < "$dir/witness.status"
+fi
+[ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
+rm -rf -- "$dir"
+[ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
+echo "@@section cleanup"
+echo "removed=$dir"
+if [ -n "$wi" ]; then
+  # The job removes its instance once the capture ended; the kernel takes a moment.
+  n=0; while [ -d "$wi" ] && [ "$n" -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
+  if [ ! -d "$wi" ]; then echo "instance_removed=1"
+  elif [ -n "$jobpid" ] && [ -d "/proc/$jobpid" ]; then echo "instance_removed=pending"
+  else echo "instance_removed=0"; fi
+fi
+exit 0
+"""
+)
+
+# Remove our directory, for a host that failed after making it (the reaper then exits by
+# itself). Args: dir
+CLEANUP_SCRIPT = r"""
+set -u
+dir=$1
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
+rm -rf -- "$dir"
+[ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
+echo "@@section cleanup"
+echo "removed=$dir"
+"""

@@ -1,0 +1,197 @@
+"""The host's side of the arm and finish sessions, run for real with a local sh (no SSH) and a fake
+tcpdump that records its argv: the conversation, what reaches tcpdump, and what is left behind.
+
+These run the scripts as root (they refuse otherwise, as on a host); outside CI a non-root run
+skips them, under CI=true (root) they must run.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from remote import commands
+from remote.parse import parse_files, parse_finish, parse_inline, parse_preflight, parse_sections
+
+PCAP = bytes.fromhex("4d3cb2a10200040000000000000000000000040001000000")
+FAKE_TCPDUMP = f"""#!{sys.executable}
+import os, signal, sys, time
+args = sys.argv[1:]
+with open(os.environ["FAKE_ARGS"], "ab") as f:
+    f.write(b"\\0".join(a.encode() for a in args) + b"\\n\\0\\n")
+open(args[args.index("-w") + 1], "wb").write(bytes.fromhex("{PCAP.hex()}"))
+sys.stderr.write("tcpdump: listening on " + args[args.index("-i") + 1] + ", link-type EN10MB (Ethernet)\\n")
+sys.stderr.flush()
+def stop(*_):
+    sys.stderr.write("0 packets captured\\n0 packets received by filter\\n0 packets dropped by kernel\\n")
+    sys.exit(0)
+signal.signal(signal.SIGINT, stop)
+while True:
+    time.sleep(0.05)
+"""
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> dict[str, str]:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the host scripts run as root (CI runs as root)")
+        pytest.skip("the host scripts refuse to capture unless root")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "tcpdump"
+    fake.write_text(FAKE_TCPDUMP)
+    fake.chmod(0o755)
+    base = tmp_path / "tmp"
+    base.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "argv")}
+    env.pop("SUDO_USER", None)
+    return {"base": str(base), "argv": str(tmp_path / "argv"), **{f"env:{k}": v for k, v in env.items()}}
+
+
+class Session:
+    """One remote line run by a local sh, talked to over its stdin and stdout."""
+
+    def __init__(self, line: str, host: dict[str, str]) -> None:
+        env = {k[4:]: v for k, v in host.items() if k.startswith("env:")}
+        self.proc = subprocess.Popen(["sh", "-c", line], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        self.lines: list[str] = []
+
+    def until(self, marker: str | None) -> str | None:
+        assert self.proc.stdout is not None
+        while line := self.proc.stdout.readline():
+            line = line.rstrip("\n")
+            if marker and line.startswith(marker):
+                return line
+            self.lines.append(line)
+        return None
+
+    def say(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def end(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None and self.proc.stderr is not None
+        self.proc.stdin.close()
+        self.until(None)
+        self.stderr = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.wait(10)
+
+
+def ours(remote_dir: str) -> list[str]:
+    """Processes whose argv mentions the directory."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if remote_dir.encode() in argv and pid.isdigit() and int(pid) != os.getpid():
+            found.append(argv.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def arm_line(host: dict[str, str], **kw: object) -> str:
+    values: dict[str, object] = dict(min_free_kb=1, limit_s=30, max_packets=100, max_bytes=1 << 20, snaplen=262144,
+                                     keep_s=60, witness_kb=0, ports=(443,), sudo=False)  # fmt: skip
+    values.update(kw)
+    return commands.arm(host["base"], ["lo"], **values).line  # type: ignore[arg-type]
+
+
+def test_a_whole_capture_conversation(host: dict[str, str]) -> None:
+    hostile = "tcp port 443 and $(touch /tmp/PWNED-capture-all) `touch /tmp/PWNED2-capture-all`; x' \"y"
+    arm = Session(arm_line(host), host)
+    assert arm.until("@@ready") == "@@ready"
+    pre = parse_preflight(parse_sections("\n".join(arm.lines)))
+    assert pre.uid == 0 and pre.tcpdump.endswith("/bin/tcpdump") and pre.remote_dir.startswith(host["base"])
+    assert os.stat(pre.remote_dir).st_mode & 0o777 == 0o700
+    arm.say("go " + hostile)
+    header = arm.until("@@probe")
+    assert header in ("@@probe us", "@@probe ns"), arm.lines
+    for _ in range(3):
+        arm.say("t")
+        assert (arm.proc.stdout.readline().strip()).isdigit()  # type: ignore[union-attr]
+    arm.say("snap")
+    assert arm.end() == 0, arm.stderr
+    sections = parse_sections("\n".join(arm.lines)).sections
+    assert "nstat" in sections and "ss_tanpi" in sections and sections["witness"].body.startswith("state=off")
+    # The filter arrived as one argument of tcpdump, never evaluated by any shell.
+    argv = Path(host["argv"]).read_bytes().split(b"\n\0\n")[0].split(b"\0")
+    assert argv[-1].decode() == hostile and argv[:2] == [b"-i", b"lo"]
+    assert not Path("/tmp/PWNED-capture-all").exists() and not Path("/tmp/PWNED2-capture-all").exists()
+
+    fin = Session(commands.finish(pre.remote_dir, ["lo"], wait_s=5, sudo=False, ports=(443,)).line, host)
+    assert fin.until("@@probe"), fin.lines
+    fin.say("snap")
+    assert fin.until("@@listed") == "@@listed", fin.lines
+    parsed = parse_sections("\n".join(fin.lines))
+    done = parse_finish(parsed)
+    assert not done.already_done and done.exit_codes == {"lo": 0} and done.stats["lo"].captured == 0
+    (pcap,) = done.files
+    assert (pcap.name, pcap.size, pcap.sha256) == ("lo.pcap", len(PCAP), hashlib.sha256(PCAP).hexdigest())
+    inline = parse_inline(parsed, parse_files(parsed))  # the small files came inside the session
+    assert inline["lo.pcap"] == PCAP and inline["witness.status"].startswith(b"state=off")
+    fin.say("rm")
+    assert fin.end() == 0
+    assert f"removed={pre.remote_dir}" in "\n".join(fin.lines)
+    assert not Path(pre.remote_dir).exists()
+    assert wait_for(lambda: ours(pre.remote_dir) == []), ours(pre.remote_dir)
+
+
+def test_a_controller_that_goes_away_before_go_leaves_nothing(host: dict[str, str]) -> None:
+    arm = Session(arm_line(host), host)
+    assert arm.until("@@ready") == "@@ready"
+    remote_dir = parse_preflight(parse_sections("\n".join(arm.lines))).remote_dir
+    assert Path(remote_dir).is_dir() and ours(remote_dir)  # the job waits for "go"
+    arm.end()  # EOF on its stdin, as when the SSH connection drops
+    assert wait_for(lambda: not Path(remote_dir).exists() and ours(remote_dir) == []), ours(remote_dir)
+    assert not Path(host["argv"]).exists()  # no capture ever started
+
+
+def test_refusals_name_their_reason_and_leave_no_directory(host: dict[str, str]) -> None:
+    line = commands.arm(host["base"], ["nosuch0"], min_free_kb=1, limit_s=30, max_packets=1, max_bytes=1,
+                        snaplen=1, keep_s=1, witness_kb=0, ports=(), sudo=False).line  # fmt: skip
+    s = Session(line, host)
+    assert s.until("@@ready") is None and s.end() == commands.EXIT_NO_INTERFACE
+    failure = parse_sections("\n".join(s.lines)).failure
+    assert failure is not None and (failure.code, failure.text) == ("no_interface", "interface nosuch0 does not exist")
+    s = Session(arm_line(host, min_free_kb=1 << 40), host)
+    assert s.until("@@ready") is None and s.end() == commands.EXIT_LOW_DISK
+    assert "low_disk" in "\n".join(s.lines)
+    assert os.listdir(host["base"]) == []
+
+
+def test_inline_files_are_cut_by_the_listed_sizes() -> None:
+    a, b = b"first file", b"\x00\x01 second"
+    text = "\n".join(
+        ["@@section files", f"size {len(a)} /d/capture-all.X/a.pcap", f"size {len(b)} /d/capture-all.X/witness.trace",
+         f"{hashlib.sha256(a).hexdigest()}  /d/capture-all.X/a.pcap",
+         f"{hashlib.sha256(b).hexdigest()}  /d/capture-all.X/witness.trace",
+         "@@section inline", "name a.pcap", "name witness.trace", base64.b64encode(a + b).decode(), "@@rc 0"]
+    )  # fmt: skip
+    parsed = parse_sections(text)
+    files = parse_files(parsed)
+    assert {f.name for f in files} == {"a.pcap", "witness.trace"}
+    assert parse_inline(parsed, files) == {"a.pcap": a, "witness.trace": b}
+    broken = parse_sections(text.replace("@@rc 0", "@@rc 1"))
+    assert parse_inline(broken, files) == {}  # base64 failed on the host: they come over SFTP

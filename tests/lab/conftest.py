@@ -38,7 +38,7 @@ def clean_lab(lab: Lab) -> Iterator[Lab]:
     lab.direct()
     for name in [n for n in lab.procs if n.startswith("stuck-")]:
         lab.stop(name)
-    for h in sorted(lab.without_tracefs):
+    for h in sorted(lab.without_tracefs | lab.forced):
         lab.stop_sshd(h)
     for h in ("client", "router", "proxy", "backend", "nat"):
         if f"sshd-{h}" not in lab.procs:

@@ -141,6 +141,7 @@ class Lab:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     host_keys: dict[str, str] = field(default_factory=dict)
     without_tracefs: set[str] = field(default_factory=set)  # hosts whose sshd runs without tracefs
+    forced: set[str] = field(default_factory=set)  # hosts whose sshd runs a ForceCommand
 
     @property
     def inventory(self) -> Path:
@@ -282,10 +283,11 @@ class Lab:
             # No IPv6 chatter (router solicitations, DAD) in the captures.
             sh("sysctl", "-q", "-w", f"net.ipv6.conf.{ifn}.disable_ipv6=1", ns=ns)
 
-    def _sshd_config(self, h: str) -> Path:
+    def _sshd_config(self, h: str, force_command: Path | None = None) -> Path:
         cfg = self.root / h / "sshd_config"
         cfg.write_text(
-            f"ListenAddress {MGMT[h]}:22\n"
+            (f"ForceCommand {force_command}\n" if force_command else "")
+            + f"ListenAddress {MGMT[h]}:22\n"
             f"HostKey {self.root / h / 'ssh_host_ed25519_key'}\n"
             f"AuthorizedKeysFile {self.root / 'authorized_keys'}\n"
             "PidFile none\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
@@ -301,12 +303,20 @@ class Lab:
         with open(self.root / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=log, stderr=log, cwd=REPO)
 
-    def start_sshd(self, h: str, *, tracefs: bool = True) -> None:
+    def start_sshd(self, h: str, *, tracefs: bool = True, force_command: str | None = None) -> None:
         """sshd for host h. `ip netns exec` gives each host a fresh /sys; with tracefs the host also
         gets the kernel's tracefs mounted there (its own mount namespace, as on a real host that
-        has it), so the kernel reset witness can run; without, the witness must say it cannot."""
-        argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(self._sshd_config(h))]
+        has it), so the kernel reset witness can run; without, the witness must say it cannot.
+        ``force_command``: a shell script sshd runs instead of what the client asked for (sshd's
+        ForceCommand, as on restricted accounts; the client's command is in $SSH_ORIGINAL_COMMAND)."""
+        script = None
+        if force_command is not None:
+            script = self.root / h / "force-command"
+            script.write_text("#!/bin/sh\n" + force_command)
+            script.chmod(0o755)
+        argv = ["/usr/sbin/sshd", "-D", "-e", "-f", str(self._sshd_config(h, script))]
         (self.without_tracefs.discard if tracefs else self.without_tracefs.add)(h)
+        (self.forced.add if force_command is not None else self.forced.discard)(h)
         if tracefs:
             argv = ["sh", "-c", 'mount -t tracefs nodev /sys/kernel/tracing && exec "$@"', "lab-sshd", *argv]
         self._spawn(f"sshd-{h}", h, argv)

@@ -371,3 +371,39 @@ def test_ctrl_c_twice_abandons_with_the_manifest_written(clean_lab: Lab, tmp_pat
     # limit (it was stopped early: at most duration + grace) and keep have passed.
     assert wait_until(lambda: lab.our_processes() == [] and lab.remote_dirs() == [],
                       abandoned_at + duration + grace + keep + 5 - time.monotonic()), lab.our_processes()  # fmt: skip
+
+
+def test_hosts_answering_garbage_are_one_line_each_and_the_others_keep_their_evidence(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two odd hosts behind real sshd: the backend's login prints a banner and mangles every number
+    of the arm reply on its way out (armed_ns=1700000000N); the router is a restricted account
+    whose ForceCommand answers anything with one sentence. The router is one line and exit 3, the
+    backend's capture still comes back, and every other host's evidence is kept."""
+    lab = clean_lab
+    lab.stop_sshd("backend")
+    lab.start_sshd("backend", force_command=(
+        'echo "Welcome to backend (managed by config-mgmt)"\n'
+        'sh -c "$SSH_ORIGINAL_COMMAND" |'
+        ' sed -u "s/^armed_ns=\\([0-9]*\\)$/armed_ns=\\1N/; s/^job_pid=.*/job_pid=42x/"\n'
+    ))  # fmt: skip
+    lab.stop_sshd("router")
+    lab.start_sshd("router", force_command='echo "This account may only run backups."\nexit 1\n')
+    out = tmp_path / "bundle"
+    code, stdout, _ = run_cli(capsys, "-i", str(lab.inventory), "--flow", FLOW_8080, "-d", "2", "-o", str(out),
+                              "--reproduce", f"curl -sS -m 3 http://{PROXY_FRONT}:8080/reset")  # fmt: skip
+    assert code == 3, stdout
+    m = manifest(out)
+    router = host(m, "router")
+    assert (router["status"], router["failed_phase"]) == ("failed", "prepare"), router
+    assert "This account may only run backups." in router["error"]
+    assert "Traceback" not in stdout
+    (line,) = [ln for ln in stdout.splitlines() if ln.strip().startswith("router")]
+    assert "failed" in line and "This account may only run backups." in line
+    backend = host(m, "backend")
+    assert backend["status"] == "ok" and backend["remote_armed_ns"] is None, backend
+    assert backend["captures"][0]["packets"] > 0 and resets(out, "backend", "eth1")
+    for name in ("client", "proxy"):
+        assert host(m, name)["status"] == "ok" and all(c["packets"] for c in host(m, name)["captures"])
+    assert verify(out) == []
+    assert lab.remote_dirs() == [] and wait_until(lambda: lab.our_processes() == [], 5), lab.our_processes()

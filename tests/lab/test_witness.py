@@ -40,8 +40,10 @@ def test_each_host_keeps_only_its_own_events_and_leaves_no_instance(
     for h in report["hosts"]:
         assert h["witness"]["state"] == "ran", h
         assert h["witness"]["reason_field"] is True and h["witness"]["lost"] == 0
-    assert host(report, "proxy")["witness"]["events"] == 1  # its send
-    assert host(report, "client")["witness"]["events"] == 1  # its receive
+    # Its send and the client's receive (HAProxy may also close an older test's connection in the
+    # window: that is the proxy's own event too, so these are at least one, not exactly one).
+    assert host(report, "proxy")["witness"]["events"] >= 1 and host(report, "client")["witness"]["events"] >= 1
+    assert [x["host"] for x in first(report)["kernel"]["received"]] == ["client"]
     for name in ("router", "backend"):
         assert host(report, name)["witness"]["events"] == 0
         assert host(report, name)["witness"]["other_hosts_events"] >= 2

@@ -1,21 +1,24 @@
 """Fan-out benchmark: N real OpenSSH sshd hosts (stock limits, network namespaces), bare asyncssh
 `date` on all of them against capture-all arming all of them, side by side, alternating.
 
-    scripts/bench-fanout [--hosts 100] [--runs 3] [--duration 2]
+    scripts/bench-fanout [--hosts 100] [--runs 3] [--duration 2] [--no-witness] [--login-files]
 
 Runs inside tests/lab/enter (a private network, mount and PID namespace: nothing leaks, every
 sshd dies with it). Each host: its own namespace with a management veth on one bridge
 (198.19.0.0/16), a capture interface `eth1` (one end of a veth pair that carries nothing), sshd
 with OpenSSH's default MaxSessions and MaxStartups and the kernel's tracefs in its mount namespace
-(so the witness runs, as it does by default). Both sides run as their own process, timed from its
-start (Python's start-up and imports included on both).
+(so the witness runs, as it does by default). root's ~/.bashrc is empty unless --login-files (the
+machine's own: here pyenv init, whose lock a hundred hosts on one disk all queue on). Both sides
+run as their own process, timed from its start (Python's start-up and imports included on both).
 
 Per repetition, printed as medians:
 - bare asyncssh: connect, run `date +%s%N` on every host at once: time to the last answer, and the
   spread of the hosts' clocks when they answered (its "start skew");
-- capture-all (`--concurrency N`, `-d DURATION`): time from the process start to the last host
-  armed (manifest `armed_ns`), its start skew (manifest), end-to-end overhead (wall time minus the
-  duration) and the controller's CPU seconds per host (the process's rusage).
+- capture-all (its defaults, `-d DURATION`): time from the process start to the last host
+  armed (manifest `armed_ns`: its capture listens), its start skew (manifest), end-to-end overhead
+  (wall time minus the duration) and the controller's CPU seconds per host (the process's rusage);
+  and where the time to arming goes: the first and the last host connected, the last host ready
+  (preflight done, waiting at the start barrier).
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ def address(i: int) -> str:
     return f"198.19.{1 + i // 200}.{10 + i % 200}"
 
 
-def build(n: int, root: Path) -> Path:
+def build(n: int, root: Path, login_files: bool = False) -> Path:
     """N hosts with sshd; returns the inventory."""
-    private_mounts(root)
+    private_mounts(root, login_files=login_files)
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "id"))
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "hostkey"))
     pub = " ".join((root / "hostkey.pub").read_text().split()[:2])
@@ -111,17 +114,28 @@ async def _bare(n: int, root: Path) -> None:
 
 def capture_all(n: int, inv: Path, out: Path, duration: float, witness: bool) -> dict[str, float]:
     argv = [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(inv), "-f", FLOW, "-d", str(duration),
-            "--concurrency", str(n), "-o", str(out), *([] if witness else ["--no-witness"])]  # fmt: skip
+            "-o", str(out), *([] if witness else ["--no-witness"])]  # fmt: skip
     start_ns = time.time_ns()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = (time.time_ns() - start_ns) / 1e9
     m = json.loads((out / "manifest.json").read_text())
     armed = [h["armed_ns"] for h in m["hosts"] if h.get("armed_ns")]
+    connected = [h["connected_ns"] for h in m["hosts"] if h.get("connected_ns")]
+    ready = []
+    for h in m["hosts"]:
+        for line in (out / h["name"] / "commands.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if rec["phase"] == "capture" and "preflight" in rec.get("steps_ns", {}):
+                ready.append(rec["started_ns"] + rec["steps_ns"]["preflight"])
+    since = lambda ns: (ns - start_ns) / 1e9 if ns else float("nan")  # noqa: E731
     return {
         "exit": float(os.waitstatus_to_exitcode(status)),
         "armed_hosts": float(len(armed)),
-        "last_armed_s": (max(armed) - start_ns) / 1e9 if armed else float("nan"),
+        "first_connected_s": since(min(connected, default=0)),
+        "last_connected_s": since(max(connected, default=0)),
+        "last_ready_s": since(max(ready, default=0)),
+        "last_armed_s": since(max(armed, default=0)),
         "skew_ms": float(m.get("start_skew_ms") or float("nan")),
         "overhead_s": wall - duration,
         "cpu_ms_per_host": (usage.ru_utime + usage.ru_stime) / n * 1e3,
@@ -139,6 +153,7 @@ def main() -> None:
         help="capture-all without the kernel witness: the lab's hosts "
         "share one kernel, so N witnesses are N ftrace instances in one kernel (on real hosts: one each)",
     )
+    ap.add_argument("--login-files", action="store_true", help="keep the machine's own ~/.bashrc for root")
     ap.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # the bare side, in its own process
     args = ap.parse_args()
     if args.bare:
@@ -149,7 +164,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="capture-all-fanout-"))
     root.chmod(0o755)
     t = time.monotonic()
-    inv = build(args.hosts, root)
+    inv = build(args.hosts, root, args.login_files)
     print(f"{args.hosts} sshd hosts up in {time.monotonic() - t:.1f} s")
     bares, ours = [], []
     for k in range(args.runs):  # alternating: the machine's drift hits both alike
@@ -160,11 +175,16 @@ def main() -> None:
     b_last, b_skew = med(b for b, _ in bares), med(s for _, s in bares)
     o = {key: med(r[key] for r in ours) for key in ours[0]}
     witness = "without" if args.no_witness else "with"
-    print(f"\nmedians over {args.runs} runs, {args.hosts} hosts, {args.duration:g} s captures, {witness} the witness:")
+    logins = "the machine's login files" if args.login_files else "empty login files"
+    print(f"\nmedians over {args.runs} runs, {args.hosts} hosts, {args.duration:g} s captures, {witness} the witness, "
+          f"{logins}:")
     print(f"  bare asyncssh connect + date: last answer {b_last:.2f} s, clock spread {b_skew:.0f} ms")
     print(f"  capture-all: last host armed {o['last_armed_s']:.2f} s ({o['last_armed_s'] / b_last:.1f}x bare), "
           f"start skew {o['skew_ms']:.0f} ms, overhead {o['overhead_s']:.2f} s, "
-          f"controller CPU {o['cpu_ms_per_host']:.0f} ms/host, armed {o['armed_hosts']:.0f}/{args.hosts}")  # fmt: skip
+          f"controller CPU {o['cpu_ms_per_host']:.0f} ms/host, armed {o['armed_hosts']:.0f}/{args.hosts}")
+    print(f"  capture-all, to arming: first host connected {o['first_connected_s']:.2f} s, last "
+          f"{o['last_connected_s']:.2f} s, last ready {o['last_ready_s']:.2f} s, "
+          f"last armed {o['last_armed_s']:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

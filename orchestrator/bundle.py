@@ -47,13 +47,17 @@ class Bundle:
         return cls(root)
 
     def folder(self, *parts: str) -> Path:
-        path = self.root.joinpath(*parts)
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """``root/parts...``, every folder created 0700 (``mkdir(parents=True)`` would give the
+        intermediate ones the umask's mode)."""
+        path = self.root
+        for part in Path(*parts).parts if parts else ():
+            path = path / part
+            path.mkdir(mode=0o700, exist_ok=True)
         return path
 
     def write(self, rel: str, data: str | bytes) -> Path:
         path = self.root / rel
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.folder(*Path(rel).parent.parts)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
@@ -61,7 +65,7 @@ class Bundle:
 
     def append_jsonl(self, rel: str, record: dict[str, Any]) -> None:
         path = self.root / rel
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.folder(*Path(rel).parent.parts)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a") as fh:
             fh.write(json.dumps(record) + "\n")

@@ -92,12 +92,14 @@ class HostRun:
         self.plan, self.connector, self.bundle, self.opts, self.sink = plan, connector, bundle, opts, sink
         self.log = Log(bundle, plan.name)
         self.transport: Transport | None = None
-        self.talk: Talk | None = None  # the open arm session, between prepare and the end of arm
+        self.talk: Talk | None = None  # the capture session, open from prepare to the end of finish
         self.preflight: Preflight | None = None
         self.armed: Armed | None = None
         self.arm_done = anyio.Event()
         # The flow's server ports on this host: its snapshots list their sockets.
         self.ports = tuple(sorted({leg.server.port for leg in plan.legs if leg.server.port}))
+        self.conntrack = plan.role in TRANSLATING_ROLES  # a translating box reports its conntrack entries
+        self.wait_s = opts.grace + 5  # finishing waits this long for the capture to stop
         self.record = HostRecord(
             name=plan.name,
             role=plan.role,
@@ -159,7 +161,7 @@ class HostRun:
         assert self.transport is not None
         return await Talk.open(self.transport, command, self.log, self.opts.step_timeout, self.sudo)
 
-    # ---- prepare: connect, and the arm session up to @@ready -----------------------------------
+    # ---- prepare: connect, and the capture session up to @@ready ---------------------------------
     async def prepare(self, limiter: anyio.CapacityLimiter) -> None:
         await self._guard("prepare", lambda: self._prepare(limiter))
         if not self.ok:
@@ -173,10 +175,10 @@ class HostRun:
         self.record.connected_ns = time.time_ns()
         self.sink(name, "preparing", "preflight")
         o = self.opts
-        cmd = commands.arm(
+        cmd = commands.capture(
             self.plan.tmpdir, list(self.plan.interfaces), min_free_kb=o.min_free_kb, limit_s=o.limit_s,
             max_packets=o.max_packets, max_bytes=o.max_bytes, snaplen=o.snaplen, keep_s=o.keep,
-            witness_kb=o.witness_kb, ports=self.ports, sudo=self.sudo,
+            witness_kb=o.witness_kb, ports=self.ports, wait_s=self.wait_s, conntrack=self.conntrack, sudo=self.sudo,
         )  # fmt: skip
         self.talk = await self._talk(cmd)
         ready = await self.talk.until("@@ready", what="preflight")
@@ -185,7 +187,7 @@ class HostRun:
         if ready is None:
             raise await self.talk.failure()
         if not pre.remote_dir:
-            raise CommandError(name, "the arm session did not report its temp directory")
+            raise CommandError(name, "the capture session did not report its temp directory")
         ssh = pre.ssh
         excl = ssh_exclusion(ssh.client_ip, ssh.client_port, ssh.server_ip, ssh.server_port) if ssh else None
         self.record.bpf_filter = self.plan.bpf(excl)
@@ -211,7 +213,8 @@ class HostRun:
 
         try:
             await self._guard("arm", lambda: self._arm(tell, all_listening))
-            await self._end_talk()
+            if not self.ok:
+                await self._end_talk()
         finally:
             tell()
             self.arm_done.set()
@@ -242,17 +245,15 @@ class HostRun:
             if not isinstance(exc, RemoteError):
                 self._debug("arm", exc)
             why = exc.message if isinstance(exc, RemoteError) else f"internal error ({type(exc).__name__}: {exc})"
-            self.record.notes.append(f"after the capture started, the arm session failed: {why}")
+            self.record.notes.append(f"after the capture started, the capture session failed: {why}")
             self.sink(self.plan.name, "warning", f"arm: {why}")
 
     async def _after_listening(self, talk: Talk, header: str) -> None:
-        self._probe("start", await talk.probe(header))
+        self._probe("start", await talk.probe(header, what="clock probe at start"))
         await talk.say("snap")
-        await talk.until(what="witness and snapshot")
-        result = await talk.end()
-        parsed = talk.parsed()
-        if result.exit_status != 0:
+        if await talk.until("@@armed", what="witness and before snapshot") is None:
             raise await talk.failure()
+        parsed = talk.parsed()
         armed = parse_arm(parsed)
         self.record.tcpdump = armed.tcpdump or None
         for fname, text in snapshot_files(parsed).items():
@@ -291,6 +292,7 @@ class HostRun:
         if talk and talk[0].ended is None:
             await self._guard("cleanup", lambda: self._rm(talk[0]))
         else:
+            await self._end_talk()
             await self.cleanup()
         if self.record.status == "pending":
             self.record.status = "ok"
@@ -299,24 +301,24 @@ class HostRun:
             self.sink(name, "done", f"{total} packets, {drops} dropped by kernel")
 
     async def _listing(self) -> tuple[Talk, Finished]:
+        """Finishing, in the capture session when it is still there, else in a session of its own."""
         assert self.record.remote_dir is not None
-        wait_s = self.opts.grace + 5
-        # A translating box also reports its conntrack entries for the flow's server ports.
-        cmd = commands.finish(self.record.remote_dir, list(self.plan.interfaces), wait_s=wait_s, sudo=self.sudo,
-                              ports=self.ports, conntrack=self.plan.role in TRANSLATING_ROLES)  # fmt: skip
-        talk = await self._talk(cmd)
-        try:
-            header = await talk.until("@@probe", what="stopping the capture", extra=wait_s)
-            if header is None:
-                raise await talk.failure()
-            fin = parse_finish(talk.parsed())
-            self._probe("end", await talk.probe(header))
-            await talk.say("snap")
-            if await talk.until("@@listed", what="snapshot") is None:
-                raise await talk.failure()
-        except BaseException:
-            await talk.end()
-            raise
+        talk = self.talk
+        if talk is not None and talk.ended is None:
+            talk.chapter()  # what follows is the finish's: its own sections
+            await talk.say("finish")
+        else:
+            cmd = commands.finish(self.record.remote_dir, list(self.plan.interfaces), wait_s=self.wait_s,
+                                  sudo=self.sudo, ports=self.ports, conntrack=self.conntrack)  # fmt: skip
+            self.talk = talk = await self._talk(cmd)
+        header = await talk.until("@@probe", what="stopping the capture", extra=self.wait_s)
+        if header is None:
+            raise await talk.failure()
+        fin = parse_finish(talk.parsed())
+        self._probe("end", await talk.probe(header, what="clock probe at end"))
+        await talk.say("snap")
+        if await talk.until("@@listed", what="after snapshot") is None:
+            raise await talk.failure()
         return talk, fin
 
     async def _finish(self, out: list[Talk]) -> None:

@@ -122,11 +122,11 @@ class Talk:
             self.said.append(line)
         await self.session.send(line)
 
-    async def probe(self, header: str) -> ProbeResult | None:
+    async def probe(self, header: str, what: str = "clock probe") -> ProbeResult | None:
         """The clock probe, once the host printed ``@@probe UNIT`` (``header``): PROBE_SAMPLES
         round trips, each a line out and the host's clock back."""
         samples = []
-        with self._deadline("clock probe"):
+        with self._deadline(what):
             for _ in range(PROBE_SAMPLES):
                 sent = time.time_ns()
                 await self.say("t")
@@ -134,11 +134,18 @@ class Talk:
                 samples.append((sent, (answer or "").strip(), time.time_ns()))
                 if answer is None:
                     break
-        self.steps["clock probe"] = time.time_ns() - self.started
+        self.steps[what] = time.time_ns() - self.started
         return parse_probe(header, samples)
 
+    def chapter(self) -> None:
+        """What the host prints from now on is a new transcript (the finish after the capture):
+        ``parsed`` reads only that, and the window before it is a step of its own."""
+        self.steps["window"] = time.time_ns() - self.started
+        self.lines = []
+        self._parsed = None
+
     def parsed(self) -> Parsed:
-        """The transcript so far, as sections (parsed once for each length it had)."""
+        """The transcript since the last chapter, as sections (parsed once for each length it had)."""
         if self._parsed is None or self._parsed[0] != len(self.lines):
             self._parsed = (len(self.lines), parse_sections("\n".join(self.lines)))
         return self._parsed[1]

@@ -22,7 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from remote.scripts import ARM_SCRIPT, CLEANUP_SCRIPT, FINISH_SCRIPT, JOB_SCRIPT
+from remote.scripts import CAPTURE_SCRIPT, CLEANUP_SCRIPT, FINISH_SCRIPT, JOB_SCRIPT
 
 # Linux IFNAMSIZ is 16 including the NUL; allow what `ip link` accepts in practice.
 _IFACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")
@@ -104,7 +104,11 @@ def _line(script: str, args: tuple[str, ...], *, timeout: float, sudo: bool, pre
     return prefix + " ".join(shlex.quote(a) for a in argv)
 
 
-def arm(
+def _ports(ports: tuple[int, ...]) -> str:
+    return ",".join(str(_port(p)) for p in ports)
+
+
+def capture(
     tmpbase: str,
     interfaces: list[str],
     *,
@@ -116,13 +120,18 @@ def arm(
     keep_s: int,
     witness_kb: int,
     ports: tuple[int, ...],
+    wait_s: int,
     sudo: bool,
+    conntrack: bool = False,
+    inline_kb: int = INLINE_KB,
     go_wait_s: int = GO_WAIT_S,
 ) -> RemoteCommand:
-    """The arm session (see ``remote.scripts``): preflight, the private dir and the detached job,
-    ``@@ready``; then on ``go FILTER`` the capture, the clock probe, the witness and the "before"
-    snapshot. ``witness_kb`` is the witness's per-CPU trace buffer; 0 turns the witness off.
-    ``ports``: the flow's server ports on this host, whose sockets the snapshots list."""
+    """The capture session (see ``remote.scripts``): preflight, the private dir and the detached
+    job, ``@@ready``; on ``go FILTER`` the capture, the clock probe, the witness and the "before"
+    snapshot, ``@@armed``; on ``finish`` what ``finish`` does. ``witness_kb`` is the witness's
+    per-CPU trace buffer (0 turns it off); ``ports`` the flow's server ports on this host, whose
+    sockets the snapshots list (and, with ``conntrack``, its conntrack entries); ``wait_s`` how
+    long finishing waits for the capture to stop."""
     args = (
         validate_tmpbase(tmpbase),
         str(int(min_free_kb)),
@@ -135,18 +144,18 @@ def arm(
         str(int(keep_s)),
         str(int(witness_kb)),
         _ports(ports),
+        str(int(wait_s)),
+        "1" if conntrack else "0",
+        str(int(inline_kb)),
         *map(validate_interface, interfaces),
     )
     # SSH_CONNECTION is read before sudo (which clears it): it is how the host sees our session,
     # and the capture filter excludes exactly that 4-tuple.
     prefix = 'echo "@@ssh $SSH_CONNECTION"; '
-    timeout = go_wait_s + 60
-    line = _line(ARM_SCRIPT, args, timeout=timeout, sudo=sudo, prefix=prefix)
-    return RemoteCommand("arm", args, line, timeout, interfaces=tuple(interfaces))
-
-
-def _ports(ports: tuple[int, ...]) -> str:
-    return ",".join(str(_port(p)) for p in ports)
+    # The session lives as long as the run: it waits for "go", then for "finish", then for "rm".
+    timeout = go_wait_s + limit_s + wait_s + TRANSFER_S + 120
+    line = _line(CAPTURE_SCRIPT, args, timeout=timeout, sudo=sudo, prefix=prefix)
+    return RemoteCommand("capture", args, line, timeout, interfaces=tuple(interfaces))
 
 
 def finish(
@@ -159,9 +168,10 @@ def finish(
     conntrack: bool = False,
     inline_kb: int = INLINE_KB,
 ) -> RemoteCommand:
-    """The finish session: stop, list, probe, "after" snapshot, the small files inline, ``@@listed``;
-    then ``rm``. ``ports``: the flow's server ports on this host (the snapshot's sockets; with
-    ``conntrack``, on a translating box, its conntrack entries for them too)."""
+    """Finishing in a session of its own, after the capture session was lost: stop, list, probe,
+    "after" snapshot, the small files inline, ``@@listed``; then ``rm``. ``ports``: the flow's
+    server ports on this host (the snapshot's sockets; with ``conntrack``, on a translating box,
+    its conntrack entries for them too)."""
     args = (validate_remote_dir(remote_dir), str(int(wait_s)), _ports(ports), "1" if conntrack else "0",
             str(int(inline_kb)), *map(validate_interface, interfaces))  # fmt: skip
     timeout = wait_s + 60 + TRANSFER_S

@@ -1,8 +1,9 @@
 """A scripted transport for tests of the orchestrator: no network, no asyncssh.
 
-A ``FakeHost`` plays a healthy host by default: its arm and finish sessions follow the
-conversation of ``remote.scripts`` (``@@ready``, ``go FILTER``, the clock probe, ``@@listed``,
-``rm``), and ``cleanup``/``reproduce`` answer at once. A test overrides a phase with:
+A ``FakeHost`` plays a healthy host by default: its capture session (and the finish session of a
+reconnect) follow the conversation of ``remote.scripts`` (``@@ready``, ``go FILTER``, the clock
+probe, ``@@armed``, ``finish``, ``@@listed``, ``rm``), and ``cleanup``/``reproduce`` answer at
+once. A test overrides a phase with:
 
 - a ``CommandResult``: the whole stdout at once, whatever the controller says, then that exit;
 - an exception: raised when the phase starts (``open`` or ``run``);
@@ -55,7 +56,7 @@ def probe(host: FakeHost, said: str) -> Generator[str, str, str]:
     return said
 
 
-def arm_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+def capture_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
     ifaces = cmd.interfaces
     said = yield (
         "@@ssh 198.19.0.1 40000 198.19.0.20 22\n@@section preflight\nuid=0\nowner=root\ntcpdump=/usr/sbin/tcpdump\n"
@@ -65,13 +66,19 @@ def arm_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
         return "", 0
     host.filters.append(said[3:])
     pids = "".join(f"pid {i} {5000 + n}\n" for n, i in enumerate(ifaces))
-    said = yield f"@@section arm\narmed_ns={time.time_ns()}\njob_pid=4242\n{pids}@@probe ns\n"
+    said = yield f"@@section arm\njob_pid=4242\n{pids}@@section probe\nnow_ns={time.time_ns()}\n@@probe ns\n"
     said = yield from probe(host, said)
-    return "@@section tcpdump\npath=/usr/sbin/tcpdump\nversion=tcpdump version 4.99.3\n" + snapshot(), 0
+    said = yield "@@section tcpdump\npath=/usr/sbin/tcpdump\n" + snapshot() + "@@armed\n"
+    if said != "finish":
+        return "", 0
+    return (yield from finish_steps(host, ifaces))
 
 
 def finish_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
-    ifaces = cmd.interfaces
+    return (yield from finish_steps(host, cmd.interfaces))
+
+
+def finish_steps(host: FakeHost, ifaces: tuple[str, ...]) -> Conversation:
     digest = hashlib.sha256(host.pcap).hexdigest()
     d = host.remote_dir
     out = f"@@section finish\nalready_done=0\ndone_ns={time.time_ns()}\nstop_reason=duration\n"
@@ -106,7 +113,9 @@ class FakeHost:
     sessions_open: int = 0  # sessions and commands open on its connection now, and at most
     sessions_max: int = 0
     clock_offset_ns: int = 0  # this host's clock minus the controller's, as its probe reports it
-    dialogues: dict[str, Dialogue] = field(default_factory=lambda: {"arm": arm_dialogue, "finish": finish_dialogue})
+    dialogues: dict[str, Dialogue] = field(
+        default_factory=lambda: {"capture": capture_dialogue, "finish": finish_dialogue}
+    )
 
     def default(self, cmd: RemoteCommand) -> CommandResult:
         now = time.time_ns()

@@ -223,7 +223,8 @@ class Armed:
 def parse_arm(parsed: Parsed) -> Armed:
     kv = parsed.kv("arm")
     pids = {w[0]: int(w[1]) for w in parsed.words("arm", "pid") if len(w) == 2 and w[1].isdigit()}
-    job, armed = _int(kv.get("job_pid"), -1), _int(kv.get("armed_ns"), 0)
+    # The host's clock as the capture listened: the first words of its clock probe.
+    job, armed = _int(kv.get("job_pid"), -1), _int(parsed.kv("probe").get("now_ns"), 0)
     td = parsed.kv("tcpdump")
     tcpdump = " ".join(x for x in (td.get("path", ""), td.get("version", "")) if x)
     return Armed(max(armed, 0), job if job > 0 else None, pids, parse_witness(parsed), tcpdump)

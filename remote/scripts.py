@@ -41,6 +41,16 @@ from __future__ import annotations
 # Builtins only: a small file's lines (``cat`` would be a process per file).
 _READ = r"""
 catf() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$1"; }
+# Waiting for something on this host: 10, 20, 50, 100 ms, then 200 ms naps; $n counts the
+# centiseconds slept (start a wait with n=0 naps=""). Each nap is a process: polling a hundred
+# hosts every 10 ms would itself be the load that keeps their captures from starting.
+nap() {
+  case ${naps:-} in
+    "") naps=1; sleep 0.01; n=$((n + 1));; 1) naps=2; sleep 0.02; n=$((n + 2));;
+    2) naps=3; sleep 0.05; n=$((n + 5));; 3) naps=4; sleep 0.1; n=$((n + 10));;
+    *) sleep 0.2; n=$((n + 20));;
+  esac
+}
 """
 
 # A snapshot: socket table, counters, addresses, links. Each command is optional on the host (a
@@ -71,14 +81,21 @@ snapshot() {
 
 # The clock probe: answers each "t" line with the host's clock until another line comes. bash's
 # $EPOCHREALTIME needs no process (microseconds); otherwise `date` (nanoseconds, a process each).
+# Every bash of ours runs with --norc: a bash started under an SSH session (SSH_CLIENT set) sources
+# ~/.bashrc otherwise (Debian's SSH_SOURCE_BASHRC), the host's slow login files once more each time.
 PROBE = r"""
+# It first says the host's time now (section "probe": in the capture session that is the moment
+# its capture listens, "armed").
 probe() {
   if command -v bash >/dev/null 2>&1; then
-    bash -c 'if [ -n "${EPOCHREALTIME:-}" ]; then echo "@@probe us"
+    bash --norc --noprofile -c 'if [ -n "${EPOCHREALTIME:-}" ]; then
+      echo "@@section probe"; echo "now_ns=${EPOCHREALTIME//[!0-9]/}000"; echo "@@probe us"
       while IFS= read -r l && [ "$l" = t ]; do echo "${EPOCHREALTIME//[!0-9]/}"; done
-    else echo "@@probe ns"; while IFS= read -r l && [ "$l" = t ]; do date +%s%N; done; fi'
+    else echo "@@section probe"; echo "now_ns=$(date +%s%N)"; echo "@@probe ns"
+      while IFS= read -r l && [ "$l" = t ]; do date +%s%N; done; fi'
   else
-    echo "@@probe ns"; while IFS= read -r l && [ "$l" = t ]; do date +%s%N; done
+    echo "@@section probe"; echo "now_ns=$(date +%s%N)"; echo "@@probe ns"
+    while IFS= read -r l && [ "$l" = t ]; do date +%s%N; done
   fi
 }
 """
@@ -108,7 +125,7 @@ tracefs() {
 }
 wsync() {
   if command -v bash >/dev/null 2>&1; then
-    bash -c 'for k in 1 2 3; do [ -n "${EPOCHREALTIME:-}" ] || exit 1
+    bash --norc --noprofile -c 'for k in 1 2 3; do [ -n "${EPOCHREALTIME:-}" ] || exit 1
         a=$EPOCHREALTIME; echo "capture-all-sync $1 $k" > "$2/trace_marker"; b=$EPOCHREALTIME
         echo "$1 $k ${a//[!0-9]/}000 ${b//[!0-9]/}000"
       done' wsync "$1" "$wi" >> "$dir/witness.sync" 2>> "$dir/witness.err" && return 0
@@ -173,20 +190,111 @@ witness_start() {
 }
 """
 
-# Phase "arm": preflight, the private directory, the detached job; then, on "go", the capture.
-# Args: tmpbase min_free_kb go_wait_s job limit maxpk maxbytes snaplen keep witness_kb ports iface...
-ARM_SCRIPT = (
+# Finishing, in the capture session once the window is over (or in a session of its own after a
+# reconnect): stop (if still running), wait for the job, list the files with their digests; then
+# the clock probe, the "after" snapshot, on a translating box (conntrack=1) its conntrack entries
+# for the flow's server ports (read-only, at most 5000 lines), and the small files themselves
+# (base64, at most inline_kb in all: no transfer session for them); then wait for the controller to
+# pull the others and say "rm". Uses dir wait_s ports conntrack inline_kb nl; "$@" the interfaces.
+_FINISH = r"""
+finish() {
+  case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
+  [ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit $E_NO_DIR; }
+  : > "$dir/lease"
+  echo "@@section finish"
+  if [ -f "$dir/done" ]; then echo "already_done=1"; else
+    echo "already_done=0"
+    for i; do
+      p=""; [ -f "$dir/$i.pid" ] && read -r p < "$dir/$i.pid"
+      # Only signal a PID that is still our own `timeout` for this directory (PIDs get reused).
+      if [ -n "$p" ] && tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF -- "$dir/"; then
+        kill -INT "$p" 2>/dev/null
+      fi
+    done
+  fi
+  n=0; naps=""
+  while [ ! -f "$dir/done" ] && [ "$n" -lt $((wait_s * 100)) ]; do nap; done
+  v=""; [ -f "$dir/done" ] && read -r v < "$dir/done"; echo "done_ns=$v"
+  v=""; [ -f "$dir/stop.reason" ] && read -r v < "$dir/stop.reason"; echo "stop_reason=$v"
+  for i; do v=""; [ -f "$dir/$i.rc" ] && read -r v < "$dir/$i.rc"; echo "rc $i $v"; done
+  echo "@@section files"
+  list=$(stat -c '%s %n' -- "$dir"/*.pcap "$dir"/witness.* 2>/dev/null)
+  small=""; room=$((inline_kb * 1024))
+  for i; do ifaces="${ifaces:-} $i"; done
+  oifs=$IFS; IFS=$nl; set -f
+  for line in $list; do
+    IFS=' '; set -- $line; IFS=$nl
+    echo "size $1 $2"
+    [ "$1" -le "$room" ] && { small="$small$nl$2"; room=$((room - $1)); }
+  done
+  IFS=$oifs; set +f
+  sha256sum -- "$dir"/*.pcap "$dir"/witness.* 2>/dev/null
+  set -- ${ifaces:-}
+  for i; do echo "@@section tcpdump_err $i"; [ -f "$dir/$i.tcpdump.err" ] && catf "$dir/$i.tcpdump.err"; done
+  echo "@@section witness"
+  [ -f "$dir/witness.status" ] && catf "$dir/witness.status"
+  if [ -s "$dir/witness.err" ]; then e=""; while IFS= read -r l; do e=$l; done < "$dir/witness.err"; echo "error=$e"; fi
+  probe
+  snapshot
+  if [ -n "$small" ] && command -v base64 >/dev/null 2>&1; then
+    echo "@@section inline"
+    oifs=$IFS; IFS=$nl; set -f
+    for f in $small; do echo "name ${f##*/}"; done
+    cat -- $small | base64; echo "@@rc $?"
+    IFS=$oifs; set +f
+  fi
+  if [ "$conntrack" = 1 ] && [ -n "$ports" ]; then
+    echo "@@section conntrack_flow"
+    pat=" dport=($(echo "$ports" | tr , '|')) "
+    if command -v conntrack >/dev/null 2>&1; then
+      conntrack -L -p tcp 2>/dev/null | grep -E "$pat" | head -n 5000; echo "@@rc 0"
+    elif [ -r /proc/net/nf_conntrack ]; then
+      grep -E " tcp .*$pat" /proc/net/nf_conntrack | head -n 5000; echo "@@rc 0"
+    else
+      echo "no conntrack tool and no /proc/net/nf_conntrack"; echo "@@rc 1"
+    fi
+  fi
+  echo "@@listed"
+  IFS= read -r said || exit 0
+  [ "$said" = rm ] || exit 0
+  wi=""; jobpid=""
+  if [ -f "$dir/witness.status" ]; then
+    while IFS= read -r l; do case $l in instance=*) wi=${l#instance=};; esac; done < "$dir/witness.status"
+  fi
+  [ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
+  rm -rf -- "$dir"
+  [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
+  echo "@@section cleanup"
+  echo "removed=$dir"
+  if [ -n "$wi" ]; then
+    # The job removes its instance once the capture ended; the kernel takes a moment.
+    n=0; while [ -d "$wi" ] && [ "$n" -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
+    if [ ! -d "$wi" ]; then echo "instance_removed=1"
+    elif [ -n "$jobpid" ] && [ -d "/proc/$jobpid" ]; then echo "instance_removed=pending"
+    else echo "instance_removed=0"; fi
+  fi
+  exit 0
+}
+"""
+
+# The capture session: preflight, the private directory, the detached job; on "go", the capture,
+# the probe, the witness, the "before" snapshot; on "finish", the finish above. One shell for the
+# whole run: a host's login files run once.
+# Args: tmpbase min_free_kb go_wait_s job limit maxpk maxbytes snaplen keep witness_kb ports wait_s
+#       conntrack(0|1) inline_kb iface...
+CAPTURE_SCRIPT = (
     _READ
     + SNAPSHOT
     + PROBE
     + _WITNESS
     + _WITNESS_START
+    + _FINISH
     + r"""
 set -u
 base=$1 minfree=$2 gowait=$3 job=$4 limit=$5 maxpk=$6 maxbytes=$7 snaplen=$8 keep=$9
 shift 9
-witness_kb=$1 ports=$2
-shift 2
+witness_kb=$1 ports=$2 wait_s=$3 conntrack=$4 inline_kb=$5
+shift 5
 nl='
 '
 echo "@@section preflight"
@@ -245,17 +353,16 @@ listening() {
   while IFS= read -r l; do case $l in *"listening on"*) return 0;; esac; done < "$1"
   return 1
 }
-n=0; ready=0
-while [ "$n" -lt 1000 ]; do
+n=0; ready=0; naps=""
+while [ "$n" -lt 2000 ]; do
   ready=1
   for i; do listening "$dir/$i.tcpdump.err" || { ready=0; break; }; done
   [ "$ready" = 1 ] && break
   [ -f "$dir/stopping" ] && break
-  sleep 0.01; n=$((n + 1))
+  nap
 done
 exec 3>&-
 echo "@@section arm"
-echo "armed_ns=$(date +%s%N)"
 jobpid=""; [ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
 echo "job_pid=$jobpid"
 for i; do p=""; [ -f "$dir/$i.pid" ] && read -r p < "$dir/$i.pid"; echo "pid $i $p"; done
@@ -272,7 +379,10 @@ witness_start
 snapshot
 echo "@@section witness"
 [ -f "$dir/witness.status" ] && catf "$dir/witness.status"
-exit 0
+echo "@@armed"
+IFS= read -r said || exit 0
+[ "$said" = finish ] || exit 0
+finish "$@"
 """
 )
 
@@ -300,6 +410,7 @@ done
 # bounded by the capture limit itself.
 (
   t=0; end=$(( (limit + 10) * 10 ))
+  sleep 0.2; t=2  # not while the other hosts' captures start
   while [ "$t" -lt "$end" ]; do
     [ -f "$dir/done" ] && exit 0
     total=0
@@ -347,97 +458,18 @@ done
 """
 )
 
-# Phase "finish": stop (if still running), wait for the job, list the files with their digests;
-# then the clock probe, the "after" snapshot, on a translating box (conntrack=1) its conntrack
-# entries for the flow's server ports (read-only, at most 5000 lines), and the small files
-# themselves (base64, at most inline_kb in all: no transfer session for them); then wait for the
-# controller to pull the others and say "rm".
-# Args: dir wait_s ports(comma-separated) conntrack(0|1) inline_kb iface...
+# Phase "finish" on its own (after a reconnect). Args: dir wait_s ports conntrack(0|1) inline_kb iface...
 FINISH_SCRIPT = (
     _READ
     + SNAPSHOT
     + PROBE
+    + _FINISH
     + r"""
 set -u
 dir=$1; wait_s=$2; ports=$3; conntrack=$4; inline_kb=$5; shift 5
 nl='
 '
-case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
-[ -d "$dir" ] || { echo "@@fail no_dir $dir is gone (reaped or removed)"; exit $E_NO_DIR; }
-: > "$dir/lease"
-echo "@@section finish"
-if [ -f "$dir/done" ]; then echo "already_done=1"; else
-  echo "already_done=0"
-  for i; do
-    p=""; [ -f "$dir/$i.pid" ] && read -r p < "$dir/$i.pid"
-    # Only signal a PID that is still our own `timeout` for this directory (PIDs get reused).
-    if [ -n "$p" ] && tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF -- "$dir/"; then
-      kill -INT "$p" 2>/dev/null
-    fi
-  done
-fi
-n=0
-while [ ! -f "$dir/done" ] && [ "$n" -lt $((wait_s * 20)) ]; do sleep 0.05; n=$((n + 1)); done
-v=""; [ -f "$dir/done" ] && read -r v < "$dir/done"; echo "done_ns=$v"
-v=""; [ -f "$dir/stop.reason" ] && read -r v < "$dir/stop.reason"; echo "stop_reason=$v"
-for i; do v=""; [ -f "$dir/$i.rc" ] && read -r v < "$dir/$i.rc"; echo "rc $i $v"; done
-echo "@@section files"
-list=$(stat -c '%s %n' -- "$dir"/*.pcap "$dir"/witness.* 2>/dev/null)
-small=""; room=$((inline_kb * 1024))
-for i; do ifaces="${ifaces:-} $i"; done
-oifs=$IFS; IFS=$nl; set -f
-for line in $list; do
-  IFS=' '; set -- $line; IFS=$nl
-  echo "size $1 $2"
-  [ "$1" -le "$room" ] && { small="$small$nl$2"; room=$((room - $1)); }
-done
-IFS=$oifs; set +f
-sha256sum -- "$dir"/*.pcap "$dir"/witness.* 2>/dev/null
-set -- ${ifaces:-}
-for i; do echo "@@section tcpdump_err $i"; [ -f "$dir/$i.tcpdump.err" ] && catf "$dir/$i.tcpdump.err"; done
-echo "@@section witness"
-[ -f "$dir/witness.status" ] && catf "$dir/witness.status"
-if [ -s "$dir/witness.err" ]; then e=""; while IFS= read -r l; do e=$l; done < "$dir/witness.err"; echo "error=$e"; fi
-probe
-snapshot
-if [ -n "$small" ] && command -v base64 >/dev/null 2>&1; then
-  echo "@@section inline"
-  oifs=$IFS; IFS=$nl; set -f
-  for f in $small; do echo "name ${f##*/}"; done
-  cat -- $small | base64; echo "@@rc $?"
-  IFS=$oifs; set +f
-fi
-if [ "$conntrack" = 1 ] && [ -n "$ports" ]; then
-  echo "@@section conntrack_flow"
-  pat=" dport=($(echo "$ports" | tr , '|')) "
-  if command -v conntrack >/dev/null 2>&1; then
-    conntrack -L -p tcp 2>/dev/null | grep -E "$pat" | head -n 5000; echo "@@rc 0"
-  elif [ -r /proc/net/nf_conntrack ]; then
-    grep -E " tcp .*$pat" /proc/net/nf_conntrack | head -n 5000; echo "@@rc 0"
-  else
-    echo "no conntrack tool and no /proc/net/nf_conntrack"; echo "@@rc 1"
-  fi
-fi
-echo "@@listed"
-IFS= read -r said || exit 0
-[ "$said" = rm ] || exit 0
-wi=""; jobpid=""
-if [ -f "$dir/witness.status" ]; then
-  while IFS= read -r l; do case $l in instance=*) wi=${l#instance=};; esac; done < "$dir/witness.status"
-fi
-[ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
-rm -rf -- "$dir"
-[ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
-echo "@@section cleanup"
-echo "removed=$dir"
-if [ -n "$wi" ]; then
-  # The job removes its instance once the capture ended; the kernel takes a moment.
-  n=0; while [ -d "$wi" ] && [ "$n" -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
-  if [ ! -d "$wi" ]; then echo "instance_removed=1"
-  elif [ -n "$jobpid" ] && [ -d "/proc/$jobpid" ]; then echo "instance_removed=pending"
-  else echo "instance_removed=0"; fi
-fi
-exit 0
+finish "$@"
 """
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable, Generator
 from pathlib import Path
 
 import anyio
@@ -16,8 +17,8 @@ from orchestrator.inventory import Inventory
 from orchestrator.plan import build_plan
 from orchestrator.run import PROBE_SAMPLES, RunOptions, run_capture
 from remote.commands import RemoteCommand
-from remote.errors import AuthError, ConnectError, HostKeyError
-from remote.fake import Conversation, FakeConnector, FakeHost, arm_dialogue, finish_dialogue, probe, snapshot
+from remote.errors import AuthError, ConnectError, ConnectionLost, HostKeyError
+from remote.fake import Conversation, FakeConnector, FakeHost, capture_dialogue, finish_steps, probe, snapshot
 from remote.transport import CommandResult
 
 pytestmark = pytest.mark.anyio
@@ -80,13 +81,16 @@ async def test_all_hosts_captured_pulled_and_cleaned(tmp_path: Path) -> None:
     assert (tmp_path / "b/proxy/eth1.pcap").read_bytes() == fakes["proxy"].pcap
     assert all(r.remote_dir_removed for r in recs.values())
     for f in fakes.values():
-        # Two sessions a host: arm (go, the probe, snap) and finish (the probe, snap, rm).
-        assert [c.phase for c in f.log] == ["arm", "finish"]
+        # One session a host, one shell: go, the probe, snap; then finish, the probe, snap, rm.
+        assert [c.phase for c in f.log] == ["capture"]
         logged = [json.loads(x) for x in (tmp_path / "b" / f.name / "commands.jsonl").read_text().splitlines()]
-        assert [x["phase"] for x in logged] == ["arm", "finish"]
-        assert logged[0]["said"] == [f"go {f.filters[0]}", f"t (x{PROBE_SAMPLES})", "snap"]
-        assert logged[1]["said"] == [f"t (x{PROBE_SAMPLES})", "snap", "rm"]
-        assert set(logged[0]["steps_ns"]) == {"preflight", "tcpdump listening", "clock probe", "witness and snapshot"}
+        assert [x["phase"] for x in logged] == ["capture"]
+        probes = f"t (x{PROBE_SAMPLES})"
+        assert logged[0]["said"] == [f"go {f.filters[0]}", probes, "snap", "finish", probes, "snap", "rm"]
+        assert list(logged[0]["steps_ns"]) == [
+            "preflight", "tcpdump listening", "clock probe at start", "witness and before snapshot", "window",
+            "stopping the capture", "clock probe at end", "after snapshot", "pulls", "removing the directory",
+        ]  # fmt: skip
         assert f.sessions_max <= 3  # far below OpenSSH's default MaxSessions 10
     # The capture filter excludes our own SSH session as the host reported it.
     assert "not (host 198.19.0.1 and host 198.19.0.20 and port 40000 and port 22)" in (recs["client"].bpf_filter or "")
@@ -100,7 +104,7 @@ async def test_no_host_hears_go_before_every_host_is_ready(tmp_path: Path) -> No
     events: list[tuple[str, str]] = []
 
     def watched(host: FakeHost, cmd: RemoteCommand) -> Conversation:
-        talk = arm_dialogue(host, cmd)
+        talk = capture_dialogue(host, cmd)
         out = next(talk)
         events.append(("ready", host.name))
         said = yield out
@@ -113,7 +117,7 @@ async def test_no_host_hears_go_before_every_host_is_ready(tmp_path: Path) -> No
 
     fakes = hosts(backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA", connect_delay=0.3))
     for f in fakes.values():
-        f.dialogues["arm"] = watched
+        f.dialogues["capture"] = watched
     _, recs = await go(tmp_path, fakes)
     assert all(r.status == "ok" for r in recs.values())
     assert [e for e, _ in events] == ["ready"] * 3 + ["go"] * 3, events
@@ -124,14 +128,14 @@ async def test_clock_probes_are_recorded_and_a_failing_probe_is_only_a_note(tmp_
     def nonsense(host: FakeHost, cmd: RemoteCommand) -> Conversation:
         said = yield f"@@section preflight\nuid=0\ndir={host.remote_dir}\n@@ready\n"
         host.filters.append(said[3:])
-        said = yield f"@@section arm\narmed_ns={time.time_ns()}\n@@probe us\n"
+        said = yield f"@@section arm\n@@section probe\nnow_ns={time.time_ns()}\n@@probe us\n"
         while said == "t":
             said = yield "not a clock\n"
         return snapshot(), 0
 
     fakes = hosts(
         proxy=FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA", clock_offset_ns=2_500_000_000),
-        backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA", answers={"arm": nonsense}),
+        backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA", answers={"capture": nonsense}),
     )
     _, recs = await go(tmp_path, fakes)
     assert [p.phase for p in recs["proxy"].clock_probes] == ["start", "end"]
@@ -170,14 +174,31 @@ async def test_connect_deadline(tmp_path: Path) -> None:
 
 
 def silent_after_listing(host: FakeHost, cmd: RemoteCommand) -> Conversation:
-    """A finish session that stops answering after it stopped the capture."""
+    """A capture session that stops answering once asked to finish."""
+    said = yield from capture_until_armed(host, cmd)
+    assert said == "finish"
     yield "@@section finish\nalready_done=0\n"
     raise AssertionError("the controller never speaks before @@probe")
 
 
+def capture_until_armed(host: FakeHost, cmd: RemoteCommand, armed: Callable[[], object] = lambda: None
+                        ) -> Generator[str, str, str]:  # fmt: skip
+    """The healthy capture session up to @@armed (``armed`` is called as the host says it);
+    returns what the controller says next."""
+    talk = capture_dialogue(host, cmd)
+    out = next(talk)
+    while True:
+        if out.endswith("@@armed\n"):
+            armed()
+        said = yield out
+        if out.endswith("@@armed\n"):
+            return said
+        out = talk.send(said)
+
+
 async def test_a_host_that_stops_answering_mid_session_is_cut_off(tmp_path: Path) -> None:
     fakes = hosts(backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA"))
-    fakes["backend"].dialogues["finish"] = silent_after_listing
+    fakes["backend"].dialogues["capture"] = silent_after_listing
     with anyio.fail_after(20):
         _, recs = await go(tmp_path, fakes, step_timeout=0.5, grace=0)  # finish waits grace + 5 s more
     assert recs["backend"].error_kind == "timeout" and recs["backend"].failed_phase == "finish"
@@ -185,15 +206,15 @@ async def test_a_host_that_stops_answering_mid_session_is_cut_off(tmp_path: Path
     assert recs["client"].status == "ok"
     # The session's line is in commands.jsonl all the same, and the host was asked to clean up.
     logged = [json.loads(x) for x in (tmp_path / "b/backend/commands.jsonl").read_text().splitlines()]
-    assert [x["phase"] for x in logged] == ["arm", "finish", "cleanup"]
+    assert [x["phase"] for x in logged] == ["capture", "cleanup"]
 
 
 async def test_sudo_refusal_and_preflight_refusal_are_named(tmp_path: Path) -> None:
-    sudo_no = FakeHost("proxy", answers={"arm": CommandResult(None, 1, "", "sudo: a password is required\n")})  # type: ignore[arg-type]
+    sudo_no = FakeHost("proxy", answers={"capture": CommandResult(None, 1, "", "sudo: a password is required\n")})  # type: ignore[arg-type]
     no_tcpdump = FakeHost(
         "backend",
         answers={
-            "arm": CommandResult(
+            "capture": CommandResult(
                 None, 11, "@@section preflight\nuid=0\n@@fail no_tcpdump tcpdump is not installed\n", ""
             )  # type: ignore[arg-type]
         },
@@ -209,7 +230,7 @@ async def test_sudo_refusal_and_preflight_refusal_are_named(tmp_path: Path) -> N
     assert recs["proxy"].failed_phase == recs["backend"].failed_phase == "prepare"
     # The exact command and its stderr are kept for the person reading the bundle.
     logged = [json.loads(x) for x in (tmp_path / "b/proxy/commands.jsonl").read_text().splitlines()]
-    assert logged[0]["phase"] == "arm" and logged[0]["exit_status"] == 1
+    assert logged[0]["phase"] == "capture" and logged[0]["exit_status"] == 1
     assert "sudo: a password is required" in logged[0]["stderr"]
     assert recs["client"].status == "ok"
 
@@ -218,13 +239,12 @@ async def test_reproduce_runs_on_the_client_once_every_host_has_its_snapshot(tmp
     order: list[str] = []
 
     def noted(host: FakeHost, cmd: RemoteCommand) -> Conversation:
-        last, status = yield from arm_dialogue(host, cmd)
-        order.append(f"armed {host.name}")
-        return last, status
+        yield from capture_until_armed(host, cmd, lambda: order.append(f"armed {host.name}"))
+        return (yield from finish_steps(host, cmd.interfaces))
 
     fakes = hosts()
     for f in fakes.values():
-        f.dialogues["arm"] = noted
+        f.dialogues["capture"] = noted
     fakes["client"].answers["reproduce"] = lambda cmd: (
         order.append("reproduce"),
         CommandResult(cmd, 56, "", "curl: (56) reset\n"),
@@ -237,7 +257,8 @@ async def test_reproduce_runs_on_the_client_once_every_host_has_its_snapshot(tmp
 
 
 def wrong_digest(host: FakeHost, cmd: RemoteCommand) -> Conversation:
-    talk = finish_dialogue(host, cmd)
+    yield from capture_until_armed(host, cmd)
+    talk = finish_steps(host, cmd.interfaces)
     said = yield re.sub(r"^[0-9a-f]{64} ", "0" * 64 + " ", next(talk), flags=re.M)
     try:
         while True:
@@ -248,7 +269,7 @@ def wrong_digest(host: FakeHost, cmd: RemoteCommand) -> Conversation:
 
 async def test_corrupted_transfer_is_caught(tmp_path: Path) -> None:
     bad = FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA")
-    bad.dialogues["finish"] = wrong_digest
+    bad.dialogues["capture"] = wrong_digest
     _, recs = await go(tmp_path, hosts(backend=bad))
     assert recs["backend"].error_kind == "transfer" and "SHA-256" in (recs["backend"].error or "")
     assert recs["backend"].remote_dir_removed  # still cleaned up
@@ -297,9 +318,14 @@ def bug_on_go(host: FakeHost, cmd: RemoteCommand) -> Conversation:
     raise BUG
 
 
+def bug_on_finish(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    yield from capture_until_armed(host, cmd)
+    raise BUG
+
+
 @pytest.mark.parametrize(
-    ("phase", "where"), [("prepare", {"answers": {"arm": BUG}}), ("arm", {"dialogues": {"arm": bug_on_go}}),
-                         ("finish", {"answers": {"finish": BUG}})]  # fmt: skip
+    ("phase", "where"), [("prepare", {"answers": {"capture": BUG}}), ("arm", {"dialogues": {"capture": bug_on_go}}),
+                         ("finish", {"dialogues": {"capture": bug_on_finish}})]  # fmt: skip
 )
 async def test_a_bug_in_one_hosts_phase_is_that_hosts_outcome(tmp_path: Path, phase: str, where: dict) -> None:  # type: ignore[type-arg]
     """Any exception inside one host's phase (here the transport raising something no rule of
@@ -321,14 +347,14 @@ async def test_a_bug_in_one_hosts_phase_is_that_hosts_outcome(tmp_path: Path, ph
 
 def garbage_arm(host: FakeHost, cmd: RemoteCommand) -> Conversation:
     said = yield f"@@section preflight\nuid=0\ndir={host.remote_dir}\n@@ready\n"
-    said = yield "@@section arm\narmed_ns=1700000000N\njob_pid=42x\npid eth0 5000\n@@probe ns\n"
+    said = yield "@@section arm\njob_pid=42x\npid eth0 5000\n@@section probe\nnow_ns=1700000000N\n@@probe ns\n"
     said = yield from probe(host, said)
     return "@@section witness\nstate=\nswept=x\n", 0
 
 
 async def test_an_unparseable_arm_reply_does_not_lose_the_host(tmp_path: Path) -> None:
     client = FakeHost("client", remote_dir="/tmp/capture-all.CLIEAAAA")
-    client.dialogues["arm"] = garbage_arm
+    client.dialogues["capture"] = garbage_arm
     _, recs = await go(tmp_path, hosts(client=client))
     assert recs["client"].status == "ok" and recs["client"].remote_armed_ns is None
     assert all(r.status == "ok" for r in recs.values())
@@ -337,15 +363,18 @@ async def test_an_unparseable_arm_reply_does_not_lose_the_host(tmp_path: Path) -
 async def test_a_failure_after_the_capture_started_costs_the_extras_not_the_capture(tmp_path: Path) -> None:
     def snapshot_fails(host: FakeHost, cmd: RemoteCommand) -> Conversation:
         said = yield f"@@section preflight\nuid=0\ndir={host.remote_dir}\n@@ready\n"
-        said = yield f"@@section arm\narmed_ns={time.time_ns()}\n@@probe ns\n"
+        said = yield f"@@section arm\n@@section probe\nnow_ns={time.time_ns()}\n@@probe ns\n"
         said = yield from probe(host, said)
         return "sh: 1: ip: not found\n", 2
 
     proxy = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA")
-    proxy.dialogues["arm"] = snapshot_fails
+    proxy.dialogues["capture"] = snapshot_fails
     _, recs = await go(tmp_path, hosts(proxy=proxy))
     assert recs["proxy"].status == "ok" and (tmp_path / "b/proxy/eth1.pcap").exists()
-    assert any("after the capture started, the arm session failed: arm exited 2" in n for n in recs["proxy"].notes)
+    assert any("after the capture started, the capture session failed: capture exited 2" in n
+               for n in recs["proxy"].notes)  # fmt: skip
+    # Its finish then ran in a session of its own.
+    assert [c.phase for c in proxy.log] == ["capture", "finish"]
 
 
 async def test_a_stalled_reproducer_does_not_hold_the_run_past_its_window(tmp_path: Path) -> None:
@@ -356,3 +385,19 @@ async def test_a_stalled_reproducer_does_not_hold_the_run_past_its_window(tmp_pa
     assert anyio.current_time() - started < 10  # duration 0.1 s + grace 1 s, not the reproducer's 30 s
     assert all(r.status == "ok" for r in recs.values())
     assert any(s == "warning" and "still running after the window" in d for _, s, d in events), events
+
+
+async def test_a_capture_session_lost_in_the_window_is_finished_over_a_new_connection(tmp_path: Path) -> None:
+    def drops(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        yield from capture_until_armed(host, cmd)
+        raise ConnectionLost(host.name, "connection lost during capture: Connection reset by peer")
+
+    proxy = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA")
+    proxy.dialogues["capture"] = drops
+    events: list[tuple[str, str, str]] = []
+    _, recs = await go(tmp_path, hosts(proxy=proxy), events)
+    assert recs["proxy"].status == "ok" and (tmp_path / "b/proxy/eth1.pcap").exists()
+    assert [c.phase for c in proxy.log] == ["capture", "finish"] and proxy.said[-1] == "rm"
+    assert ("proxy", "reconnecting", "connection lost while stopping the capture") in events
+    logged = [json.loads(x)["phase"] for x in (tmp_path / "b/proxy/commands.jsonl").read_text().splitlines()]
+    assert logged == ["capture", "finish"]

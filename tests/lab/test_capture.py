@@ -377,7 +377,7 @@ def test_hosts_answering_garbage_are_one_line_each_and_the_others_keep_their_evi
     clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two odd hosts behind real sshd: the backend's login prints a banner and mangles every number
-    of the arm reply on its way out (armed_ns=1700000000N); the router is a restricted account
+    of the capture session on its way out (now_ns=1700000000N); the router is a restricted account
     whose ForceCommand answers anything with one sentence. The router is one line and exit 3, the
     backend's capture still comes back, and every other host's evidence is kept."""
     lab = clean_lab
@@ -385,7 +385,7 @@ def test_hosts_answering_garbage_are_one_line_each_and_the_others_keep_their_evi
     lab.start_sshd("backend", force_command=(
         'echo "Welcome to backend (managed by config-mgmt)"\n'
         'sh -c "$SSH_ORIGINAL_COMMAND" |'
-        ' sed -u "s/^armed_ns=\\([0-9]*\\)$/armed_ns=\\1N/; s/^job_pid=.*/job_pid=42x/"\n'
+        ' sed -u "s/^now_ns=\\([0-9]*\\)$/now_ns=\\1N/; s/^job_pid=.*/job_pid=42x/"\n'
     ))  # fmt: skip
     lab.stop_sshd("router")
     lab.start_sshd("router", force_command='echo "This account may only run backups."\nexit 1\n')

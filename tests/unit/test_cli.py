@@ -130,3 +130,14 @@ def test_a_pcap_that_is_not_a_capture_is_bad_input() -> None:
     done = cli("analyze", "--pcap", "client=inventory.example.toml")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--pcap 'client=inventory.example.toml': not a pcap or pcapng file" in done.stderr
+
+
+def test_every_folder_of_a_bundle_is_private(tmp_path: Path) -> None:
+    from orchestrator.bundle import Bundle
+
+    b = Bundle.create(tmp_path / "b")
+    b.write("host/witness/witness.trace", "x")  # its first file, two folders deep
+    b.append_jsonl("other/commands.jsonl", {"a": 1})
+    b.folder("third", "before")
+    for p in (tmp_path / "b").rglob("*"):
+        assert p.stat().st_mode & 0o077 == 0, p

@@ -16,9 +16,9 @@ HOSTILE = ["$(reboot)", "`id`", "a; rm -rf /", "x' 'y", 'q"q', "new\nline", "--h
 
 def arm(interfaces: list[str] | None = None, sudo: bool = False, **kw: object) -> commands.RemoteCommand:
     values: dict[str, object] = dict(min_free_kb=1, limit_s=40, max_packets=1, max_bytes=1, snaplen=1, keep_s=1,
-                                     witness_kb=0, ports=(443,), sudo=sudo)  # fmt: skip
+                                     witness_kb=0, ports=(443,), wait_s=15, sudo=sudo)  # fmt: skip
     values.update(kw)
-    return commands.arm("/tmp", interfaces or ["eth0"], **values)  # type: ignore[arg-type]
+    return commands.capture("/tmp", interfaces or ["eth0"], **values)  # type: ignore[arg-type]
 
 
 def argv_after_script(line: str, script: str) -> list[str]:
@@ -40,7 +40,7 @@ def test_the_filter_is_never_on_a_command_line() -> None:
     takes it as data; no command line carries it (see test_scripts for what the host does with it)."""
     cmd = arm()
     assert "go " not in " ".join(cmd.args[:3] + cmd.args[4:])
-    assert 'IFS= read -r said' in scripts.ARM_SCRIPT and 'printf \'%s\\n\' "$said" >&3' in scripts.ARM_SCRIPT
+    assert 'IFS= read -r said' in scripts.CAPTURE_SCRIPT and 'printf \'%s\\n\' "$said" >&3' in scripts.CAPTURE_SCRIPT
     assert '"$filter" 2>' in scripts.JOB_SCRIPT  # one quoted argument of tcpdump, never evaluated
 
 
@@ -82,7 +82,7 @@ def test_every_line_is_bounded_on_the_host() -> None:
         assert words[0] == "timeout" and int(words[3]) <= cmd.timeout
     # The capture job itself carries its own limit: duration + grace, whatever the controller does,
     # and waits for "go" at most go_wait_s.
-    job = argv_after_script(lines[0].line, scripts.ARM_SCRIPT)
+    job = argv_after_script(lines[0].line, scripts.CAPTURE_SCRIPT)
     assert job[3] == scripts.JOB_SCRIPT and job[4] == "40" and job[2] == str(commands.GO_WAIT_S)
     assert 'timeout -s INT -k 5 "$limit"' in scripts.JOB_SCRIPT
     assert 'timeout "$gowait" head -n 1' in scripts.JOB_SCRIPT
@@ -120,4 +120,4 @@ def test_the_scripts_exit_codes_are_the_python_constants() -> None:
     script = shlex.split(line.split("; ", 1)[1])[6]
     assert script.startswith(f"E_NO_TOOL={commands.EXIT_NO_TOOL} ") and "exit $E_NO_TOOL" in script
     for code in (11, 12, 13, 14, 15, 16):
-        assert f"exit {code}" not in scripts.ARM_SCRIPT + scripts.FINISH_SCRIPT + scripts.CLEANUP_SCRIPT
+        assert f"exit {code}" not in scripts.CAPTURE_SCRIPT + scripts.FINISH_SCRIPT + scripts.CLEANUP_SCRIPT

@@ -27,20 +27,29 @@ def load(name: str) -> str:
     return (DATA / name).read_text()
 
 
-def test_arm_session_output() -> None:
-    """The arm session on the lab's proxy (sudo): preflight, the capture, the probe, the "before"
-    snapshot and the witness, recorded with tests/lab/record.py."""
-    text = load("arm-proxy-sudo.txt")
-    before_ready, _, rest = text.partition("@@ready\n")
-    pre = parse_preflight(parse_sections(before_ready))
+def parts() -> list[str]:
+    """The recorded capture session (tests/lab/record.py) cut at the points where the host waited
+    for the controller: preflight | arm | start probe + "before" snapshot | finish listing |
+    end probe + "after" snapshot + inline files | cleanup."""
+    text = load("capture-proxy-sudo.txt")
+    out = []
+    for marker in ("@@ready\n", "@@probe us\n", "@@armed\n", "@@probe us\n", "@@listed\n"):
+        head, _, text = text.partition(marker)
+        out.append(head)
+    return out + [text]
+
+
+def test_capture_session_up_to_armed() -> None:
+    """On the lab's proxy (sudo): preflight, the capture, the probe, the "before" snapshot and
+    the witness."""
+    preflight, armed_part, after_probe, *_ = parts()
+    pre = parse_preflight(parse_sections(preflight))
     assert pre.uid == 0 and pre.owner == "root" and pre.tcpdump.endswith("/tcpdump")
     assert pre.remote_dir.rsplit("/", 1)[1].startswith("capture-all.") and pre.free_kb > 0
     assert pre.ssh is not None and pre.ssh.server_port == 22
-    armed_part, _, after_probe = rest.partition("@@probe us\n")
     armed = parse_arm(parse_sections(armed_part))
     assert set(armed.pids) == {"eth1", "eth2"} and armed.armed_ns > 1_700_000_000 * 10**9 and armed.job_pid
-    probe_answers = after_probe.splitlines()[:8]
-    assert all(a.isdigit() and len(a) == 16 for a in probe_answers)  # microseconds since the epoch
+    assert all(a.isdigit() and len(a) == 16 for a in after_probe.splitlines()[:8])  # microseconds since the epoch
     parsed = parse_sections(after_probe)
     assert parsed.failure is None
     files = snapshot_files(parsed)
@@ -62,24 +71,22 @@ def test_refusals_carry_their_reason() -> None:
     assert low is not None and low.code == "low_disk" and "KiB free" in low.text
 
 
-def test_finish_session_output() -> None:
-    text = load("finish-proxy-sudo.txt")
-    listing, _, rest = text.partition("@@probe us\n")
+def test_finish_in_the_capture_session() -> None:
+    *_, listing, rest, cleanup = parts()
     fin = parse_finish(parse_sections(listing))
     assert not fin.already_done and fin.stop_reason == ""
     assert fin.exit_codes == {"eth1": 0, "eth2": 0}
     assert [f.name for f in fin.files] == ["eth1.pcap", "eth2.pcap"]
     assert all(len(f.sha256) == 64 for f in fin.files) and fin.files[0].size > 24
-    assert fin.stats["eth1"].captured == fin.stats["eth1"].received and fin.stats["eth1"].dropped == 0
+    assert fin.stats["eth1"].captured == fin.stats["eth1"].received > 0 and fin.stats["eth1"].dropped == 0
     assert fin.witness.state == "ran" and "witness.trace" in [f.name for f in fin.witness.files]
     # Every file came back inside the session, each matching the digest the host computed.
-    snap, _, cleanup = rest.partition("@@listed\n")
-    inline = parse_inline(parse_sections(snap), fin.files + fin.witness.files)
+    inline = parse_inline(parse_sections(rest), fin.files + fin.witness.files)
     assert set(inline) == {f.name for f in fin.files + fin.witness.files}
     for f in fin.files + fin.witness.files:
         assert hashlib.sha256(inline[f.name]).hexdigest() == f.sha256
     done = parse_cleanup(parse_sections(cleanup))
-    assert done.removed and done.instance_removed in (True, False)
+    assert done.removed and (done.instance_removed or done.instance_pending)
 
 
 def test_tcpdump_stats_singular_and_missing() -> None:

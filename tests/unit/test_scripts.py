@@ -51,9 +51,16 @@ def host(tmp_path: Path) -> dict[str, str]:
     fake.chmod(0o755)
     base = tmp_path / "tmp"
     base.mkdir()
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "argv")}
+    # As under sshd: SSH_CLIENT set, a login file. A bash started with these sources ~/.bashrc
+    # (Debian's SSH_SOURCE_BASHRC) unless told not to; this one says so when it runs.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc").write_text(f"echo ran >> {tmp_path / 'bashrc-ran'}\n")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "argv"),
+           "HOME": str(home), "SSH_CLIENT": "198.19.0.1 40000 22", "SHLVL": "0"}  # fmt: skip
     env.pop("SUDO_USER", None)
-    return {"base": str(base), "argv": str(tmp_path / "argv"), **{f"env:{k}": v for k, v in env.items()}}
+    return {"base": str(base), "argv": str(tmp_path / "argv"), "bashrc-ran": str(tmp_path / "bashrc-ran"),
+            **{f"env:{k}": v for k, v in env.items()}}  # fmt: skip
 
 
 class Session:
@@ -113,49 +120,71 @@ def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untype
 
 def arm_line(host: dict[str, str], **kw: object) -> str:
     values: dict[str, object] = dict(min_free_kb=1, limit_s=30, max_packets=100, max_bytes=1 << 20, snaplen=262144,
-                                     keep_s=60, witness_kb=0, ports=(443,), sudo=False)  # fmt: skip
+                                     keep_s=60, witness_kb=0, ports=(443,), wait_s=5, sudo=False)  # fmt: skip
     values.update(kw)
-    return commands.arm(host["base"], ["lo"], **values).line  # type: ignore[arg-type]
+    return commands.capture(host["base"], ["lo"], **values).line  # type: ignore[arg-type]
 
 
-def test_a_whole_capture_conversation(host: dict[str, str]) -> None:
-    hostile = "tcp port 443 and $(touch /tmp/PWNED-capture-all) `touch /tmp/PWNED2-capture-all`; x' \"y"
+def start_capture(host: dict[str, str], flt: str) -> tuple[Session, str]:
+    """A capture session up to @@armed: (the session, its remote dir)."""
     arm = Session(arm_line(host), host)
     assert arm.until("@@ready") == "@@ready"
     pre = parse_preflight(parse_sections("\n".join(arm.lines)))
     assert pre.uid == 0 and pre.tcpdump.endswith("/bin/tcpdump") and pre.remote_dir.startswith(host["base"])
     assert os.stat(pre.remote_dir).st_mode & 0o777 == 0o700
-    arm.say("go " + hostile)
+    arm.say("go " + flt)
     header = arm.until("@@probe")
     assert header in ("@@probe us", "@@probe ns"), arm.lines
     for _ in range(3):
         arm.say("t")
         assert (arm.proc.stdout.readline().strip()).isdigit()  # type: ignore[union-attr]
     arm.say("snap")
-    assert arm.end() == 0, arm.stderr
+    assert arm.until("@@armed") == "@@armed", arm.lines
     sections = parse_sections("\n".join(arm.lines)).sections
     assert "nstat" in sections and "ss_tanpi" in sections and sections["witness"].body.startswith("state=off")
+    return arm, pre.remote_dir
+
+
+def finish_in(s: Session, remote_dir: str) -> None:
+    """From the finish's @@probe to the end: the listing, the inline files, rm."""
+    assert s.until("@@probe"), s.lines
+    listing, s.lines = parse_sections("\n".join(s.lines)), []
+    s.say("snap")
+    assert s.until("@@listed") == "@@listed", s.lines
+    parsed = parse_sections("\n".join(s.lines))
+    assert "nstat" in parsed.sections  # the "after" snapshot
+    done = parse_finish(listing)
+    assert not done.already_done and done.exit_codes == {"lo": 0} and done.stats["lo"].captured == 0
+    (pcap,) = done.files
+    assert (pcap.name, pcap.size, pcap.sha256) == ("lo.pcap", len(PCAP), hashlib.sha256(PCAP).hexdigest())
+    inline = parse_inline(parsed, parse_files(listing))  # the small files came inside the session
+    assert inline["lo.pcap"] == PCAP and inline["witness.status"].startswith(b"state=off")
+    s.say("rm")
+    assert s.end() == 0, s.stderr
+    assert f"removed={remote_dir}" in "\n".join(s.lines)
+    assert not Path(remote_dir).exists()
+    assert wait_for(lambda: ours(remote_dir) == []), ours(remote_dir)
+
+
+def test_a_whole_capture_in_one_session(host: dict[str, str]) -> None:
+    hostile = "tcp port 443 and $(touch /tmp/PWNED-capture-all) `touch /tmp/PWNED2-capture-all`; x' \"y"
+    arm, remote_dir = start_capture(host, hostile)
     # The filter arrived as one argument of tcpdump, never evaluated by any shell.
     argv = Path(host["argv"]).read_bytes().split(b"\n\0\n")[0].split(b"\0")
     assert argv[-1].decode() == hostile and argv[:2] == [b"-i", b"lo"]
     assert not Path("/tmp/PWNED-capture-all").exists() and not Path("/tmp/PWNED2-capture-all").exists()
+    arm.say("finish")
+    finish_in(arm, remote_dir)
+    # The probes ran in bash, and no bash of ours ran the host's login files again.
+    assert not Path(host["bashrc-ran"]).exists()
 
-    fin = Session(commands.finish(pre.remote_dir, ["lo"], wait_s=5, sudo=False, ports=(443,)).line, host)
-    assert fin.until("@@probe"), fin.lines
-    fin.say("snap")
-    assert fin.until("@@listed") == "@@listed", fin.lines
-    parsed = parse_sections("\n".join(fin.lines))
-    done = parse_finish(parsed)
-    assert not done.already_done and done.exit_codes == {"lo": 0} and done.stats["lo"].captured == 0
-    (pcap,) = done.files
-    assert (pcap.name, pcap.size, pcap.sha256) == ("lo.pcap", len(PCAP), hashlib.sha256(PCAP).hexdigest())
-    inline = parse_inline(parsed, parse_files(parsed))  # the small files came inside the session
-    assert inline["lo.pcap"] == PCAP and inline["witness.status"].startswith(b"state=off")
-    fin.say("rm")
-    assert fin.end() == 0
-    assert f"removed={pre.remote_dir}" in "\n".join(fin.lines)
-    assert not Path(pre.remote_dir).exists()
-    assert wait_for(lambda: ours(pre.remote_dir) == []), ours(pre.remote_dir)
+
+def test_a_capture_whose_session_was_lost_is_finished_by_a_session_of_its_own(host: dict[str, str]) -> None:
+    arm, remote_dir = start_capture(host, "tcp port 443")
+    assert arm.end() == 0  # EOF: the session stops; the capture goes on by itself
+    assert any("tcpdump" in p or "capture-all-job" in p for p in ours(remote_dir)) and Path(remote_dir).is_dir()
+    fin = Session(commands.finish(remote_dir, ["lo"], wait_s=5, sudo=False, ports=(443,)).line, host)
+    finish_in(fin, remote_dir)
 
 
 def test_a_controller_that_goes_away_before_go_leaves_nothing(host: dict[str, str]) -> None:
@@ -169,8 +198,8 @@ def test_a_controller_that_goes_away_before_go_leaves_nothing(host: dict[str, st
 
 
 def test_refusals_name_their_reason_and_leave_no_directory(host: dict[str, str]) -> None:
-    line = commands.arm(host["base"], ["nosuch0"], min_free_kb=1, limit_s=30, max_packets=1, max_bytes=1,
-                        snaplen=1, keep_s=1, witness_kb=0, ports=(), sudo=False).line  # fmt: skip
+    line = commands.capture(host["base"], ["nosuch0"], min_free_kb=1, limit_s=30, max_packets=1, max_bytes=1,
+                            snaplen=1, keep_s=1, witness_kb=0, ports=(), wait_s=5, sudo=False).line  # fmt: skip
     s = Session(line, host)
     assert s.until("@@ready") is None and s.end() == commands.EXIT_NO_INTERFACE
     failure = parse_sections("\n".join(s.lines)).failure

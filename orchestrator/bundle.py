@@ -34,6 +34,7 @@ MANIFEST = "manifest.json"
 class Bundle:
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._folders: set[tuple[str, ...]] = set()  # made already (a host writes dozens of files)
 
     @classmethod
     def create(cls, root: Path) -> Bundle:
@@ -49,10 +50,13 @@ class Bundle:
     def folder(self, *parts: str) -> Path:
         """``root/parts...``, every folder created 0700 (``mkdir(parents=True)`` would give the
         intermediate ones the umask's mode)."""
-        path = self.root
-        for part in Path(*parts).parts if parts else ():
-            path = path / part
-            path.mkdir(mode=0o700, exist_ok=True)
+        path = self.root.joinpath(*parts)
+        if parts not in self._folders:
+            made = self.root
+            for part in Path(*parts).parts if parts else ():
+                made = made / part
+                made.mkdir(mode=0o700, exist_ok=True)
+            self._folders.add(parts)
         return path
 
     def write(self, rel: str, data: str | bytes) -> Path:

@@ -14,7 +14,7 @@ from orchestrator.bundle import Bundle
 from remote.classify import classify
 from remote.commands import RemoteCommand
 from remote.errors import CommandTimeout, RemoteError
-from remote.parse import Parsed, ProbeResult, parse_probe, parse_sections
+from remote.parse import Parsed, ProbeResult, SectionReader, parse_probe, parse_sections
 from remote.transport import CommandResult, Session, Transport
 
 PROBE_SAMPLES = 8  # clock probe round trips per host, at the start and at the end
@@ -81,7 +81,7 @@ class Talk:
         self.started = time.time_ns()
         self.steps: dict[str, int] = {}  # each step's end, ns after the start: where a slow host's time went
         self.ended: CommandResult | None = None
-        self._parsed: tuple[int, Parsed] | None = None
+        self._reader = SectionReader()
 
     @classmethod
     async def open(cls, transport: Transport, command: RemoteCommand, log: Log, step_s: float, sudo: bool) -> Talk:
@@ -111,6 +111,7 @@ class Talk:
                     if markers and line.startswith(markers):
                         return line
                     self.lines.append(line)
+                    self._reader.feed(line)
         finally:
             self.steps[what] = time.time_ns() - self.started
 
@@ -142,13 +143,11 @@ class Talk:
         ``parsed`` reads only that, and the window before it is a step of its own."""
         self.steps["window"] = time.time_ns() - self.started
         self.lines = []
-        self._parsed = None
+        self._reader = SectionReader()
 
     def parsed(self) -> Parsed:
-        """The transcript since the last chapter, as sections (parsed once for each length it had)."""
-        if self._parsed is None or self._parsed[0] != len(self.lines):
-            self._parsed = (len(self.lines), parse_sections("\n".join(self.lines)))
-        return self._parsed[1]
+        """The transcript since the last chapter, as sections (read as it came)."""
+        return self._reader.result()
 
     async def end(self) -> CommandResult:
         """Close the session (its stdin: the host's script reads EOF and stops where it is),
@@ -156,7 +155,9 @@ class Talk:
         if self.ended is None:
             with anyio.CancelScope(shield=True):
                 result = await self.session.close(wait_s=min(self.step_s, 10.0))
-            self.lines += result.stdout.splitlines()
+            for line in result.stdout.splitlines():
+                self.lines.append(line)
+                self._reader.feed(line)
             self.log.write(self.command, result.exit_status, self.started, result.ended_ns or time.time_ns(),
                            result.stderr, self.said, self.steps)  # fmt: skip
             self.ended = result

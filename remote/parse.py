@@ -74,34 +74,49 @@ class Parsed:
         return [ln.split()[1:] for ln in sec.body.splitlines() if ln.split()[:1] == [first]]
 
 
-def parse_sections(stdout: str) -> Parsed:
-    parsed = Parsed()
-    current: Section | None = None
-    lines: list[str] = []
+class SectionReader:
+    """Reads a host's output line by line into ``parsed`` as it comes (a session's transcript is
+    parsed once, not once for each step that looks at it)."""
 
-    def close() -> None:
-        if current is not None:
-            current.body = "\n".join(lines) + ("\n" if lines else "")
-            parsed.sections[current.name] = current
+    def __init__(self) -> None:
+        self.parsed = Parsed()
+        self._current: Section | None = None
+        self._body: list[str] = []
 
-    for line in stdout.splitlines():
-        if line.startswith("@@section "):
-            close()
-            current, lines = Section(line[len("@@section ") :].strip(), ""), []
-        elif line.startswith("@@rc ") and current is not None:
-            try:
-                current.rc = int(line[5:].strip())
-            except ValueError:
-                current.rc = None
+    def feed(self, line: str) -> None:
+        if not line.startswith("@@"):
+            if self._current is not None:
+                self._body.append(line)
+        elif line.startswith("@@section "):
+            self._close()
+            self._current, self._body = Section(line[len("@@section ") :].strip(), ""), []
+            self.parsed.sections[self._current.name] = self._current
+        elif line.startswith("@@rc ") and self._current is not None:
+            rc = line[5:].strip()
+            self._current.rc = int(rc) if rc.lstrip("-").isdigit() else None
         elif line.startswith("@@fail "):
             code, _, text = line[len("@@fail ") :].partition(" ")
-            parsed.failure = Failure(code, text.strip())
+            self.parsed.failure = Failure(code, text.strip())
         elif line.startswith("@@ssh"):
-            parsed.ssh_connection = line[len("@@ssh") :].strip()
-        elif current is not None:
-            lines.append(line)
-    close()
-    return parsed
+            self.parsed.ssh_connection = line[len("@@ssh") :].strip()
+        elif self._current is not None:
+            self._body.append(line)
+
+    def _close(self) -> None:
+        if self._current is not None:
+            self._current.body = "\n".join(self._body) + ("\n" if self._body else "")
+
+    def result(self) -> Parsed:
+        """What was read so far (the open section's body included)."""
+        self._close()
+        return self.parsed
+
+
+def parse_sections(stdout: str) -> Parsed:
+    reader = SectionReader()
+    for line in stdout.splitlines():
+        reader.feed(line)
+    return reader.result()
 
 
 @dataclass

@@ -63,10 +63,13 @@ snapfile() {
   echo "@@section $1"
   if [ -r "$2" ]; then catf "$2"; echo "@@rc 0"; else echo "cannot read $2"; echo "@@rc 1"; fi
 }
+# snapshot [after]: "after" leaves out what does not change (addresses, kernel, limits).
 snapshot() {
   snap clock_ns date +%s%N
-  snapfile uname /proc/sys/kernel/osrelease
-  snap ip_addr ip -j addr
+  if [ "${1:-}" != after ]; then
+    snapfile uname /proc/sys/kernel/osrelease
+    snap ip_addr ip -j addr
+  fi
   snap ip_s_link ip -s link
   ssf=""
   oifs=$IFS; IFS=,; for p in $ports; do ssf="$ssf${ssf:+ or }sport = :$p or dport = :$p"; done; IFS=$oifs
@@ -74,8 +77,10 @@ snapshot() {
   snap ss_s ss -s
   snap nstat nstat -asz
   snapfile conntrack_count /proc/sys/net/netfilter/nf_conntrack_count
-  snapfile conntrack_max /proc/sys/net/netfilter/nf_conntrack_max
-  snapfile port_range /proc/sys/net/ipv4/ip_local_port_range
+  if [ "${1:-}" != after ]; then
+    snapfile conntrack_max /proc/sys/net/netfilter/nf_conntrack_max
+    snapfile port_range /proc/sys/net/ipv4/ip_local_port_range
+  fi
 }
 """
 
@@ -235,7 +240,7 @@ finish() {
   [ -f "$dir/witness.status" ] && catf "$dir/witness.status"
   if [ -s "$dir/witness.err" ]; then e=""; while IFS= read -r l; do e=$l; done < "$dir/witness.err"; echo "error=$e"; fi
   probe
-  snapshot
+  snapshot "${after:-}"
   if [ -n "$small" ] && command -v base64 >/dev/null 2>&1; then
     echo "@@section inline"
     oifs=$IFS; IFS=$nl; set -f
@@ -382,6 +387,7 @@ echo "@@section witness"
 echo "@@armed"
 IFS= read -r said || exit 0
 [ "$said" = finish ] || exit 0
+after=after  # its "before" snapshot is in: the "after" one leaves out what does not change
 finish "$@"
 """
 )

@@ -57,6 +57,7 @@ nap() {
 # missing tool shows as a non-zero @@rc in its own section, never as a failed phase). One `ss -tanpi`
 # gives both the connections and the listeners (`-p` walks every process's fds, once), only those of
 # the flow's ports ($ports): a busy proxy holds tens of thousands of connections nobody asked about.
+# Uses $nl (a newline).
 SNAPSHOT = r"""
 snap() { name=$1; shift; echo "@@section $name"; "$@" 2>&1; echo "@@rc $?"; }
 snapfile() {
@@ -73,7 +74,16 @@ snapshot() {
   snap ip_s_link ip -s link
   ssf=""
   oifs=$IFS; IFS=,; for p in $ports; do ssf="$ssf${ssf:+ or }sport = :$p or dport = :$p"; done; IFS=$oifs
-  if [ -n "$ssf" ]; then snap ss_tanpi ss -tanpi "( $ssf )"; else snap ss_tanpi ss -tanpi; fi
+  if [ -z "$ssf" ]; then snap ss_tanpi ss -tanpi
+  else
+    # The process walk (-p) only where the host holds sockets of the flow's ports: a router, a NAT
+    # or a box the flow does not reach holds none, and walking every process would buy nothing.
+    socks=$(ss -tani "( $ssf )" 2>&1); rc=$?
+    case $socks in
+      *"$nl"*) snap ss_tanpi ss -tanpi "( $ssf )";;
+      *) echo "@@section ss_tanpi"; printf '%s\n' "$socks"; echo "@@rc $rc";;
+    esac
+  fi
   snap ss_s ss -s
   snap nstat nstat -asz
   snapfile conntrack_count /proc/sys/net/netfilter/nf_conntrack_count

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -71,6 +72,7 @@ class Session:
         self.proc = subprocess.Popen(["sh", "-c", line], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
         self.lines: list[str] = []
+        self.ss = ""  # the "before" snapshot's socket table, once a capture session has said it
 
     def until(self, marker: str | None) -> str | None:
         assert self.proc.stdout is not None
@@ -125,9 +127,9 @@ def arm_line(host: dict[str, str], **kw: object) -> str:
     return commands.capture(host["base"], ["lo"], **values).line  # type: ignore[arg-type]
 
 
-def start_capture(host: dict[str, str], flt: str) -> tuple[Session, str]:
+def start_capture(host: dict[str, str], flt: str, port: int) -> tuple[Session, str]:
     """A capture session up to @@armed: (the session, its remote dir)."""
-    arm = Session(arm_line(host), host)
+    arm = Session(arm_line(host, ports=(port,)), host)
     assert arm.until("@@ready") == "@@ready"
     pre = parse_preflight(parse_sections("\n".join(arm.lines)))
     assert pre.uid == 0 and pre.tcpdump.endswith("/bin/tcpdump") and pre.remote_dir.startswith(host["base"])
@@ -142,7 +144,14 @@ def start_capture(host: dict[str, str], flt: str) -> tuple[Session, str]:
     assert arm.until("@@armed") == "@@armed", arm.lines
     sections = parse_sections("\n".join(arm.lines)).sections
     assert "nstat" in sections and "ss_tanpi" in sections and sections["witness"].body.startswith("state=off")
+    arm.ss = sections["ss_tanpi"].body
     return arm, pre.remote_dir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def finish_in(s: Session, remote_dir: str) -> None:
@@ -168,7 +177,11 @@ def finish_in(s: Session, remote_dir: str) -> None:
 
 def test_a_whole_capture_in_one_session(host: dict[str, str]) -> None:
     hostile = "tcp port 443 and $(touch /tmp/PWNED-capture-all) `touch /tmp/PWNED2-capture-all`; x' \"y"
-    arm, remote_dir = start_capture(host, hostile)
+    with socket.socket() as listener:  # a socket of the flow's port: the snapshot names its process
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        arm, remote_dir = start_capture(host, hostile, listener.getsockname()[1])
+    assert f"pid={os.getpid()}," in arm.ss, arm.ss
     # The filter arrived as one argument of tcpdump, never evaluated by any shell.
     argv = Path(host["argv"]).read_bytes().split(b"\n\0\n")[0].split(b"\0")
     assert argv[-1].decode() == hostile and argv[:2] == [b"-i", b"lo"]
@@ -180,7 +193,9 @@ def test_a_whole_capture_in_one_session(host: dict[str, str]) -> None:
 
 
 def test_a_capture_whose_session_was_lost_is_finished_by_a_session_of_its_own(host: dict[str, str]) -> None:
-    arm, remote_dir = start_capture(host, "tcp port 443")
+    arm, remote_dir = start_capture(host, "tcp port 443", free_port())
+    # No socket of the flow's port here: the snapshot says so, without walking every process.
+    assert len(arm.ss.splitlines()) == 1 and "users:" not in arm.ss, arm.ss
     assert arm.end() == 0  # EOF: the session stops; the capture goes on by itself
     assert any("tcpdump" in p or "capture-all-job" in p for p in ours(remote_dir)) and Path(remote_dir).is_dir()
     fin = Session(commands.finish(remote_dir, ["lo"], wait_s=5, sudo=False, ports=(443,)).line, host)

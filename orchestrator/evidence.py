@@ -21,7 +21,7 @@ from analysis.witness import Witness, parse_witness
 from orchestrator import __version__
 from orchestrator.errors import UsageError
 from orchestrator.inventory import NAME_RE
-from remote.parse import (
+from remote.snapshot import (
     host_addresses,
     parse_conntrack,
     parse_int,

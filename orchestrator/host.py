@@ -1,14 +1,18 @@
 """One host through a capture run: its state machine, and what each step leaves in the bundle.
 
-    step       remote                                   on failure (the host's outcome, never the run's)
-    prepare    connect; arm session until @@ready:      failed_phase prepare; the host's job sees the
-               preflight, private dir, detached job     session end and removes the dir
-    arm        go FILTER; tcpdump listening; probe;     failed_phase arm; the capture stops by itself
-               witness; "before" snapshot
-    finish     finish session: stop, list, probe,       failed_phase finish; what was pulled is kept
-               "after" snapshot; pull every file;
+One SSH connection and one capture session (one shell on the host) for the whole run; its steps:
+
+    step       the session                              on failure (the host's outcome, never the run's)
+    prepare    connect; until @@ready: preflight,       failed_phase prepare; the host's job sees the
+               private dir, the detached job            session end and removes the dir
+    arm        go FILTER; tcpdump listening; then the   failed_phase arm, if tcpdump never listened;
+               probe, the witness, the "before"         after that a note: the capture is collected
+               snapshot, until @@armed                  all the same
+    finish     finish: stop, list, probe, "after"       failed_phase finish; what was pulled is kept
+               snapshot, until @@listed; the pulls;
                rm (or the cleanup command)
 
+A capture session lost on the way is finished by a session of its own over a new connection.
 Any exception in a step, ours included, ends in ``fail`` or ``internal``: the host's record says
 what happened, and a bug writes its traceback to ``<host>/debug.log``.
 """
@@ -96,6 +100,7 @@ class HostRun:
         self.preflight: Preflight | None = None
         self.armed: Armed | None = None
         self.arm_done = anyio.Event()
+        self.listed = False  # the finish listed the files: the session now waits for "rm"
         # The flow's server ports on this host: its snapshots list their sockets.
         self.ports = tuple(sorted({leg.server.port for leg in plan.legs if leg.server.port}))
         self.conntrack = plan.role in TRANSLATING_ROLES  # a translating box reports its conntrack entries
@@ -287,10 +292,9 @@ class HostRun:
         name = self.plan.name
         await self.arm_done.wait()
         self.sink(name, "stopping", "")
-        talk: list[Talk] = []
-        await self._guard("finish", lambda: self._finish(talk))
-        if talk and talk[0].ended is None:
-            await self._guard("cleanup", lambda: self._rm(talk[0]))
+        await self._guard("finish", self._finish)
+        if self.listed and self.talk is not None and self.talk.ended is None:
+            await self._guard("cleanup", self._rm)
         else:
             await self._end_talk()
             await self.cleanup()
@@ -321,7 +325,7 @@ class HostRun:
             raise await talk.failure()
         return talk, fin
 
-    async def _finish(self, out: list[Talk]) -> None:
+    async def _finish(self) -> None:
         name = self.plan.name
         try:
             talk, fin = await self._listing()
@@ -332,7 +336,7 @@ class HostRun:
             await self.close()
             self.transport = await self._connect()
             talk, fin = await self._listing()
-        out.append(talk)
+        self.listed = True
         self.record.stopped_ns = fin.done_ns
         self.record.stop_reason = _stop_reason(fin)
         for fname, text in snapshot_files(talk.parsed()).items():
@@ -412,7 +416,9 @@ class HostRun:
         if errors:
             raise errors[0]
 
-    async def _rm(self, talk: Talk) -> None:
+    async def _rm(self) -> None:
+        talk = self.talk
+        assert talk is not None
         await talk.say("rm")
         await talk.until(what="removing the directory")
         result = await talk.end()

@@ -7,10 +7,8 @@ from pathlib import Path
 
 from remote.parse import (
     SNAPSHOT_SECTIONS,
-    host_addresses,
     parse_arm,
     parse_cleanup,
-    parse_conntrack,
     parse_finish,
     parse_inline,
     parse_preflight,
@@ -19,6 +17,7 @@ from remote.parse import (
     parse_tcpdump_stats,
     snapshot_files,
 )
+from remote.snapshot import host_addresses, parse_conntrack
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "remote"
 
@@ -119,7 +118,7 @@ def test_clock_probe_keeps_the_shortest_round_trip_and_drops_the_first() -> None
 
 
 def test_interface_drop_counters_are_read_by_their_column_names() -> None:
-    from remote.parse import parse_ip_s_link
+    from remote.snapshot import parse_ip_s_link
 
     text = (
         "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue state UNKNOWN mode DEFAULT group default qlen 1000\n"
@@ -140,7 +139,7 @@ def test_interface_drop_counters_are_read_by_their_column_names() -> None:
 
 
 def test_each_connection_maps_to_its_process() -> None:
-    from remote.parse import parse_listener_names, parse_sockets
+    from remote.snapshot import parse_listener_names, parse_sockets
 
     ss = (
         "State Recv-Q Send-Q Local Address:Port Peer Address:Port Process\n"

@@ -306,6 +306,7 @@ class SshConnector:
                     ) from exc
                 conn = await self._open(target, None, known)
                 await self._remember(target, conn, path)
+                self._known.pop(path, None)  # read again: a reconnect must find the key just learnt
         return SshTransport(target.name, conn)
 
     async def close(self) -> None:

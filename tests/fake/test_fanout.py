@@ -91,7 +91,7 @@ async def test_all_hosts_captured_pulled_and_cleaned(tmp_path: Path) -> None:
             "preflight", "tcpdump listening", "clock probe at start", "witness and before snapshot", "window",
             "stopping the capture", "clock probe at end", "after snapshot", "pulls", "removing the directory",
         ]  # fmt: skip
-        assert f.sessions_max <= 3  # far below OpenSSH's default MaxSessions 10
+        assert f.sessions_max <= 3  # far below the 10 sessions a stock sshd allows a connection
     # The capture filter excludes our own SSH session as the host reported it.
     assert "not (host 198.19.0.1 and host 198.19.0.20 and port 40000 and port 22)" in (recs["client"].bpf_filter or "")
     assert fakes["client"].filters == [recs["client"].bpf_filter]

@@ -7,7 +7,7 @@
               together                            listens; the reproducer runs once every host has
                                                   its witness and "before" snapshot too
     wait      -                                   until the window ends, or Ctrl-C (stop early)
-    finish    each as soon as its arm is done     the bundle keeps whatever every host produced
+    finish    all at once, after the window       the bundle keeps whatever every host produced
 
 What each step does on a host is ``orchestrator.host``. A host's failure becomes its record's
 status/error; nothing a host does can cancel another.
@@ -88,8 +88,8 @@ async def run_capture(
         async with anyio.create_task_group() as tg:
             for r in staged:  # the barrier: every ready host hears "go" now
                 tg.start_soon(r.arm, listening.done, listening.event)
-            # The window opens once every capture listens; the finish of each host waits for its
-            # own arm session (witness, snapshot) to be over.
+            # The window opens once every capture listens; the task group ends once the window
+            # and every host's arm (witness, "before" snapshot) are over.
             await listening.event.wait()
             armed = [r for r in staged if r.ok and r.armed is not None]
             times = [r.record.armed_ns for r in armed if r.record.armed_ns]

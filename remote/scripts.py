@@ -15,25 +15,25 @@ Rules of this module:
   sees EOF on stdin and stops there.
 
 Output is line-oriented: ``@@section NAME`` opens a block, ``@@rc N`` closes a snapshot command,
-``@@fail CODE TEXT`` explains a refusal; ``@@ready``, ``@@probe UNIT`` and ``@@listed`` are the
-points where a session waits for the controller (``remote.parse`` and ``orchestrator.host``).
+``@@fail CODE TEXT`` explains a refusal; ``@@ready``, ``@@probe UNIT``, ``@@armed`` and
+``@@listed`` are the points where a session waits for the controller (``remote.parse`` and
+``orchestrator.host``).
 
-The arm session (one per host, one shell)::
+The capture session (one per host, one shell for the whole run)::
 
     host: preflight, private dir, the detached job (which waits for "go")    -> @@ready
     ctl:  go FILTER                        (sent to every host at once: the start barrier)
-    host: tcpdump on every interface, listening                              -> @@section arm
-    host: clock probe                                                        -> @@probe us
+    host: tcpdump on every interface, listening; the host's time now         -> @@probe us
     ctl:  t (x8, one answer each), then snap
-    host: the kernel witness, the "before" snapshot, the witness's state     -> exit 0
-
-The finish session::
-
+    host: the kernel witness, the "before" snapshot, the witness's state     -> @@armed
+    ctl:  finish                           (once the window is over)
     host: stop, wait for the job, files and digests                          -> @@probe us
     ctl:  t (x8), then snap
-    host: the "after" snapshot                                               -> @@listed
-    ctl:  (pulls the files over SFTP or cat), then rm
+    host: the "after" snapshot, the small files inline                       -> @@listed
+    ctl:  (pulls the others over SFTP or cat), then rm
     host: removes the directory                                              -> exit 0
+
+After a lost connection the finishing half runs in a session of its own (``FINISH_SCRIPT``).
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ from __future__ import annotations
 # Builtins only: a small file's lines (``cat`` would be a process per file).
 _READ = r"""
 catf() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$1"; }
+"""
+
+_NAP = r"""
 # Waiting for something on this host: 10, 20, 50, 100 ms, then 200 ms naps; $n counts the
 # centiseconds slept (start a wait with n=0 naps=""). Each nap is a process: polling a hundred
 # hosts every 10 ms would itself be the load that keeps their captures from starting.
@@ -299,6 +302,7 @@ finish() {
 #       conntrack(0|1) inline_kb iface...
 CAPTURE_SCRIPT = (
     _READ
+    + _NAP
     + SNAPSHOT
     + PROBE
     + _WITNESS
@@ -403,7 +407,7 @@ finish "$@"
 )
 
 # The detached capture job. Args: dir limit maxpk maxbytes snaplen keep go_wait_s tcpdump owner iface...
-# It waits (at most go_wait_s) for the arm session's "go FILTER" on the fifo, captures every
+# It waits (at most go_wait_s) for the capture session's "go FILTER" on the fifo, captures every
 # interface under its own `timeout` of duration + grace, with a size watchdog, then stops the
 # witness, marks the directory done, and reaps it if nobody collected it within `keep` seconds.
 JOB_SCRIPT = (
@@ -460,7 +464,7 @@ date +%s%N > "$dir/done"
 [ -n "$wi" ] && wremove "$wi"
 # Reaper: whatever the controller does, nothing of ours stays on the disk beyond `keep` seconds
 # after the capture ended (the controller renews the lease while it collects), and an instance the
-# arm session made too late for the check above goes too.
+# capture session made too late for the check above goes too.
 k=0
 while [ -d "$dir" ]; do
   [ -n "$wname" ] && [ -d "$wname" ] && { echo 0 > "$wname/tracing_on"; rmdir "$wname"; } 2>/dev/null
@@ -477,6 +481,7 @@ done
 # Phase "finish" on its own (after a reconnect). Args: dir wait_s ports conntrack(0|1) inline_kb iface...
 FINISH_SCRIPT = (
     _READ
+    + _NAP
     + SNAPSHOT
     + PROBE
     + _FINISH

@@ -1,7 +1,7 @@
 """Fan-out benchmark: N real OpenSSH sshd hosts (stock limits, network namespaces), bare asyncssh
 `date` on all of them against capture-all arming all of them, side by side, alternating.
 
-    scripts/bench-fanout [--hosts 100] [--runs 3] [--duration 2] [--no-witness] [--login-files]
+    scripts/bench-fanout [--hosts 100] [--runs 3] [--duration 2] [--no-witness] [--login-files] [--keep]
 
 Runs inside tests/lab/enter (a private network, mount and PID namespace: nothing leaks, every
 sshd dies with it). Each host: its own namespace with a management veth on one bridge
@@ -9,7 +9,9 @@ sshd dies with it). Each host: its own namespace with a management veth on one b
 with OpenSSH's default MaxSessions and MaxStartups and the kernel's tracefs in its mount namespace
 (so the witness runs, as it does by default). root's ~/.bashrc is empty unless --login-files (the
 machine's own: here pyenv init, whose lock a hundred hosts on one disk all queue on). Both sides
-run as their own process, timed from its start (Python's start-up and imports included on both).
+run as their own process, timed from its start (Python's start-up and imports included on both),
+each once the last run's processes are gone (sshd's sessions wind down after a run: the next one
+must not pay for them). The hosts' keys, inventory and bundles are removed unless --keep.
 
 Per repetition, printed as medians:
 - bare asyncssh: connect, run `date +%s%N` on every host at once: time to the last answer, and the
@@ -27,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -142,23 +145,32 @@ def capture_all(n: int, inv: Path, out: Path, duration: float, witness: bool) ->
     }
 
 
-def settle(limit_s: float = 60.0) -> None:
-    """Wait until nothing of the last run is left on the hosts (their jobs remove a witness
-    instance each, which the one kernel of the lab does one at a time): the next run must not
-    pay for the last one."""
+def processes() -> list[bytes]:
+    """Every live process's argv in the lab's own PID namespace (the bench's, the hosts' sshd).
+    Not zombies: the lab's PID 1 is this process, which reaps only its own children."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z":
+                    continue
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            except (OSError, IndexError):
+                continue
+    return found
+
+
+def settle(baseline: int, limit_s: float = 60.0) -> None:
+    """Wait until nothing of the last run is left on the hosts: no job of ours (they remove a
+    witness instance each, which the one kernel of the lab does one at a time) and no more
+    processes than the idle hosts had (sshd's sessions of the last run winding down). The next
+    run, ours or bare asyncssh's, must not pay for the last one."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        busy = False
-        for pid in os.listdir("/proc"):
-            try:
-                busy = pid.isdigit() and b"capture-all-job" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if busy:
-                break
-        if not busy:
+        now = processes()
+        if len(now) <= baseline and not any(b"capture-all-job" in argv for argv in now):
             return
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def main() -> None:
@@ -173,6 +185,7 @@ def main() -> None:
         "share one kernel, so N witnesses are N ftrace instances in one kernel (on real hosts: one each)",
     )
     ap.add_argument("--login-files", action="store_true", help="keep the machine's own ~/.bashrc for root")
+    ap.add_argument("--keep", action="store_true", help="keep the hosts' keys, inventory and bundles (else removed)")
     ap.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # the bare side, in its own process
     args = ap.parse_args()
     if args.bare:
@@ -185,12 +198,21 @@ def main() -> None:
     t = time.monotonic()
     inv = build(args.hosts, root, args.login_files)
     print(f"{args.hosts} sshd hosts up in {time.monotonic() - t:.1f} s")
+    time.sleep(1.0)
+    baseline = len(processes())  # the idle hosts, and this process
     bares, ours = [], []
-    for k in range(args.runs):  # alternating: the machine's drift hits both alike
-        bares.append(bare(args.hosts, root))
-        ours.append(capture_all(args.hosts, inv, root / f"run-{k}", args.duration, not args.no_witness))
-        settle()
-        print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); capture-all {ours[-1]}")
+    try:
+        for k in range(args.runs):  # alternating: the machine's drift hits both alike
+            bares.append(bare(args.hosts, root))
+            settle(baseline)
+            ours.append(capture_all(args.hosts, inv, root / f"run-{k}", args.duration, not args.no_witness))
+            settle(baseline)
+            print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); capture-all {ours[-1]}")
+    finally:
+        if args.keep:
+            print(f"kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     med = statistics.median
     b_last, b_skew = med(b for b, _ in bares), med(s for _, s in bares)
     o = {key: med(r[key] for r in ours) for key in ours[0]}

@@ -8,6 +8,8 @@ One SSH connection and one capture session (one shell on the host) for the whole
     arm        go FILTER; tcpdump listening; then the   failed_phase arm, if tcpdump never listened;
                probe, the witness, the "before"         after that a note: the capture is collected
                snapshot, until @@armed                  all the same
+    probe      near the window's end: the end's clock   a note; the finish probes instead
+               probe, until @@armed again
     finish     finish: stop, list, probe, "after"       failed_phase finish; what was pulled is kept
                snapshot, until @@listed; the pulls;
                rm (or the cleanup command)
@@ -101,6 +103,10 @@ class HostRun:
         self.armed: Armed | None = None
         self.arm_done = anyio.Event()
         self.listed = False  # the finish listed the files: the session now waits for "rm"
+        self.idle = False  # the capture session reached @@armed: it waits for "probe" or "finish"
+        self.probed = False  # the end's clock probe was taken while the capture ran
+        self.finishing = False
+        self.busy = anyio.Lock()  # one exchange at a time on the capture session
         # The flow's server ports on this host: its snapshots list their sockets.
         self.ports = tuple(sorted({leg.server.port for leg in plan.legs if leg.server.port}))
         self.conntrack = plan.role in TRANSLATING_ROLES  # a translating box reports its conntrack entries
@@ -258,6 +264,7 @@ class HostRun:
         await talk.say("snap")
         if await talk.until("@@armed", what="witness and before snapshot") is None:
             raise await talk.failure()
+        self.idle = True
         parsed = talk.parsed()
         armed = parse_arm(parsed)
         self.record.tcpdump = armed.tcpdump or None
@@ -272,7 +279,50 @@ class HostRun:
         if got is None:
             self.record.notes.append(f"clock probe at {phase}: no usable answer")
         else:
+            # One probe per phase: a finish after a reconnect probes again, and its answer is the later.
+            self.record.clock_probes = [p for p in self.record.clock_probes if p.phase != phase]
             self.record.clock_probes.append(ClockProbeRecord(phase=phase, **vars(got)))
+
+    # ---- the end's clock probe, while the capture still runs ----------------------------------
+    async def probe_late(self, start_at: float, latest: float, over: anyio.Event) -> None:
+        """The end's clock probe near the window's end, while the session has nothing else to do
+        (and the controller neither): the finish, when every host wants the controller at once,
+        then need not wait for eight round trips. Starts at ``start_at`` (anyio time) or once the
+        host's arm is over, never after ``latest`` nor once the window is ``over`` (a Ctrl-C):
+        then the finish probes instead. A probe once started runs to its end."""
+        with anyio.move_on_after(max(0.0, start_at - anyio.current_time())):
+            await over.wait()
+        with anyio.move_on_after(max(0.0, latest - anyio.current_time())):
+            await self.arm_done.wait()
+        if over.is_set() or not self.arm_done.is_set():
+            return
+        async with self.busy:
+            talk = self.talk
+            if self.finishing or not self.idle or talk is None or talk.ended is not None:
+                return
+            if anyio.current_time() > latest:
+                return
+            try:
+                await talk.say("probe")
+                header = await talk.until("@@probe", what="clock probe at end")
+                if header is None:
+                    raise await talk.failure()
+                got = await talk.probe(header, what="clock probe at end")
+                await talk.say("snap")
+                if await talk.until("@@armed", what="clock probe at end") is None:
+                    raise await talk.failure()
+            except Exception as exc:
+                # The capture runs on; the finish reconnects (a session whose answers are not
+                # where they should be is closed: its shell reads EOF and stops there).
+                if not isinstance(exc, RemoteError):
+                    self._debug("probe", exc)
+                why = exc.message if isinstance(exc, RemoteError) else f"internal error ({type(exc).__name__}: {exc})"
+                self.record.notes.append(f"the clock probe near the window's end failed: {why}")
+                self.idle = False
+                await self._end_talk()
+                return
+            self._probe("end", got)
+            self.probed = True
 
     def _witness(self, status: WitnessStatus) -> None:
         w = self.record.witness
@@ -291,8 +341,10 @@ class HostRun:
     async def finish(self) -> None:
         name = self.plan.name
         await self.arm_done.wait()
+        self.finishing = True
         self.sink(name, "stopping", "")
-        await self._guard("finish", self._finish)
+        async with self.busy:  # a probe near the window's end finishes first
+            await self._guard("finish", self._finish)
         if self.listed and self.talk is not None and self.talk.ended is None:
             await self._guard("cleanup", self._rm)
         else:
@@ -315,14 +367,15 @@ class HostRun:
             cmd = commands.finish(self.record.remote_dir, list(self.plan.interfaces), wait_s=self.wait_s,
                                   sudo=self.sudo, ports=self.ports, conntrack=self.conntrack)  # fmt: skip
             self.talk = talk = await self._talk(cmd)
-        header = await talk.until("@@probe", what="stopping the capture", extra=self.wait_s)
+        header = await talk.until("@@probe", "@@listed", what="stopping the capture", extra=self.wait_s)
         if header is None:
             raise await talk.failure()
         fin = parse_finish(talk.parsed())
-        self._probe("end", await talk.probe(header, what="clock probe at end"))
-        await talk.say("snap")
-        if await talk.until("@@listed", what="after snapshot") is None:
-            raise await talk.failure()
+        if header.startswith("@@probe"):  # no probe while the capture ran (or a new session)
+            self._probe("end", await talk.probe(header, what="clock probe at end"))
+            await talk.say("snap")
+            if await talk.until("@@listed", what="after snapshot") is None:
+                raise await talk.failure()
         return talk, fin
 
     async def _finish(self) -> None:

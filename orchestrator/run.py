@@ -6,7 +6,8 @@
     arm       all at once: "go" to every host     the window (--duration) opens once every capture
               together                            listens; the reproducer runs once every host has
                                                   its witness and "before" snapshot too
-    wait      -                                   until the window ends, or Ctrl-C (stop early)
+    wait      the end's clock probe, from 1.5 s    until the window ends, or Ctrl-C (stop early)
+              before the window's end
     finish    all at once, after the window       the bundle keeps whatever every host produced
 
 What each step does on a host is ``orchestrator.host``. A host's failure becomes its record's
@@ -110,22 +111,34 @@ async def run_capture(
     return result
 
 
+# The end's clock probe starts this long before the window ends (under load a probe takes about
+# half a second), and not at all later than LATE_PROBE_LAST_S before it: the finish probes then.
+LATE_PROBE_S = 1.5
+LATE_PROBE_LAST_S = 0.5
+
+
 async def _window(runs: list[HostRun], armed: list[HostRun], opts: RunOptions, bundle: Bundle, sink: EventSink,
                   result: RunResult, stop_early: anyio.Event | None) -> None:  # fmt: skip
     deadline = anyio.current_time() + opts.duration
     reproduced = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_all_armed, armed, len(runs), result, sink)
-        if opts.reproduce:
-            tg.start_soon(_reproduce, runs, armed, opts, bundle, sink, result, reproduced)
-        else:
-            reproduced.set()
-        result.interrupted = await _wait(deadline, opts.duration, sink, stop_early)
-        # The window is over: a reproducer still running gets at most `grace` more seconds
-        # (the captures stop by themselves then anyway), none after a Ctrl-C.
-        with anyio.move_on_after(0 if result.interrupted else opts.grace):
-            await reproduced.wait()
-        tg.cancel_scope.cancel()
+    over = anyio.Event()
+    # Each host's end clock probe near the window's end (the finish waits for those under way).
+    async with anyio.create_task_group() as probes:
+        for r in armed:
+            probes.start_soon(r.probe_late, deadline - LATE_PROBE_S, deadline - LATE_PROBE_LAST_S, over)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_all_armed, armed, len(runs), result, sink)
+            if opts.reproduce:
+                tg.start_soon(_reproduce, runs, armed, opts, bundle, sink, result, reproduced)
+            else:
+                reproduced.set()
+            result.interrupted = await _wait(deadline, opts.duration, sink, stop_early)
+            over.set()
+            # The window is over: a reproducer still running gets at most `grace` more seconds
+            # (the captures stop by themselves then anyway), none after a Ctrl-C.
+            with anyio.move_on_after(0 if result.interrupted else opts.grace):
+                await reproduced.wait()
+            tg.cancel_scope.cancel()
 
 
 async def _all_armed(armed: list[HostRun], total: int, result: RunResult, sink: EventSink) -> None:

@@ -2,8 +2,8 @@
 
 A ``FakeHost`` plays a healthy host by default: its capture session (and the finish session of a
 reconnect) follow the conversation of ``remote.scripts`` (``@@ready``, ``go FILTER``, the clock
-probe, ``@@armed``, ``finish``, ``@@listed``, ``rm``), and ``cleanup``/``reproduce`` answer at
-once. A test overrides a phase with:
+probe, ``@@armed``, ``probe`` while the capture runs, ``finish``, ``@@listed``, ``rm``), and
+``cleanup``/``reproduce`` answer at once. A test overrides a phase with:
 
 - a ``CommandResult``: the whole stdout at once, whatever the controller says, then that exit;
 - an exception: raised when the phase starts (``open`` or ``run``);
@@ -69,16 +69,22 @@ def capture_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
     said = yield f"@@section arm\njob_pid=4242\n{pids}@@section probe\nnow_ns={time.time_ns()}\n@@probe ns\n"
     said = yield from probe(host, said)
     said = yield "@@section tcpdump\npath=/usr/sbin/tcpdump\n" + snapshot() + "@@armed\n"
+    probed = False
+    while said == "probe":  # the end's clock probe while the capture runs
+        said = yield f"@@section probe\nnow_ns={time.time_ns()}\n@@probe ns\n"
+        said = yield from probe(host, said)
+        said = yield "@@armed\n"
+        probed = True
     if said != "finish":
         return "", 0
-    return (yield from finish_steps(host, ifaces))
+    return (yield from finish_steps(host, ifaces, probed))
 
 
 def finish_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
     return (yield from finish_steps(host, cmd.interfaces))
 
 
-def finish_steps(host: FakeHost, ifaces: tuple[str, ...]) -> Conversation:
+def finish_steps(host: FakeHost, ifaces: tuple[str, ...], probed: bool = False) -> Conversation:
     digest = hashlib.sha256(host.pcap).hexdigest()
     d = host.remote_dir
     out = f"@@section finish\nalready_done=0\ndone_ns={time.time_ns()}\nstop_reason=duration\n"
@@ -90,9 +96,12 @@ def finish_steps(host: FakeHost, ifaces: tuple[str, ...]) -> Conversation:
         "3 packets received by filter\n0 packets dropped by kernel\n"
         for i in ifaces
     )
-    said = yield out + "@@probe ns\n"
-    said = yield from probe(host, said)
-    said = yield snapshot() + "@@listed\n"
+    if probed:
+        said = yield out + snapshot() + "@@listed\n"
+    else:
+        said = yield out + "@@probe ns\n"
+        said = yield from probe(host, said)
+        said = yield snapshot() + "@@listed\n"
     if said != "rm":
         return "", 0
     return f"@@section cleanup\nremoved={d}\n", 0

@@ -26,9 +26,12 @@ The capture session (one per host, one shell for the whole run)::
     host: tcpdump on every interface, listening; the host's time now         -> @@probe us
     ctl:  t (x8, one answer each), then snap
     host: the kernel witness, the "before" snapshot, the witness's state     -> @@armed
+    ctl:  probe                            (near the window's end, while the capture runs)
+    host: the host's time now                                                -> @@probe us
+    ctl:  t (x8), then snap                                                  <- @@armed
     ctl:  finish                           (once the window is over)
-    host: stop, wait for the job, files and digests                          -> @@probe us
-    ctl:  t (x8), then snap
+    host: stop, wait for the job, files and digests (and, if no probe was asked for while the
+          capture ran, @@probe us; ctl: t (x8), then snap)
     host: the "after" snapshot, the small files inline                       -> @@listed
     ctl:  (pulls the others over SFTP or cat), then rm
     host: removes the directory                                              -> exit 0
@@ -53,6 +56,44 @@ nap() {
     2) naps=3; sleep 0.05; n=$((n + 5));; 3) naps=4; sleep 0.1; n=$((n + 10));;
     *) sleep 0.2; n=$((n + 20));;
   esac
+}
+# Waiting for the capture: "listen" until every interface's tcpdump listens (0) or the job
+# stopped first (1); "done" until the job marked the directory done (0). At most LIMIT
+# centiseconds (then 1). Where the host has bash, one bash process polls every 20 ms with builtins
+# only (`read -t` on a fifo nobody writes is its sleep): the start is seen within 20 ms at no
+# process per poll. Elsewhere, the naps above. Uses dir (and the fifo $dir/nap).
+cap_fns='
+cap_state() {
+  if [ "$1" = done ]; then [ -f "$dir/done" ] && return 0; return 2; fi
+  shift
+  for i; do
+    seen=0
+    if [ -f "$dir/$i.tcpdump.err" ]; then
+      while IFS= read -r l; do case $l in *"listening on"*) seen=1; break;; esac; done < "$dir/$i.tcpdump.err"
+    fi
+    [ "$seen" = 1 ] || { [ -f "$dir/stopping" ] && return 1; return 2; }
+  done
+  return 0
+}'
+eval "$cap_fns"
+await_cap() {
+  if command -v bash >/dev/null 2>&1 && [ -p "$dir/nap" ]; then
+    dir=$dir bash --norc --noprofile -c "$cap_fns"'
+      exec 9<> "$dir/nap" || exit 1
+      mode=$1 limit=$2; shift 2; k=0
+      while :; do
+        cap_state "$mode" "$@"; r=$?; [ "$r" = 2 ] || exit "$r"
+        [ "$k" -ge "$limit" ] && exit 1
+        read -r -t 0.02 -u 9 _; k=$((k + 2))
+      done' capture-all-wait "$@"
+    return
+  fi
+  mode=$1 limit=$2; shift 2; n=0; naps=""
+  while :; do
+    cap_state "$mode" "$@"; r=$?; [ "$r" = 2 ] || return "$r"
+    [ "$n" -ge "$limit" ] && return 1
+    nap
+  done
 }
 """
 
@@ -210,10 +251,11 @@ witness_start() {
 
 # Finishing, in the capture session once the window is over (or in a session of its own after a
 # reconnect): stop (if still running), wait for the job, list the files with their digests; then
-# the clock probe, the "after" snapshot, on a translating box (conntrack=1) its conntrack entries
-# for the flow's server ports (read-only, at most 5000 lines), and the small files themselves
-# (base64, at most inline_kb in all: no transfer session for them); then wait for the controller to
-# pull the others and say "rm". Uses dir wait_s ports conntrack inline_kb nl; "$@" the interfaces.
+# the clock probe (unless the session took it while the capture ran: probed=1), the "after"
+# snapshot, on a translating box (conntrack=1) its conntrack entries for the flow's server ports
+# (read-only, at most 5000 lines), and the small files themselves (base64, at most inline_kb in
+# all: no transfer session for them); then wait for the controller to pull the others and say
+# "rm". Uses dir wait_s ports conntrack inline_kb nl; "$@" the interfaces.
 _FINISH = r"""
 finish() {
   case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
@@ -230,8 +272,7 @@ finish() {
       fi
     done
   fi
-  n=0; naps=""
-  while [ ! -f "$dir/done" ] && [ "$n" -lt $((wait_s * 100)) ]; do nap; done
+  await_cap done $((wait_s * 100))
   v=""; [ -f "$dir/done" ] && read -r v < "$dir/done"; echo "done_ns=$v"
   v=""; [ -f "$dir/stop.reason" ] && read -r v < "$dir/stop.reason"; echo "stop_reason=$v"
   for i; do v=""; [ -f "$dir/$i.rc" ] && read -r v < "$dir/$i.rc"; echo "rc $i $v"; done
@@ -252,7 +293,7 @@ finish() {
   echo "@@section witness"
   [ -f "$dir/witness.status" ] && catf "$dir/witness.status"
   if [ -s "$dir/witness.err" ]; then e=""; while IFS= read -r l; do e=$l; done < "$dir/witness.err"; echo "error=$e"; fi
-  probe
+  [ "${probed:-0}" = 1 ] || probe
   snapshot "${after:-}"
   if [ -n "$small" ] && command -v base64 >/dev/null 2>&1; then
     echo "@@section inline"
@@ -356,7 +397,8 @@ dir=$(mktemp -d "$base/capture-all.XXXXXXXX") ||
   { echo "@@fail no_tmpdir cannot create a dir in $base"; exit $E_NO_DIR; }
 [ "$owner" = root ] || chown -- "$owner" "$dir" 2>/dev/null
 echo "dir=$dir"
-mkfifo "$dir/go" || { rm -rf -- "$dir"; echo "@@fail no_tmpdir cannot create a fifo in $dir"; exit $E_NO_DIR; }
+mkfifo "$dir/go" "$dir/nap" ||
+  { rm -rf -- "$dir"; echo "@@fail no_tmpdir cannot create a fifo in $dir"; exit $E_NO_DIR; }
 setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" "$gowait" \
   "$tcpdump" "$owner" "$@" < /dev/null > /dev/null 2>&1 &
 # Opening the fifo waits for the job to open its end: ready means the job listens. This session
@@ -367,19 +409,7 @@ echo "@@ready"
 IFS= read -r said || exit 0
 case $said in "go "*) ;; *) exit 0;; esac
 printf '%s\n' "$said" >&3
-listening() {
-  [ -f "$1" ] || return 1
-  while IFS= read -r l; do case $l in *"listening on"*) return 0;; esac; done < "$1"
-  return 1
-}
-n=0; ready=0; naps=""
-while [ "$n" -lt 2000 ]; do
-  ready=1
-  for i; do listening "$dir/$i.tcpdump.err" || { ready=0; break; }; done
-  [ "$ready" = 1 ] && break
-  [ -f "$dir/stopping" ] && break
-  nap
-done
+ready=0; await_cap listen 2000 "$@" && ready=1
 exec 3>&-
 echo "@@section arm"
 jobpid=""; [ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
@@ -399,8 +429,17 @@ snapshot
 echo "@@section witness"
 [ -f "$dir/witness.status" ] && catf "$dir/witness.status"
 echo "@@armed"
-IFS= read -r said || exit 0
-[ "$said" = finish ] || exit 0
+# While the capture runs: "probe" (the end's clock probe, taken before the window ends so that
+# the finish need not wait for it) as often as asked, then "finish".
+probed=0
+while :; do
+  IFS= read -r said || exit 0
+  case $said in
+    probe) probe; probed=1; echo "@@armed";;
+    finish) break;;
+    *) exit 0;;
+  esac
+done
 after=after  # its "before" snapshot is in: the "after" one leaves out what does not change
 finish "$@"
 """

@@ -68,7 +68,7 @@ async def go(
 ):
     bundle = Bundle.create(tmp_path / "b")
     sink = (lambda h, s, d: events.append((h, s, d))) if events is not None else (lambda h, s, d: None)
-    options = RunOptions(duration=0.1, **opts)  # type: ignore[arg-type]
+    options = RunOptions(**{"duration": 0.1, **opts})  # type: ignore[arg-type]
     result = await run_capture(build_plan(FLOW, INV), FakeConnector(fakes), bundle, options, sink)
     return result, {r.name: r for r in result.records}
 
@@ -401,3 +401,51 @@ async def test_a_capture_session_lost_in_the_window_is_finished_over_a_new_conne
     assert ("proxy", "reconnecting", "connection lost while stopping the capture") in events
     logged = [json.loads(x)["phase"] for x in (tmp_path / "b/proxy/commands.jsonl").read_text().splitlines()]
     assert logged == ["capture", "finish"]
+
+
+def _probe_at(host: FakeHost) -> int | None:
+    """Where the host heard "probe": its index among the controller's lines, or None."""
+    return host.said.index("probe") if "probe" in host.said else None
+
+
+async def test_the_end_probe_is_taken_before_the_window_ends_and_spares_the_finish(tmp_path: Path) -> None:
+    fakes = hosts(proxy=FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA", clock_offset_ns=-700_000_000))
+    _, recs = await go(tmp_path, fakes, duration=1.6)  # the probe starts 1.5 s before the end
+    for name, f in fakes.items():
+        at = _probe_at(f)
+        assert at is not None and f.said.index("finish") > at, (name, f.said)
+        after = f.said[f.said.index("finish") :]
+        assert "t" not in after and "t (x" not in " ".join(after), after  # the finish probed no more
+        assert [p.phase for p in recs[name].clock_probes] == ["start", "end"]
+    end = recs["proxy"].clock_probes[1]
+    assert abs(end.offset_ns + 700_000_000) <= end.bound_ns and end.samples == PROBE_SAMPLES - 1
+
+
+async def test_a_short_window_or_a_stop_leaves_the_end_probe_to_the_finish(tmp_path: Path) -> None:
+    fakes = hosts()
+    _, recs = await go(tmp_path, fakes, duration=0.3)  # under LATE_PROBE_LAST_S: no time for it
+    stop = anyio.Event()
+    stop.set()
+    stopped = hosts()
+    with anyio.fail_after(5):  # a Ctrl-C before the probe's time: nothing waits for it
+        result = await run_capture(build_plan(FLOW, INV), FakeConnector(stopped), Bundle.create(tmp_path / "s"),
+                                   RunOptions(duration=3600), stop_early=stop)  # fmt: skip
+    by_name = {r.name: r for r in result.records}
+    for f, r in [*((fakes[n], recs[n]) for n in fakes), *((stopped[n], by_name[n]) for n in stopped)]:
+        assert _probe_at(f) is None and r.status == "ok", f.said
+        assert f.said.count("t") == 2 * PROBE_SAMPLES and [p.phase for p in r.clock_probes] == ["start", "end"]
+
+
+async def test_a_host_lost_during_the_end_probe_is_finished_over_a_new_connection(tmp_path: Path) -> None:
+    def drops_on_probe(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        said = yield from capture_until_armed(host, cmd)
+        assert said == "probe"
+        raise ConnectionLost(host.name, "connection lost during capture: Connection reset by peer")
+
+    proxy = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA")
+    proxy.dialogues["capture"] = drops_on_probe
+    _, recs = await go(tmp_path, hosts(proxy=proxy), duration=1.6)
+    assert recs["proxy"].status == "ok" and (tmp_path / "b/proxy/eth1.pcap").exists()
+    assert [c.phase for c in proxy.log] == ["capture", "finish"] and proxy.said[-1] == "rm"
+    assert [p.phase for p in recs["proxy"].clock_probes] == ["start", "end"]  # the finish probed instead
+    assert any("clock probe near the window's end failed" in n for n in recs["proxy"].notes)

@@ -39,8 +39,23 @@ while True:
 """
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> dict[str, str]:
+def without_bash(tmp_path: Path) -> str:
+    """A PATH with every command of this machine's but bash: a host whose shell is sh alone."""
+    nobash = tmp_path / "nobash"
+    nobash.mkdir()
+    for d in os.environ["PATH"].split(":") + ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]:
+        if not os.path.isdir(d):
+            continue
+        for name in os.listdir(d):
+            target = os.path.join(d, name)
+            if name not in ("bash", "rbash") and not (nobash / name).exists() and os.access(target, os.X_OK):
+                (nobash / name).symlink_to(target)
+    return str(nobash)
+
+
+@pytest.fixture(params=["bash", "sh only"])
+def host(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    """A host as root: with bash (its waits and probes in one bash each), or with sh alone."""
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("the host scripts run as root (CI runs as root)")
@@ -57,10 +72,12 @@ def host(tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir()
     (home / ".bashrc").write_text(f"echo ran >> {tmp_path / 'bashrc-ran'}\n")
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_ARGS": str(tmp_path / "argv"),
+    path = without_bash(tmp_path) if request.param == "sh only" else os.environ["PATH"]
+    env = {**os.environ, "PATH": f"{bin_dir}:{path}", "FAKE_ARGS": str(tmp_path / "argv"),
            "HOME": str(home), "SSH_CLIENT": "198.19.0.1 40000 22", "SHLVL": "0"}  # fmt: skip
     env.pop("SUDO_USER", None)
     return {"base": str(base), "argv": str(tmp_path / "argv"), "bashrc-ran": str(tmp_path / "bashrc-ran"),
+            "probe": "@@probe ns" if request.param == "sh only" else "@@probe us",
             **{f"env:{k}": v for k, v in env.items()}}  # fmt: skip
 
 
@@ -136,7 +153,7 @@ def start_capture(host: dict[str, str], flt: str, port: int) -> tuple[Session, s
     assert os.stat(pre.remote_dir).st_mode & 0o777 == 0o700
     arm.say("go " + flt)
     header = arm.until("@@probe")
-    assert header in ("@@probe us", "@@probe ns"), arm.lines
+    assert header == host["probe"], arm.lines  # bash's $EPOCHREALTIME, or `date` where sh is all there is
     for _ in range(3):
         arm.say("t")
         assert (arm.proc.stdout.readline().strip()).isdigit()  # type: ignore[union-attr]
@@ -154,13 +171,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def finish_in(s: Session, remote_dir: str) -> None:
-    """From the finish's @@probe to the end: the listing, the inline files, rm."""
-    assert s.until("@@probe"), s.lines
-    listing, s.lines = parse_sections("\n".join(s.lines)), []
-    s.say("snap")
-    assert s.until("@@listed") == "@@listed", s.lines
-    parsed = parse_sections("\n".join(s.lines))
+def finish_in(s: Session, remote_dir: str, probed: bool = False) -> None:
+    """From "finish" to the end: the listing, the probe (unless ``probed`` while the capture
+    ran), the inline files, rm."""
+    if probed:  # no probe: the listing and the "after" snapshot at once
+        assert s.until("@@listed") == "@@listed", s.lines
+        assert not any(line.startswith("@@probe") for line in s.lines), s.lines
+        listing = parsed = parse_sections("\n".join(s.lines))
+    else:
+        assert s.until("@@probe"), s.lines
+        listing, s.lines = parse_sections("\n".join(s.lines)), []
+        s.say("snap")
+        assert s.until("@@listed") == "@@listed", s.lines
+        parsed = parse_sections("\n".join(s.lines))
     assert "nstat" in parsed.sections  # the "after" snapshot
     done = parse_finish(listing)
     assert not done.already_done and done.exit_codes == {"lo": 0} and done.stats["lo"].captured == 0
@@ -190,6 +213,22 @@ def test_a_whole_capture_in_one_session(host: dict[str, str]) -> None:
     finish_in(arm, remote_dir)
     # The probes ran in bash, and no bash of ours ran the host's login files again.
     assert not Path(host["bashrc-ran"]).exists()
+
+
+def test_the_end_probe_while_the_capture_runs_spares_the_finish_its_probe(host: dict[str, str]) -> None:
+    arm, remote_dir = start_capture(host, "tcp port 443", free_port())
+    for _ in range(2):  # as often as the controller asks (a watch probes every few minutes)
+        arm.say("probe")
+        assert arm.until("@@probe") in ("@@probe us", "@@probe ns"), arm.lines
+        for _ in range(3):
+            arm.say("t")
+            assert (arm.proc.stdout.readline().strip()).isdigit()  # type: ignore[union-attr]
+        arm.say("snap")
+        assert arm.until("@@armed") == "@@armed", arm.lines
+    assert Path(remote_dir).is_dir() and not Path(remote_dir, "done").exists()  # still capturing
+    arm.lines = []
+    arm.say("finish")
+    finish_in(arm, remote_dir, probed=True)
 
 
 def test_a_capture_whose_session_was_lost_is_finished_by_a_session_of_its_own(host: dict[str, str]) -> None:

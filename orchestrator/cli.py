@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import re
 import signal
 import sys
 import threading
@@ -233,6 +235,7 @@ async def _capture(args: argparse.Namespace) -> int:
         reproduce(opts.reproduce, timeout_s=opts.reproduce_timeout)  # validate before contacting anyone
     now = dt.datetime.now(dt.timezone.utc)
     root = args.out or Path(f"capture-all-{now.strftime('%Y%m%dT%H%M%SZ')}")
+    opts.holder = holder_label(root)
     bundle = Bundle.create(root)
     for w in plan.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -292,6 +295,20 @@ async def _capture(args: argparse.Namespace) -> int:
     lines.append(f"reports: {root / 'report.md'}, {root / 'report.json'}")
     print("\n".join(lines))
     return code
+
+
+def holder_label(root: Path) -> str:
+    """user@controller:bundle, in the characters a host's lock file takes: what a second run on
+    the same host is told holds it."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    text = f"{user}@{socket.gethostname()}:{root.resolve()}"
+    return re.sub(r"[^A-Za-z0-9_.:@/+=-]", "_", text)[:200]
 
 
 def _preloading(sink: Callable[[str, str, str], None]) -> Callable[[str, str, str], None]:

@@ -4,7 +4,8 @@ One SSH connection and one capture session (one shell on the host) for the whole
 
     step       the session                              on failure (the host's outcome, never the run's)
     prepare    connect; until @@ready: preflight,       failed_phase prepare; the host's job sees the
-               private dir, the detached job            session end and removes the dir
+               private dir, the host's run lock         session end and removes the dir (a second
+               (busy: another run holds it), the job    run's host: busy, naming the holder)
     arm        go FILTER; tcpdump listening; then the   failed_phase arm, if tcpdump never listened;
                probe, the witness, the "before"         after that a note: the capture is collected
                snapshot, until @@armed                  all the same
@@ -72,6 +73,7 @@ class RunOptions:
     controller_slack: float = 10.0  # the controller gives up on a command this long after the host's own limit
     step_timeout: float = 60.0  # the controller waits this long for each step of a session
     witness_kb: int = 256  # per-CPU buffer of the kernel reset witness; 0 turns it off (--no-witness)
+    holder: str = ""  # who runs this (user@controller:bundle), as a host's lock tells a second run
 
     @property
     def limit_s(self) -> int:
@@ -190,6 +192,7 @@ class HostRun:
             self.plan.tmpdir, list(self.plan.interfaces), min_free_kb=o.min_free_kb, limit_s=o.limit_s,
             max_packets=o.max_packets, max_bytes=o.max_bytes, snaplen=o.snaplen, keep_s=o.keep,
             witness_kb=o.witness_kb, ports=self.ports, wait_s=self.wait_s, conntrack=self.conntrack, sudo=self.sudo,
+            holder=o.holder,
         )  # fmt: skip
         self.talk = await self._talk(cmd)
         ready = await self.talk.until("@@ready", what="preflight")

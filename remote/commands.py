@@ -36,6 +36,7 @@ EXIT_LOW_DISK = 13
 EXIT_NO_DIR = 14
 EXIT_NOT_ARMED = 15
 EXIT_NO_ROOT = 16
+EXIT_BUSY = 17  # another capture-all run holds the host's lock
 EXIT_TIMEOUT = 124  # GNU timeout's own status when it had to stop the command
 
 
@@ -59,6 +60,16 @@ def validate_tmpbase(path: str) -> str:
     if _TMPBASE_RE.match(path) and ".." not in path.split("/"):
         return path.rstrip("/") or "/"
     raise UnsafeValue(f"remote temp directory {path!r} must be an absolute plain path")
+
+
+_HOLDER_RE = re.compile(r"^[A-Za-z0-9_.:@/+=-]{0,200}$")
+
+
+def validate_holder(text: str) -> str:
+    """Who runs this capture, as the host's lock says to a second run (a run id, the controller)."""
+    if _HOLDER_RE.match(text):
+        return text
+    raise UnsafeValue(f"run label {text!r}: letters, digits and _.:@/+=- only")
 
 
 def validate_remote_dir(path: str) -> str:
@@ -85,7 +96,7 @@ class RemoteCommand:
 # same ones): each script starts by defining them.
 _EXIT_CODES = (
     f"E_NO_TOOL={EXIT_NO_TOOL} E_NO_INTERFACE={EXIT_NO_INTERFACE} E_LOW_DISK={EXIT_LOW_DISK} "
-    f"E_NO_DIR={EXIT_NO_DIR} E_NOT_ARMED={EXIT_NOT_ARMED} E_NO_ROOT={EXIT_NO_ROOT}"
+    f"E_NO_DIR={EXIT_NO_DIR} E_NOT_ARMED={EXIT_NOT_ARMED} E_NO_ROOT={EXIT_NO_ROOT} E_BUSY={EXIT_BUSY}"
 )
 # The files of one host come back within this long (SFTP, or `cat` where there is none); the
 # finish session waits that long at most for the controller's "rm".
@@ -125,13 +136,15 @@ def capture(
     conntrack: bool = False,
     inline_kb: int = INLINE_KB,
     go_wait_s: int = GO_WAIT_S,
+    holder: str = "",
 ) -> RemoteCommand:
     """The capture session (see ``remote.scripts``): preflight, the private dir and the detached
     job, ``@@ready``; on ``go FILTER`` the capture, the clock probe, the witness and the "before"
     snapshot, ``@@armed``; on ``finish`` what ``finish`` does. ``witness_kb`` is the witness's
     per-CPU trace buffer (0 turns it off); ``ports`` the flow's server ports on this host, whose
     sockets the snapshots list (and, with ``conntrack``, its conntrack entries); ``wait_s`` how
-    long finishing waits for the capture to stop."""
+    long finishing waits for the capture to stop; ``holder`` names this run to a second run that
+    finds the host's lock taken (``busy``)."""
     args = (
         validate_tmpbase(tmpbase),
         str(int(min_free_kb)),
@@ -147,6 +160,7 @@ def capture(
         str(int(wait_s)),
         "1" if conntrack else "0",
         str(int(inline_kb)),
+        validate_holder(holder),
         *map(validate_interface, interfaces),
     )
     # SSH_CONNECTION is read before sudo (which clears it): it is how the host sees our session,

@@ -46,6 +46,27 @@ _READ = r"""
 catf() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$1"; }
 """
 
+# One capture-all run per network stack at a time: a lock named after the host's network namespace
+# (two runs on one host would double its load and capture each other), next to our directories:
+# a symlink to the holder's directory, made atomically by `ln -sn` (-n: never a link inside the
+# holder's directory). A holder whose directory is gone, whose capture ended, or whose job is
+# dead (its directory older than 30 s) no longer holds.
+_LOCK = r"""
+lockname() {
+  ns=$(stat -L -c %i /proc/self/ns/net 2>/dev/null) || ns=""
+  lock="$1/capture-all.lock${ns:+.$ns}"
+}
+# held DIR: 0 while DIR's run captures (or is starting: no job yet, made in the last 30 s).
+held() {
+  case $1 in "$base"/capture-all.????????) ;; *) return 1;; esac
+  [ -d "$1" ] && [ ! -f "$1/done" ] || return 1
+  p=""; [ -f "$1/job.pid" ] && read -r p < "$1/job.pid"
+  if [ -n "$p" ]; then tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF -- "capture-all-job $1 "; return; fi
+  [ $(( $(date +%s) - $(stat -c %Y -- "$1") )) -lt 30 ]
+}
+unlock() { [ -n "${lock:-}" ] && [ "$(readlink -- "$lock" 2>/dev/null)" = "$dir" ] && rm -f -- "$lock"; }
+"""
+
 _NAP = r"""
 # Waiting for something on this host: 10, 20, 50, 100 ms, then 200 ms naps; $n counts the
 # centiseconds slept (start a wait with n=0 naps=""). Each nap is a process: polling a hundred
@@ -323,6 +344,7 @@ finish() {
   [ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
   rm -rf -- "$dir"
   [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
+  lockname "${dir%/*}"; unlock
   echo "@@section cleanup"
   echo "removed=$dir"
   if [ -n "$wi" ]; then
@@ -340,9 +362,10 @@ finish() {
 # the probe, the witness, the "before" snapshot; on "finish", the finish above. One shell for the
 # whole run: a host's login files run once.
 # Args: tmpbase min_free_kb go_wait_s job limit maxpk maxbytes snaplen keep witness_kb ports wait_s
-#       conntrack(0|1) inline_kb iface...
+#       conntrack(0|1) inline_kb holder iface...
 CAPTURE_SCRIPT = (
     _READ
+    + _LOCK
     + _NAP
     + SNAPSHOT
     + PROBE
@@ -353,8 +376,8 @@ CAPTURE_SCRIPT = (
 set -u
 base=$1 minfree=$2 gowait=$3 job=$4 limit=$5 maxpk=$6 maxbytes=$7 snaplen=$8 keep=$9
 shift 9
-witness_kb=$1 ports=$2 wait_s=$3 conntrack=$4 inline_kb=$5
-shift 5
+witness_kb=$1 ports=$2 wait_s=$3 conntrack=$4 inline_kb=$5 holder=$6
+shift 6
 nl='
 '
 echo "@@section preflight"
@@ -397,6 +420,18 @@ dir=$(mktemp -d "$base/capture-all.XXXXXXXX") ||
   { echo "@@fail no_tmpdir cannot create a dir in $base"; exit $E_NO_DIR; }
 [ "$owner" = root ] || chown -- "$owner" "$dir" 2>/dev/null
 echo "dir=$dir"
+printf 'run=%s\nowner=%s\nsince=%s\n' "$holder" "$owner" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$dir/holder"
+lockname "$base"
+if ! ln -sn -- "$dir" "$lock" 2>/dev/null; then
+  other=$(readlink -- "$lock" 2>/dev/null) || other=""
+  if held "$other" || { rm -f -- "$lock"; ! ln -sn -- "$dir" "$lock" 2>/dev/null; }; then
+    who=""
+    [ -f "$other/holder" ] && while IFS= read -r l; do who="$who${who:+ }$l"; done < "$other/holder"
+    rm -rf -- "$dir"
+    echo "@@fail busy another capture-all run captures on this host (${who:-holder unknown}; its dir $other)"
+    exit $E_BUSY
+  fi
+fi
 mkfifo "$dir/go" "$dir/nap" ||
   { rm -rf -- "$dir"; echo "@@fail no_tmpdir cannot create a fifo in $dir"; exit $E_NO_DIR; }
 setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" "$gowait" \
@@ -451,13 +486,15 @@ finish "$@"
 # witness, marks the directory done, and reaps it if nobody collected it within `keep` seconds.
 JOB_SCRIPT = (
     _READ
+    + _LOCK
     + _WITNESS
     + r"""
 dir=$1 limit=$2 maxpk=$3 maxbytes=$4 snaplen=$5 keep=$6 gowait=$7 tcpdump=$8 owner=$9
 shift 9
 echo $$ > "$dir/job.pid"
 said=$(timeout "$gowait" head -n 1 -- "$dir/go" 2>/dev/null) || said=""
-case $said in "go "*) filter=${said#go } ;; *) rm -rf -- "$dir"; exit 0 ;; esac
+lockname "${dir%/*}"
+case $said in "go "*) filter=${said#go } ;; *) rm -rf -- "$dir"; unlock; exit 0 ;; esac
 pids=""
 for i; do
   timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" -Z "$owner" \
@@ -510,7 +547,7 @@ while [ -d "$dir" ]; do
   if [ $((k % 5)) = 0 ]; then
     now=$(date +%s)
     set -- $(stat -c %Y -- "$dir/lease" "$dir/done" 2>/dev/null) "$now"
-    if [ $((now - $1)) -ge "$keep" ]; then rm -rf -- "$dir"; break; fi
+    if [ $((now - $1)) -ge "$keep" ]; then rm -rf -- "$dir"; unlock; break; fi
   fi
   k=$((k + 1)); sleep 1
 done
@@ -520,6 +557,7 @@ done
 # Phase "finish" on its own (after a reconnect). Args: dir wait_s ports conntrack(0|1) inline_kb iface...
 FINISH_SCRIPT = (
     _READ
+    + _LOCK
     + _NAP
     + SNAPSHOT
     + PROBE
@@ -535,12 +573,16 @@ finish "$@"
 
 # Remove our directory, for a host that failed after making it (the reaper then exits by
 # itself). Args: dir
-CLEANUP_SCRIPT = r"""
+CLEANUP_SCRIPT = (
+    _LOCK
+    + r"""
 set -u
 dir=$1
 case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
 rm -rf -- "$dir"
 [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
+lockname "${dir%/*}"; unlock
 echo "@@section cleanup"
 echo "removed=$dir"
 """
+)

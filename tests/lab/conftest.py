@@ -4,6 +4,7 @@ failure, not a skip (CI must prove the real components)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -33,6 +34,11 @@ def lab() -> Iterator[Lab]:
 def clean_lab(lab: Lab) -> Iterator[Lab]:
     """The lab, with any router rule or stopped sshd of a test undone afterwards."""
     yield lab
+    # A test that failed half-way may leave captures of ours running (each stops by itself at its
+    # duration + grace): the next test waits for them, or their hosts' run locks would refuse it.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(prog == "tcpdump" for _, prog, _ in lab.our_processes()):
+        time.sleep(0.2)
     lab.router_clear()
     lab.nat_clear()
     lab.direct()

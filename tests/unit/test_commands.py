@@ -121,3 +121,17 @@ def test_the_scripts_exit_codes_are_the_python_constants() -> None:
     assert script.startswith(f"E_NO_TOOL={commands.EXIT_NO_TOOL} ") and "exit $E_NO_TOOL" in script
     for code in (11, 12, 13, 14, 15, 16):
         assert f"exit {code}" not in scripts.CAPTURE_SCRIPT + scripts.FINISH_SCRIPT + scripts.CLEANUP_SCRIPT
+
+
+@pytest.mark.parametrize("value", [v for v in HOSTILE if v != "--help"] + ["a b", "x" * 201])
+def test_a_hostile_run_label_never_reaches_a_shell(value: str) -> None:
+    with pytest.raises(UnsafeValue):
+        arm(holder=value)
+
+
+def test_the_run_label_is_made_of_what_the_lock_file_takes(tmp_path: Path) -> None:
+    from orchestrator.cli import holder_label
+
+    label = holder_label(tmp_path / "pay resets; $(id)")
+    assert commands.validate_holder(label) == label and label.endswith("/pay_resets____id_"), label
+    assert "@" in label and str(tmp_path) in label

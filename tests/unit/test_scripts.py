@@ -278,3 +278,42 @@ def test_inline_files_are_cut_by_the_listed_sizes() -> None:
     assert parse_inline(parsed, files) == {"a.pcap": a, "witness.trace": b}
     broken = parse_sections(text.replace("@@rc 0", "@@rc 1"))
     assert parse_inline(broken, files) == {}  # base64 failed on the host: they come over SFTP
+
+
+def test_a_second_run_on_a_host_is_refused_while_the_first_captures(host: dict[str, str]) -> None:
+    line = commands.capture(host["base"], ["lo"], min_free_kb=1, limit_s=30, max_packets=100, max_bytes=1 << 20,
+                            snaplen=65535, keep_s=60, witness_kb=0, ports=(443,), wait_s=5, sudo=False,
+                            holder="alice@bastion-1:/srv/incident-7").line  # fmt: skip
+    first = Session(line, host)
+    assert first.until("@@ready") == "@@ready"
+    mine = parse_preflight(parse_sections("\n".join(first.lines))).remote_dir
+    first.say("go tcp port 443")
+    assert first.until("@@probe")
+    # A second run while the first captures: one line naming the holder, nothing of its own left.
+    second = Session(arm_line(host), host)
+    assert second.until("@@ready") is None and second.end() == commands.EXIT_BUSY
+    failure = parse_sections("\n".join(second.lines)).failure
+    assert failure is not None and failure.code == "busy", second.lines
+    assert "run=alice@bastion-1:/srv/incident-7" in failure.text and mine in failure.text
+    assert sorted(os.listdir(host["base"])) == sorted([Path(mine).name, *locks(host)])
+    first.say("snap")
+    assert first.until("@@armed") == "@@armed"
+    first.say("finish")
+    finish_in(first, mine)
+    assert os.listdir(host["base"]) == []  # the lock went with the directory
+    # A lock whose holder is gone (a run killed with its directory) does not hold.
+    lock = Path(host["base"], "capture-all.lock.stale")
+    os.symlink(f"{host['base']}/capture-all.GONEGONE", lock)
+    for name in locks(host):
+        if name != lock.name:
+            os.unlink(Path(host["base"], name))
+    ns = os.stat("/proc/self/ns/net").st_ino
+    lock.rename(Path(host["base"], f"capture-all.lock.{ns}"))
+    third, remote_dir = start_capture(host, "tcp port 443", free_port())
+    assert os.readlink(Path(host["base"], f"capture-all.lock.{ns}")) == remote_dir
+    third.say("finish")
+    finish_in(third, remote_dir)
+
+
+def locks(host: dict[str, str]) -> list[str]:
+    return [n for n in os.listdir(host["base"]) if n.startswith("capture-all.lock")]

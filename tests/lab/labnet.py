@@ -57,11 +57,16 @@ NO_SFTP = "backend"  # the lab host whose sshd offers no SFTP subsystem
 # Measured on HAProxy 2.6: with nolinger it sends FIN, then closes abortively; the RST goes out
 # only if the client has not closed first. curl closes at once (RST in 1 run of 3), so these
 # scenarios use clients.py hold, which keeps its end open (RST in 10 runs of 10).
+# timeout http-request 2s: a request the router's forged reset cut off leaves HAProxy's side
+# open; it answers 408 once this runs out and the client's stack, which has no such connection
+# any more, resets it. With the default (timeout client, 30 s) that genuine client reset landed
+# in a later test's window, ahead of the reset that test reproduced (seen in CI).
 HAPROXY_CFG = f"""global
   maxconn 512
 defaults
   mode http
   timeout connect 2s
+  timeout http-request 2s
   timeout client 30s
   timeout server 30s
 frontend fe_main

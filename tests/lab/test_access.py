@@ -105,7 +105,9 @@ def test_through_a_jump_host(clean_lab: Lab, tmp_path: Path, capsys: pytest.Capt
 
 def test_capture_stops_itself_at_max_bytes(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b"
-    loop = f"for i in $(seq 40); do curl -s -m 2 http://{PROXY_FRONT}:8080/ >/dev/null; sleep 0.02; done"
+    # 40 requests over about 3 s: longer than the watchdog's one-second check below half the cap
+    # (over about 1 s they could all pass between two checks, as one CI run showed).
+    loop = f"for i in $(seq 40); do curl -s -m 2 http://{PROXY_FRONT}:8080/ >/dev/null; sleep 0.07; done"
     code, _, _ = run_cli(
         capsys,
         "-i",

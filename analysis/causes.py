@@ -269,6 +269,20 @@ CAUSE_RULES: tuple[tuple[Cause, Callable[[Facts], Evidence | None]], ...] = (
 
 def _no_pattern(f: Facts) -> Evidence:
     p = f.peer
+    sent = f.sent.seg
+    if p and not sent.flags & ACK and p[-1].seg.flags & ACK and sent.seq == p[-1].seg.ack:
+        # RFC 9293 3.10.7.1: a segment the stack cannot take, with ACK, is answered
+        # <SEQ=SEG.ACK><CTL=RST> (Linux: tcp_v4_send_reset, for no socket or for data after the
+        # application's close). An abort by the application (SO_LINGER 0, tcp_send_active_reset)
+        # resets with ACK. A hint, never a cause: the packets cannot say which of the two.
+        return ev(
+            Fact.NO_CONNECTION_HINT,
+            f"{f.host}'s reset has no ACK and its sequence number is the ack of the segment it answers "
+            f"({p[-1].seg.payload_len} bytes, {fmt_s(f.sent.ts_ns - p[-1].ts_ns)} before): its TCP stack "
+            f"could not take that segment: no such connection (closed or reset before this, or its state "
+            f"lost) or data after the application had closed it; not an abort by the application. "
+            f"Look for what ended the connection at {f.host} earlier.",
+        )
     if p and p[-1].seg.payload_len and not any(s.seg.flags & FIN for s in f.mine):
         return ev(
             Fact.APP_ABORT_HINT,

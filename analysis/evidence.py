@@ -74,6 +74,7 @@ class Fact(StrEnum):
     KERNEL_AGREES = "kernel_agrees"
     KERNEL_OVERRIDES = "kernel_overrides"
     APP_ABORT_HINT = "app_abort_hint"
+    NO_CONNECTION_HINT = "no_connection_hint"  # a bare RST answering a segment: the stack had no such connection
     NO_PATTERN = "no_pattern"
 
 

@@ -45,7 +45,8 @@ REFUSED: list[Packet] = [(0, False, SYN, 100, 0, b""), (1, True, RST | ACK, 0, 1
 def cause_of(v: VantageInput) -> tuple[Cause, Fact]:
     a = analyze(extract_all([v]))
     assert a.first is not None and a.first.origin_host == "srv"
-    found = [e for e in a.first.evidence if e.kind in (Fact.CAUSE, Fact.APP_ABORT_HINT, Fact.NO_PATTERN)]
+    hints = (Fact.CAUSE, Fact.APP_ABORT_HINT, Fact.NO_CONNECTION_HINT, Fact.NO_PATTERN)
+    found = [e for e in a.first.evidence if e.kind in hints]
     return a.first.cause, found[0].kind
 
 
@@ -125,3 +126,16 @@ def test_every_cause_has_its_sentence() -> None:
     from analysis.verdict import CAUSE_TEXT
 
     assert set(CAUSE_TEXT) == set(Cause)
+
+
+def test_a_bare_reset_answering_data_is_a_stack_without_the_connection_not_an_abort() -> None:
+    # The peer's data after a long-open connection the server no longer has (seen from the
+    # middle: no handshake in the capture), answered by <SEQ=SEG.ACK><CTL=RST>.
+    late = [(0, False, PSH | ACK, 7000, 9000, b"HTTP/1.1 408"), (1, True, RST, 9000, 0, b"")]
+    assert cause_of(server(late)) == (Cause.UNKNOWN, Fact.NO_CONNECTION_HINT)
+    # The application's abort after the same data: RST with ACK.
+    abort = [(0, False, PSH | ACK, 7000, 9000, b"HTTP/1.1 408"), (1, True, RST | ACK, 9000, 7012, b"")]
+    assert cause_of(server(abort)) == (Cause.UNKNOWN, Fact.APP_ABORT_HINT)
+    # A bare reset whose sequence number is not the segment's ack is not that answer.
+    other = [(0, False, PSH | ACK, 7000, 9000, b"HTTP/1.1 408"), (1, True, RST, 8000, 0, b"")]
+    assert cause_of(server(other)) == (Cause.UNKNOWN, Fact.APP_ABORT_HINT)

@@ -62,7 +62,8 @@ held() {
   [ -d "$1" ] && [ ! -f "$1/done" ] || return 1
   p=""; [ -f "$1/job.pid" ] && read -r p < "$1/job.pid"
   if [ -n "$p" ]; then tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF -- "capture-all-job $1 "; return; fi
-  [ $(( $(date +%s) - $(stat -c %Y -- "$1") )) -lt 30 ]
+  m=$(stat -c %Y -- "$1" 2>/dev/null) || return 1  # gone meanwhile
+  [ $(( $(date +%s) - m )) -lt 30 ]
 }
 unlock() { [ -n "${lock:-}" ] && [ "$(readlink -- "$lock" 2>/dev/null)" = "$dir" ] && rm -f -- "$lock"; }
 """

@@ -106,9 +106,6 @@ class HostRun:
         self.arm_done = anyio.Event()
         self.listed = False  # the finish listed the files: the session now waits for "rm"
         self.idle = False  # the capture session reached @@armed: it waits for "probe" or "finish"
-        self.probed = False  # the end's clock probe was taken while the capture ran
-        self.finishing = False
-        self.busy = anyio.Lock()  # one exchange at a time on the capture session
         # The flow's server ports on this host: its snapshots list their sockets.
         self.ports = tuple(sorted({leg.server.port for leg in plan.legs if leg.server.port}))
         self.conntrack = plan.role in TRANSLATING_ROLES  # a translating box reports its conntrack entries
@@ -150,6 +147,14 @@ class HostRun:
         self.fail(
             phase, InternalError(self.plan.name, f"internal error in {phase} ({type(exc).__name__}: {exc}); see {path}")
         )
+
+    def _why(self, phase: str, exc: Exception) -> str:
+        """What went wrong in a step whose failure costs only a note (a bug of ours also writes
+        its traceback to debug.log)."""
+        if isinstance(exc, RemoteError):
+            return exc.message
+        self._debug(phase, exc)
+        return f"internal error ({type(exc).__name__}: {exc})"
 
     async def _guard(self, phase: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run one step; whatever it raises becomes this host's outcome."""
@@ -256,9 +261,7 @@ class HostRun:
         except Exception as exc:
             # The capture runs: whatever went wrong after it started costs its extras (probe,
             # witness, "before" snapshot), never the capture, which finish still collects.
-            if not isinstance(exc, RemoteError):
-                self._debug("arm", exc)
-            why = exc.message if isinstance(exc, RemoteError) else f"internal error ({type(exc).__name__}: {exc})"
+            why = self._why("arm", exc)
             self.record.notes.append(f"after the capture started, the capture session failed: {why}")
             self.sink(self.plan.name, "warning", f"arm: {why}")
 
@@ -297,35 +300,30 @@ class HostRun:
             await over.wait()
         with anyio.move_on_after(max(0.0, latest - anyio.current_time())):
             await self.arm_done.wait()
-        if over.is_set() or not self.arm_done.is_set():
+        talk = self.talk
+        if over.is_set() or not self.arm_done.is_set() or anyio.current_time() > latest:
+            return  # the finish probes instead
+        if not self.idle or talk is None or talk.ended is not None:
             return
-        async with self.busy:
-            talk = self.talk
-            if self.finishing or not self.idle or talk is None or talk.ended is not None:
-                return
-            if anyio.current_time() > latest:
-                return
-            try:
-                await talk.say("probe")
-                header = await talk.until("@@probe", what="clock probe at end")
-                if header is None:
-                    raise await talk.failure()
-                got = await talk.probe(header, what="clock probe at end")
-                await talk.say("snap")
-                if await talk.until("@@armed", what="clock probe at end") is None:
-                    raise await talk.failure()
-            except Exception as exc:
-                # The capture runs on; the finish reconnects (a session whose answers are not
-                # where they should be is closed: its shell reads EOF and stops there).
-                if not isinstance(exc, RemoteError):
-                    self._debug("probe", exc)
-                why = exc.message if isinstance(exc, RemoteError) else f"internal error ({type(exc).__name__}: {exc})"
-                self.record.notes.append(f"the clock probe near the window's end failed: {why}")
-                self.idle = False
-                await self._end_talk()
-                return
-            self._probe("end", got)
-            self.probed = True
+        # The finish starts only once every probe of the window ended (run._window): no other
+        # exchange on this session meanwhile.
+        try:
+            await talk.say("probe")
+            header = await talk.until("@@probe", what="clock probe at end")
+            if header is None:
+                raise await talk.failure()
+            got = await talk.probe(header, what="clock probe at end")
+            await talk.say("snap")
+            if await talk.until("@@armed", what="clock probe at end") is None:
+                raise await talk.failure()
+        except Exception as exc:
+            # The capture runs on; the finish reconnects (a session whose answers are not where
+            # they should be is closed: its shell reads EOF and stops there).
+            self.record.notes.append(f"the clock probe near the window's end failed: {self._why('probe', exc)}")
+            self.idle = False
+            await self._end_talk()
+            return
+        self._probe("end", got)
 
     def _witness(self, status: WitnessStatus) -> None:
         w = self.record.witness
@@ -344,10 +342,8 @@ class HostRun:
     async def finish(self) -> None:
         name = self.plan.name
         await self.arm_done.wait()
-        self.finishing = True
         self.sink(name, "stopping", "")
-        async with self.busy:  # a probe near the window's end finishes first
-            await self._guard("finish", self._finish)
+        await self._guard("finish", self._finish)
         if self.listed and self.talk is not None and self.talk.ended is None:
             await self._guard("cleanup", self._rm)
         else:

@@ -56,7 +56,12 @@ lockname() {
   ns=$(stat -L -c %i /proc/self/ns/net 2>/dev/null) || ns=""
   lock="$1/capture-all.lock${ns:+.$ns}"
 }
+unlock() { [ -n "${lock:-}" ] && [ "$(readlink -- "$lock" 2>/dev/null)" = "$dir" ] && rm -f -- "$lock"; }
+"""
+
 # held DIR: 0 while DIR's run captures (or is starting: no job yet, made in the last 30 s).
+# Only the capture session's preflight asks.
+_HELD = r"""
 held() {
   case $1 in "$base"/capture-all.????????) ;; *) return 1;; esac
   [ -d "$1" ] && [ ! -f "$1/done" ] || return 1
@@ -65,7 +70,6 @@ held() {
   m=$(stat -c %Y -- "$1" 2>/dev/null) || return 1  # gone meanwhile
   [ $(( $(date +%s) - m )) -lt 30 ]
 }
-unlock() { [ -n "${lock:-}" ] && [ "$(readlink -- "$lock" 2>/dev/null)" = "$dir" ] && rm -f -- "$lock"; }
 """
 
 _NAP = r"""
@@ -367,6 +371,7 @@ finish() {
 CAPTURE_SCRIPT = (
     _READ
     + _LOCK
+    + _HELD
     + _NAP
     + SNAPSHOT
     + PROBE

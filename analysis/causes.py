@@ -239,19 +239,34 @@ def idle_reuse(f: Facts) -> Evidence | None:
 
 
 def unread_data_close(f: Facts) -> Evidence | None:
+    if any(s.seg.flags & FIN for s in f.mine):
+        return None
     answered = [s for s in f.mine if s.seg.payload_len]
-    if not answered or any(s.seg.flags & FIN for s in f.mine):
-        return None
-    still = [s for s in f.peer if s.seg.payload_len and s.ts_ns > answered[0].ts_ns]
-    if not still:
-        return None
+    still = [s for s in f.peer if s.seg.payload_len and answered and s.ts_ns > answered[0].ts_ns]
     sent_after = sum(s.seg.payload_len for s in still)
+    # A zero window in the host's last ACK before the reset: its receive queue was full, so
+    # the application had not read what the peer sent (reading would have opened the window,
+    # and Linux says so with a window update). tcp_close() finds that data and resets.
+    acks = [s for s in f.mine if s.seg.flags & ACK]
+    full = bool(acks and acks[-1].seg.window == 0 and any(s.seg.payload_len for s in f.peer))
+    if not full and not (answered and still):
+        return None
+    said = []
+    if answered and still:
+        said.append(
+            f"{f.host} answered ({sum(s.seg.payload_len for s in answered)} bytes) while the peer "
+            f"was still sending ({sent_after} more bytes after the answer began)"
+        )
+    if full:
+        said.append(
+            f"{f.host}'s last ACK before the reset advertised a zero window (its receive queue "
+            f"full: the application was not reading what the peer sent)"
+        )
     return _cause(
         Cause.UNREAD_DATA_CLOSE,
-        f"{f.host} answered ({sum(s.seg.payload_len for s in answered)} bytes) "
-        f"while the peer was still sending ({sent_after} more bytes after the "
-        f"answer began), then reset without a FIN: a close with unread data.",
+        f"{'; '.join(said)}; then it reset without a FIN: a close with unread data.",
         bytes_after=sent_after,
+        zero_window=full,
     )
 
 

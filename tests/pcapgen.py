@@ -24,9 +24,10 @@ def tcp_packet(
     ip_id: int = 7,
     payload: bytes = b"",
     df: bool = True,
+    win: int = 65535,
 ) -> bytes:
     """An IP packet (v4 or v6 by the address) carrying one TCP segment."""
-    seg = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, data=payload)
+    seg = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, win=win, data=payload)
     if ":" in src:
         ip6 = dpkt.ip6.IP6(
             src=socket.inet_pton(socket.AF_INET6, src),

@@ -202,7 +202,10 @@ def test_f_server_closes_with_unread_data(clean_lab: Lab, tmp_path: Path, capsys
     )
     r = first(report)
     assert origin(r) == ("host", "backend") and r["cause"] == "unread_data_close", r
-    assert fact(r, "cause")["bytes_after"] > 0
+    # From the packets alone: the client's data still arriving after the 413, or (when the
+    # upload filled the backend's receive window first) the backend's last ACK at window 0.
+    said = fact(r, "cause")
+    assert said["bytes_after"] > 0 or said["zero_window"], said
     sent = kernel_sent(report, r, "backend", "TCP_ABORT_ON_CLOSE")
     assert sent["sender_process"].startswith("python")  # close() in the backend's own process
 

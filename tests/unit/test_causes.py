@@ -22,13 +22,18 @@ T = 1_795_000_000 * 10**9
 MS = 1_000_000
 
 Packet = tuple[int, bool, int, int, int, bytes]  # (ms after T, from the server?, flags, seq, ack, payload)
+WIN = 65535  # the window every packet advertises, but those in ZERO_WINDOW
 
 
-def server(packets: list[Packet], role: str = "backend", **facts: object) -> VantageInput:
+def server(
+    packets: list[Packet], role: str = "backend", zero_window: frozenset[int] = frozenset(), **facts: object
+) -> VantageInput:
+    """The server's capture; the packets sent at the times (ms) in zero_window advertise window 0."""
     frames = []
     for ms, mine, flags, seq, ack, payload in packets:
         src, dst, sport, dport = (S, C, 80, 40000) if mine else (C, S, 40000, 80)
-        ip = tcp_packet(src, dst, sport, dport, flags, seq=seq, ack=ack, payload=payload, ip_id=ms % 65536)
+        win = 0 if ms in zero_window else WIN
+        ip = tcp_packet(src, dst, sport, dport, flags, seq=seq, ack=ack, payload=payload, ip_id=ms % 65536, win=win)
         frames.append((T + ms * MS, ethernet(ip, src_mac=MAC_S if mine else MAC_GW, dst_mac=MAC_GW if mine else MAC_S)))
     return VantageInput("srv", role, captures=[("eth1", io.BytesIO(pcap(frames)))],
                         facts=HostFacts(own_ips={S}, own_macs={MAC_S}, **facts))  # type: ignore[arg-type]  # fmt: skip
@@ -120,6 +125,24 @@ def test_unread_data_close__answered_early_then_reset_while_the_peer_was_still_s
     # Had the server closed with a FIN first, it is not a close with unread data.
     with_fin = [*upload[:4], (4, True, FIN | PSH | ACK, 501, 112, b"413"), *upload[5:]]
     assert cause_of(server(with_fin))[0] != Cause.UNREAD_DATA_CLOSE
+
+
+def test_unread_data_close__reset_after_a_zero_window_though_nothing_came_after_the_answer() -> None:
+    # The peer filled the window before the server answered; the server's last ACK says its
+    # receive queue is full (window 0), and the close resets (a lab run showed this race).
+    full = [*HANDSHAKE, (3, False, PSH | ACK, 101, 501, b"POST /early" + b"x" * 900),
+            (4, True, ACK, 501, 1012, b""), (5, True, PSH | ACK, 501, 1012, b"413"),
+            (6, True, ACK, 504, 1012, b""), (7, True, RST | ACK, 504, 1012, b"")]  # fmt: skip
+    assert cause_of(server(full, zero_window=frozenset({4, 5, 6}))) == (Cause.UNREAD_DATA_CLOSE, Fact.CAUSE)
+    a = analyze(extract_all([server(full, zero_window=frozenset({4, 5, 6}))]))
+    assert a.first is not None
+    assert fact(a.first, Fact.CAUSE).data == {"cause": "unread_data_close", "bytes_after": 0, "zero_window": True}
+    # The window reopened in its last ACK (the application read): no sign of unread data.
+    assert cause_of(server(full, zero_window=frozenset({4, 5})))[0] != Cause.UNREAD_DATA_CLOSE
+    # A zero window with nothing received from the peer is no queue of unread data either.
+    empty = [*HANDSHAKE, (5, True, PSH | ACK, 501, 101, b"413"), (6, True, ACK, 504, 101, b""),
+             (7, True, RST | ACK, 504, 101, b"")]  # fmt: skip
+    assert cause_of(server(empty, zero_window=frozenset({6})))[0] != Cause.UNREAD_DATA_CLOSE
 
 
 def test_every_cause_has_its_sentence() -> None:

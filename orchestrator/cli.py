@@ -127,6 +127,51 @@ def capture_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _seconds(text: str) -> float:
+    """90, 90s, 15m, 4h."""
+    t = text.strip().lower()
+    mult = {"s": 1, "m": 60, "h": 3600}.get(t[-1:], 0)
+    num = t[:-1] if mult else t
+    try:
+        v = float(num) * (mult or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time like 90s, 15m or 4h") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return v
+
+
+def watch_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="capture-all watch",
+        description="Arm every hop with a bounded ring of the flow's packets, wait for the flow's first RST at "
+        "any of them, keep the seconds around it, and show who sent it. Repeats up to --count incidents.",
+        epilog="SIGUSR1 (or Enter on a terminal) triggers by hand; Ctrl-C keeps the last --before seconds and stops. "
+        "Exit: 0 every incident collected from every host, 3 partial, 4 nothing collected, 5 no reset while armed.",
+    )
+    p.add_argument("-i", "--inventory", required=True, help="inventory TOML file (see inventory.example.toml)")
+    p.add_argument("-f", "--flow", required=True, help="CLIENT[:PORT]->SERVER:PORT")
+    p.add_argument("-o", "--out", type=Path, help="folder of incidents (default ./capture-all-watch-<UTC time>)")
+    p.add_argument("--before", type=_seconds, default=10.0, help="seconds kept before the trigger (default 10)")
+    p.add_argument("--after", type=_seconds, default=3.0, help="seconds kept after it (default 3)")
+    p.add_argument("--count", type=_positive(int), default=1, help="incidents to collect, re-arming between them")
+    p.add_argument("--max-armed", type=_seconds, default=4 * 3600.0,
+                   help="stop after this long armed in all, e.g. 4h; each host enforces it itself (default 4h)")
+    p.add_argument("--ring-bytes", type=_size, default=100 << 20,
+                   help="each host's ring over all its interfaces, e.g. 50M (default 100M, at least 4M)")
+    p.add_argument("--snaplen", type=_positive(int), default=262144, help="bytes kept per packet (default 262144)")
+    p.add_argument("--grace", type=_positive(int), default=10, help="seconds past --max-armed before a host stops")
+    p.add_argument("--keep", type=_positive(int), default=600, help="a host deletes uncollected evidence after this")
+    p.add_argument("--no-witness", action="store_true", help="no kernel reset witness on the hosts")
+    p.add_argument("--witness-buffer", type=_size, default=1 << 20, metavar="SIZE",
+                   help="the witness's buffer per CPU; while armed it keeps the latest events (default 1M)")
+    p.add_argument("--hosts", help="comma-separated subset of inventory host names")
+    p.add_argument("--concurrency", type=_positive(int), default=100, help="SSH handshakes in flight at once")
+    p.add_argument("--accept-new-host-keys", action="store_true", help="trust and record keys of new hosts")
+    p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    return p  # fmt: skip
+
+
 def analyze_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="capture-all analyze",
@@ -297,6 +342,179 @@ async def _capture(args: argparse.Namespace) -> int:
     return code
 
 
+async def _watch(args: argparse.Namespace) -> int:
+    """``capture-all watch``: arm, wait for the trigger, keep the window, analyse, print, re-arm."""
+    import shutil
+    import time
+
+    import anyio
+
+    from orchestrator import incidents
+    from orchestrator.flow import parse_flow
+    from orchestrator.inventory import load_inventory
+    from orchestrator.manifest import Manifest
+    from orchestrator.plan import build_plan
+    from orchestrator.progress import Progress
+    from orchestrator.run import RunOptions, WatchOptions, run_capture
+    from remote.ssh import SshConnector
+
+    if args.witness_buffer > WITNESS_BUFFER_MAX:
+        raise UsageError(f"--witness-buffer: at most {WITNESS_BUFFER_MAX >> 20}M per CPU")
+    if args.ring_bytes < 4 << 20:
+        raise UsageError("--ring-bytes: at least 4M (two files of 1 MB per interface, tcpdump -C's unit)")
+    if args.before + args.after >= args.max_armed:
+        raise UsageError("--max-armed: must be longer than --before + --after")
+    flow = parse_flow(args.flow)
+    inv, digest = load_inventory(args.inventory)
+    only = [h.strip() for h in args.hosts.split(",")] if args.hosts else None
+    plan = build_plan(flow, inv, inventory_sha256=digest, only=only, accept_new_host_keys=args.accept_new_host_keys)
+    started = dt.datetime.now(dt.timezone.utc)
+    out: Path = args.out or Path(f"capture-all-watch-{started.strftime('%Y%m%dT%H%M%SZ')}")
+    Bundle.create(out)  # a new or empty folder: every incident a bundle inside it
+    for w in plan.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    given = {k: v for k, v in vars(args).items() if k not in ("out", "inventory")}
+    armed_facts: dict[str, object] = {
+        "flow": flow.text, "inventory": str(args.inventory), "started_utc": started.isoformat(), "ended_utc": None,
+        "ended": None, "options": json.loads(json.dumps(given, default=str)),
+    }  # fmt: skip
+    rows: list[dict[str, object]] = []
+    incidents.write(out, rows, armed_facts)
+    stop, abandon = anyio.Event(), anyio.Event()
+    manual: list[anyio.Event] = [anyio.Event()]
+    end_at = time.monotonic() + args.max_armed
+    codes: list[int] = []
+    why_end = "--count reached"
+    progress = Progress([h.name for h in plan.hosts], live=False if args.plain else None)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, stop, abandon, tg.cancel_scope)
+            tg.start_soon(_manual_triggers, manual)
+            for n in range(1, args.count + 1):
+                left = end_at - time.monotonic()
+                if left < args.before + args.after:
+                    why_end = "--max-armed reached"
+                    break
+                wopts = WatchOptions(before=args.before, after=args.after, ring_bytes=args.ring_bytes, max_armed=left)
+                opts = RunOptions(
+                    duration=left, grace=args.grace, max_packets=1 << 40, snaplen=args.snaplen, keep=args.keep,
+                    concurrency=args.concurrency, watch=wopts,
+                    witness_kb=0 if args.no_witness else max(4, args.witness_buffer >> 10),
+                    max_bytes=args.ring_bytes + args.ring_bytes // 4 + (1 << 20),  # the watchdog, past the ring
+                )  # fmt: skip
+                root = out / f"{n:03d}-armed"
+                opts.holder = holder_label(root)
+                bundle = Bundle.create(root)
+                manual[0] = anyio.Event()
+                holder: list[RunResult] = []
+                manifest = Manifest(version=__version__, created_utc=dt.datetime.now(dt.timezone.utc).isoformat(),
+                                    inventory=str(args.inventory), inventory_sha256=digest, flow=flow.text,
+                                    legs=[f"{leg.name}: {leg.bpf()}" for leg in plan.legs],
+                                    options=json.loads(json.dumps(vars(opts), default=lambda o: vars(o))),
+                                    hosts=[])  # fmt: skip
+                print(f"incident {n}/{args.count}: arming {len(plan.hosts)} host(s) (before {args.before:g} s, "
+                      f"after {args.after:g} s; at most {left:.0f} s more)", file=sys.stderr, flush=True)  # fmt: skip
+                try:
+                    await run_capture(plan, SshConnector(), bundle, opts, _preloading(progress), stop,
+                                      holder.append, manual[0])  # fmt: skip
+                except BaseException:
+                    bundle.write("debug.log", traceback.format_exc())
+                    raise
+                finally:
+                    if holder:
+                        if abandon.is_set():
+                            _abandoned(holder[0], opts)
+                        manifest.hosts = holder[0].records
+                        manifest.start_skew_ms = holder[0].start_skew_ms
+                        manifest.trigger = holder[0].trigger
+                        manifest.exit_status = EXIT_ABANDONED if abandon.is_set() else _exit_for(holder[0])
+                    bundle.write_manifest(manifest)
+                res = holder[0]
+                trig = res.trigger
+                if trig is None or trig.kind == "max-armed":
+                    shutil.rmtree(root, ignore_errors=True)  # armed, no reset: nothing was kept
+                    why_end = "--max-armed reached" if trig is not None else "no host armed"
+                    if trig is None:
+                        codes.append(_exit_for(res))
+                    break
+                when = dt.datetime.fromtimestamp(trig.at_ns / 1e9, dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+                final = out / f"{n:03d}-{when[:-4]}Z"
+                root.rename(final)
+                code, report, lines = _conclude(final, res, flow.text)
+                codes.append(code)
+                failed = [r.name for r in res.records if r.status == "failed"]
+                rows.append(incidents.row(final.name, trig.model_dump(), report, code, failed))
+                incidents.write(out, rows, armed_facts)
+                where = f" at {trig.host}" if trig.host else ""
+                print(f"incident {n}: {trig.kind} trigger{where}, armed {trig.armed_s or 0:.1f} s", flush=True)
+                print("\n".join(lines), flush=True)
+                if res.interrupted or stop.is_set():
+                    why_end = "stopped (Ctrl-C)"
+                    break
+            tg.cancel_scope.cancel()
+    finally:
+        progress.close()
+        armed_facts["ended_utc"] = dt.datetime.now(dt.timezone.utc).isoformat()
+        armed_facts["ended"] = "abandoned (second Ctrl-C)" if abandon.is_set() else why_end
+        incidents.write(out, rows, armed_facts)
+    print(f"{incidents.summary(rows)}  ({len(rows)} incident(s); {why_end})")
+    print(f"index: {out / 'incidents.md'}, {out / 'incidents.json'}")
+    if abandon.is_set():
+        return EXIT_ABANDONED
+    if not rows:
+        return codes[0] if codes else EXIT_NO_RESET
+    if all(c == EXIT_OK for c in codes):
+        return EXIT_OK
+    return EXIT_PARTIAL if any(c in (EXIT_OK, EXIT_PARTIAL) for c in codes) else EXIT_NOTHING
+
+
+def _conclude(root: Path, res: RunResult, flow: str) -> tuple[int, dict[str, object], list[str]]:
+    """A run's bundle analysed: its exit status, report.json and the lines to print."""
+    from analysis.report import terminal
+    from orchestrator.evidence import analyze_bundle, write_reports
+
+    result, report = analyze_bundle(root)
+    write_reports(root, result, report, flow)
+    lines = [f"bundle: {root.resolve()}"]
+    if res.start_skew_ms is not None:
+        lines.append(f"  captures armed within {res.start_skew_ms:.0f} ms of each other")
+    for r in res.records:
+        w = r.window
+        if w is None or res.trigger is None or res.trigger.kind == "max-armed":
+            continue
+        off = next((p.offset_ns for p in r.clock_probes if p.phase == "start"), 0)
+        wanted = res.trigger.at_ns + off - w.from_ns
+        for iface, first in sorted(w.reach_ns.items()):
+            back = (res.trigger.at_ns + off - first) / 1e9
+            if first > w.from_ns + 1_000_000_000 and back < wanted / 1e9:
+                lines.append(f"  {r.name}/{iface}: its ring reaches back only {back:.1f} s before the trigger "
+                             f"(traffic outran --ring-bytes)")  # fmt: skip
+    lines += summary_lines(root, result)
+    lines += terminal(result)
+    lines.append(f"reports: {root / 'report.md'}, {root / 'report.json'}")
+    return _exit_for(res), report, lines
+
+
+async def _manual_triggers(current: list[anyio.Event]) -> None:
+    """SIGUSR1, or Enter where stdin is a terminal: a trigger by hand (the current arming's)."""
+    import anyio
+
+    async def keys() -> None:
+        if not sys.stdin.isatty():
+            return
+        while True:
+            line = await anyio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+            if not line:
+                return
+            current[0].set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(keys)
+        with anyio.open_signal_receiver(signal.SIGUSR1) as signals:
+            async for _ in signals:
+                current[0].set()
+
+
 def holder_label(root: Path) -> str:
     """user@controller:bundle, in the characters a host's lock file takes: what a second run on
     the same host is told holds it."""
@@ -390,6 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["analyze"]:
             return _analyze(analyze_parser().parse_args(argv[1:]))
+        if argv[:1] == ["watch"]:
+            wargs = watch_parser().parse_args(argv[1:])
+            import anyio
+
+            return anyio.run(_watch, wargs, backend="asyncio")
         args = capture_parser().parse_args(argv)
         import anyio
 

@@ -32,7 +32,7 @@ import anyio
 
 from orchestrator.bundle import Bundle, sha256_file
 from orchestrator.flow import ssh_exclusion
-from orchestrator.manifest import CaptureFile, ClockProbeRecord, HostRecord
+from orchestrator.manifest import CaptureFile, ClockProbeRecord, HostRecord, WindowRecord
 from orchestrator.plan import TRANSLATING_ROLES, HostPlan
 from orchestrator.talk import Log, Talk, call
 from remote import commands
@@ -50,12 +50,32 @@ from remote.parse import (
     parse_finish,
     parse_inline,
     parse_preflight,
+    parse_rst_line,
     snapshot_files,
 )
 from remote.transport import Connector, Transport
 
 # host ("*" for the whole run), state, detail
 EventSink = Callable[[str, str, str], None]
+
+
+@dataclass
+class WatchOptions:
+    """Watch mode (``capture-all watch``): armed rings and a trigger instead of a fixed window."""
+
+    before: float = 10.0  # seconds kept before the trigger
+    after: float = 3.0  # and after it
+    ring_bytes: int = 100 * 1024 * 1024  # per host, over all its interfaces
+    ring_files: int = 10  # per interface (fewer when the ring is small)
+    max_armed: float = 4 * 3600.0  # this arming's limit, enforced by the host itself
+
+    def ring(self, interfaces: int, snaplen: int) -> tuple[int, int]:
+        """(files, million bytes each) of one interface's ring: within ring_bytes over all the
+        host's interfaces, each file at least 1 MB (tcpdump -C's unit); a file may pass its size
+        by one packet (``snaplen``), which the bound counts."""
+        per_if = self.ring_bytes // max(1, interfaces)
+        files = max(2, min(self.ring_files, per_if // (1_000_000 + snaplen)))
+        return files, max(1, (per_if // files - snaplen) // 1_000_000)
 
 
 @dataclass
@@ -74,6 +94,7 @@ class RunOptions:
     step_timeout: float = 60.0  # the controller waits this long for each step of a session
     witness_kb: int = 256  # per-CPU buffer of the kernel reset witness; 0 turns it off (--no-witness)
     holder: str = ""  # who runs this (user@controller:bundle), as a host's lock tells a second run
+    watch: WatchOptions | None = None  # watch mode: duration is then the arming's limit
 
     @property
     def limit_s(self) -> int:
@@ -81,7 +102,8 @@ class RunOptions:
 
     @property
     def min_free_kb(self) -> int:
-        # Room for the capture cap twice over, plus the snapshots.
+        # Room for the capture cap twice over (in watch mode the window is joined into one file
+        # beside the ring's), plus the snapshots.
         return (2 * self.max_bytes) // 1024 + 10 * 1024
 
 
@@ -106,6 +128,8 @@ class HostRun:
         self.arm_done = anyio.Event()
         self.listed = False  # the finish listed the files: the session now waits for "rm"
         self.idle = False  # the capture session reached @@armed: it waits for "probe" or "finish"
+        self.window: tuple[int, int] | None = None  # watch mode: what to keep (host clock, ns)
+        self.trigger_talk: Talk | None = None  # watch mode: the trigger session
         # The flow's server ports on this host: its snapshots list their sockets.
         self.ports = tuple(sorted({leg.server.port for leg in plan.legs if leg.server.port}))
         self.conntrack = plan.role in TRANSLATING_ROLES  # a translating box reports its conntrack entries
@@ -197,7 +221,7 @@ class HostRun:
             self.plan.tmpdir, list(self.plan.interfaces), min_free_kb=o.min_free_kb, limit_s=o.limit_s,
             max_packets=o.max_packets, max_bytes=o.max_bytes, snaplen=o.snaplen, keep_s=o.keep,
             witness_kb=o.witness_kb, ports=self.ports, wait_s=self.wait_s, conntrack=self.conntrack, sudo=self.sudo,
-            holder=o.holder,
+            holder=o.holder, ring=o.watch.ring(len(self.plan.interfaces), o.snaplen) if o.watch else None,
         )  # fmt: skip
         self.talk = await self._talk(cmd)
         ready = await self.talk.until("@@ready", what="preflight")
@@ -325,6 +349,41 @@ class HostRun:
             return
         self._probe("end", got)
 
+    # ---- watch mode: the trigger session, while armed -----------------------------------------
+    @property
+    def offset_ns(self) -> int | None:
+        """This host's clock minus the controller's, from the clock probe at the start."""
+        return next((p.offset_ns for p in self.record.clock_probes if p.phase == "start"), None)
+
+    async def watch_trigger(self, fire: Callable[[HostRun, int | None, str], None]) -> None:
+        """Watch mode: once armed, a session of its own that says each RST of the flow the host's
+        trigger captures see; ``fire(host, host_ns, line)`` for each. A host whose trigger session
+        fails is still armed (its ring is kept all the same): the others' triggers, the manual
+        trigger or the arming's end still end the wait; the manifest says so."""
+        await self.arm_done.wait()
+        if not self.ok or self.armed is None or self.record.remote_dir is None or self.transport is None:
+            return
+        o = self.opts
+        try:
+            cmd = commands.trigger(self.record.remote_dir, limit_s=o.limit_s, sudo=self.sudo)
+            self.trigger_talk = talk = await self._talk(cmd)
+            if await talk.until("@@listening", what="trigger") is None:
+                raise await talk.failure()
+            while True:
+                line = await talk.until("@@rst", what="waiting for a reset", extra=o.limit_s + o.controller_slack)
+                if line is None:
+                    return
+                fire(self, parse_rst_line(line), line.removeprefix("@@rst ").strip())
+        except Exception as exc:
+            why = self._why("trigger", exc)
+            self.record.notes.append(f"its RST trigger failed ({why}): its ring was kept, other triggers still counted")
+            self.sink(self.plan.name, "warning", f"trigger: {why}")
+
+    async def end_trigger(self) -> None:
+        if self.trigger_talk is not None:
+            await self.trigger_talk.end()
+            self.trigger_talk = None
+
     def _witness(self, status: WitnessStatus) -> None:
         w = self.record.witness
         if status.state == "unknown":
@@ -344,6 +403,7 @@ class HostRun:
         await self.arm_done.wait()
         self.sink(name, "stopping", "")
         await self._guard("finish", self._finish)
+        await self.end_trigger()  # the capture stopped: the host's trigger session ends with it
         if self.listed and self.talk is not None and self.talk.ended is None:
             await self._guard("cleanup", self._rm)
         else:
@@ -361,10 +421,12 @@ class HostRun:
         talk = self.talk
         if talk is not None and talk.ended is None:
             talk.chapter()  # what follows is the finish's: its own sections
-            await talk.say("finish")
+            said = "finish" if self.window is None else "finish " + " ".join(commands.window_words(self.window))
+            await talk.say(said)
         else:
             cmd = commands.finish(self.record.remote_dir, list(self.plan.interfaces), wait_s=self.wait_s,
-                                  sudo=self.sudo, ports=self.ports, conntrack=self.conntrack)  # fmt: skip
+                                  sudo=self.sudo, ports=self.ports, conntrack=self.conntrack,
+                                  window=self.window)  # fmt: skip
             self.talk = talk = await self._talk(cmd)
         header = await talk.until("@@probe", "@@listed", what="stopping the capture", extra=self.wait_s)
         if header is None:
@@ -391,6 +453,12 @@ class HostRun:
         self.listed = True
         self.record.stopped_ns = fin.done_ns
         self.record.stop_reason = _stop_reason(fin)
+        if self.window is not None and self.record.stop_reason == "duration":
+            self.record.stop_reason = "watch window"  # we stopped it: the trigger's `after` was over
+            self.record.window = WindowRecord(
+                from_ns=self.window[0], to_ns=self.window[1], reach_ns=fin.reach_ns,
+                ring_files={i: list(kf) for i, kf in fin.ring.items()},
+            )  # fmt: skip
         for fname, text in snapshot_files(talk.parsed()).items():
             self.bundle.write(f"{name}/after/{fname}", text)
         for iface, text in fin.tcpdump_stderr.items():
@@ -510,6 +578,7 @@ class HostRun:
 
     async def close(self) -> None:
         with anyio.CancelScope(shield=True):
+            await self.end_trigger()
             if self.talk is not None:
                 await self.talk.end()
                 self.talk = None

@@ -44,6 +44,26 @@ class WitnessRecord(BaseModel):
     error: str | None = None
 
 
+class WindowRecord(BaseModel):
+    """Watch mode: what a host kept of its ring around the trigger (host clock, ns)."""
+
+    from_ns: int
+    to_ns: int
+    reach_ns: dict[str, int] = {}  # per interface, the first packet kept
+    ring_files: dict[str, list[int]] = {}  # per interface, [files kept, files in the ring]
+
+
+class TriggerRecord(BaseModel):
+    """Watch mode: what ended the wait, when (controller clock) and where."""
+
+    kind: str  # rst | manual | interrupt | max-armed
+    host: str | None = None
+    line: str | None = None  # the host's trigger capture's line (the RST)
+    at_ns: int  # controller clock
+    host_ns: int | None = None  # the RST's time on that host's clock
+    armed_s: float | None = None  # how long the hosts had been armed
+
+
 class HostRecord(BaseModel):
     name: str
     role: str
@@ -66,6 +86,7 @@ class HostRecord(BaseModel):
     captures: list[CaptureFile] = []
     clock_probes: list[ClockProbeRecord] = []
     witness: WitnessRecord = WitnessRecord()
+    window: WindowRecord | None = None
     notes: list[str] = []
 
 
@@ -80,6 +101,7 @@ class Manifest(BaseModel):
     legs: list[str]
     options: dict[str, Any]
     start_skew_ms: float | None = None
+    trigger: TriggerRecord | None = None
     hosts: list[HostRecord]
     exit_status: int | None = None
     files: dict[str, str] = {}

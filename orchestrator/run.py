@@ -16,21 +16,22 @@ status/error; nothing a host does can cancel another.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 
 from orchestrator.bundle import Bundle
-from orchestrator.host import EventSink, HostRun, RunOptions
-from orchestrator.manifest import HostRecord
+from orchestrator.host import EventSink, HostRun, RunOptions, WatchOptions
+from orchestrator.manifest import HostRecord, TriggerRecord
 from orchestrator.plan import Plan
 from orchestrator.talk import PROBE_SAMPLES, call
 from remote import commands
 from remote.errors import RemoteError
 from remote.transport import Connector
 
-__all__ = ["PROBE_SAMPLES", "EventSink", "RunOptions", "RunResult", "run_capture"]
+__all__ = ["PROBE_SAMPLES", "EventSink", "RunOptions", "RunResult", "WatchOptions", "run_capture"]
 
 
 def _quiet(_host: str, _state: str, _detail: str) -> None:
@@ -43,6 +44,7 @@ class RunResult:
     start_skew_ms: float | None
     reproduce_exit: int | None = None
     interrupted: bool = False
+    trigger: TriggerRecord | None = None  # watch mode: what ended the wait
 
 
 async def _each(fn: Callable[..., object], runs: list[HostRun], *args: object) -> None:
@@ -73,9 +75,11 @@ async def run_capture(
     sink: EventSink = _quiet,
     stop_early: anyio.Event | None = None,
     started: Callable[[RunResult], None] | None = None,
+    manual: anyio.Event | None = None,
 ) -> RunResult:
     """``started`` receives the result as soon as it exists: its host records are filled in as
-    the run goes, so a caller that cancels the run (abandon) still has them."""
+    the run goes, so a caller that cancels the run (abandon) still has them. In watch mode
+    (``opts.watch``), ``manual`` set is a trigger (SIGUSR1, Enter)."""
     runs = [HostRun(h, connector, bundle, opts, sink) for h in plan.hosts]
     result = RunResult([r.record for r in runs], None)
     if started is not None:
@@ -95,7 +99,9 @@ async def run_capture(
             armed = [r for r in staged if r.ok and r.armed is not None]
             times = [r.record.armed_ns for r in armed if r.record.armed_ns]
             result.start_skew_ms = (max(times) - min(times)) / 1e6 if times else None
-            if armed:
+            if armed and opts.watch is not None:
+                tg.start_soon(_watch, armed, len(runs), opts.watch, opts, sink, result, stop_early, manual)
+            elif armed:
                 tg.start_soon(_window, runs, armed, opts, bundle, sink, result, stop_early)
         await _each(HostRun.cleanup, [r for r in runs if not r.ok])
         armed = [r for r in staged if r.ok and r.armed is not None]
@@ -139,6 +145,75 @@ async def _window(runs: list[HostRun], armed: list[HostRun], opts: RunOptions, b
             with anyio.move_on_after(0 if result.interrupted else opts.grace):
                 await reproduced.wait()
             tg.cancel_scope.cancel()
+
+
+# A host's window reaches this much wider than asked on each side, beyond its clock's uncertainty.
+WINDOW_MARGIN_NS = 200_000_000
+
+
+async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOptions, sink: EventSink,
+                 result: RunResult, stop_early: anyio.Event | None, manual: anyio.Event | None) -> None:  # fmt: skip
+    """Watch mode's wait: until the first RST of the flow at any host (its trigger session), a
+    manual trigger, Ctrl-C (which keeps the last seconds) or the arming's end; then ``after``
+    seconds more; then each host's window, on its own clock, for the finish."""
+    start = anyio.current_time()
+    fired = anyio.Event()
+
+    def fire(host: HostRun, host_ns: int | None, line: str) -> None:
+        if fired.is_set():
+            return
+        off = host.offset_ns
+        at = host_ns - off if host_ns is not None and off is not None else time.time_ns()
+        result.trigger = TriggerRecord(kind="rst", host=host.plan.name, line=line[:500], at_ns=at, host_ns=host_ns,
+                                       armed_s=round(anyio.current_time() - start, 3))  # fmt: skip
+        sink(host.plan.name, "triggered", line[:160])
+        fired.set()
+
+    async def other(event: anyio.Event | None, kind: str, say: str) -> None:
+        if event is None:
+            return
+        await event.wait()
+        if not fired.is_set():
+            armed_s = round(anyio.current_time() - start, 3)
+            result.trigger = TriggerRecord(kind=kind, at_ns=time.time_ns(), armed_s=armed_s)
+            sink("*", "triggered", say)
+            fired.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_all_armed, armed, total, result, sink)
+        for r in armed:
+            tg.start_soon(r.watch_trigger, fire)
+        tg.start_soon(other, manual, "manual", "manual trigger")
+        tg.start_soon(other, stop_early, "interrupt", "stopped (Ctrl-C): keeping the last seconds")
+        with anyio.move_on_after(w.max_armed):
+            while not fired.is_set():
+                sink("*", "watching", f"armed {anyio.current_time() - start:.0f} s, waiting for a reset")
+                with anyio.move_on_after(5.0):
+                    await fired.wait()
+        if not fired.is_set():
+            result.trigger = TriggerRecord(kind="max-armed", at_ns=time.time_ns(), armed_s=w.max_armed)
+            sink("*", "stopping", f"no reset within {w.max_armed:.0f} s armed")
+        trig = result.trigger
+        assert trig is not None
+        if trig.kind == "rst" or trig.kind == "manual":
+            # The seconds after the trigger (Ctrl-C cuts them short: the window then ends now).
+            wait_s = w.after - (time.time_ns() - trig.at_ns) / 1e9
+            with anyio.move_on_after(max(0.0, wait_s)):
+                if stop_early is not None:
+                    await stop_early.wait()
+                else:
+                    await anyio.sleep(wait_s)
+        result.interrupted = bool(stop_early is not None and stop_early.is_set())
+        end_ns = min(time.time_ns(), trig.at_ns + int(w.after * 1e9))
+        for r in armed:
+            off = r.offset_ns or 0
+            bound = next((p.bound_ns for p in r.record.clock_probes if p.phase == "start"), 0)
+            pad = WINDOW_MARGIN_NS + bound
+            if trig.kind == "max-armed":
+                r.window = (1, 1)  # no reset: nothing is kept, nothing pulled
+            else:
+                r.window = (max(0, trig.at_ns + off - int(w.before * 1e9) - pad), end_ns + off + pad)
+        tg.cancel_scope.cancel()
 
 
 async def _all_armed(armed: list[HostRun], total: int, result: RunResult, sink: EventSink) -> None:

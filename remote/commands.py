@@ -22,7 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from remote.scripts import CAPTURE_SCRIPT, CLEANUP_SCRIPT, FINISH_SCRIPT, JOB_SCRIPT
+from remote.scripts import CAPTURE_SCRIPT, CLEANUP_SCRIPT, FINISH_SCRIPT, JOB_SCRIPT, TRIGGER_SCRIPT
 
 # Linux IFNAMSIZ is 16 including the NUL; allow what `ip link` accepts in practice.
 _IFACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")
@@ -137,6 +137,7 @@ def capture(
     inline_kb: int = INLINE_KB,
     go_wait_s: int = GO_WAIT_S,
     holder: str = "",
+    ring: tuple[int, int] | None = None,
 ) -> RemoteCommand:
     """The capture session (see ``remote.scripts``): preflight, the private dir and the detached
     job, ``@@ready``; on ``go FILTER`` the capture, the clock probe, the witness and the "before"
@@ -144,7 +145,10 @@ def capture(
     per-CPU trace buffer (0 turns it off); ``ports`` the flow's server ports on this host, whose
     sockets the snapshots list (and, with ``conntrack``, its conntrack entries); ``wait_s`` how
     long finishing waits for the capture to stop; ``holder`` names this run to a second run that
-    finds the host's lock taken (``busy``)."""
+    finds the host's lock taken (``busy``). ``ring`` (watch mode): (files, million bytes per
+    file) of each interface's ring, and the RST trigger (``trigger``)."""
+    if ring is not None and not (2 <= ring[0] <= 1000 and 1 <= ring[1] <= 100_000):
+        raise UnsafeValue(f"ring of {ring[0]} files of {ring[1]} MB: 2-1000 files of 1-100000 MB")
     args = (
         validate_tmpbase(tmpbase),
         str(int(min_free_kb)),
@@ -161,6 +165,7 @@ def capture(
         "1" if conntrack else "0",
         str(int(inline_kb)),
         validate_holder(holder),
+        f"{int(ring[0])},{int(ring[1])}" if ring else "0",
         *map(validate_interface, interfaces),
     )
     # SSH_CONNECTION is read before sudo (which clears it): it is how the host sees our session,
@@ -181,16 +186,36 @@ def finish(
     ports: tuple[int, ...] = (),
     conntrack: bool = False,
     inline_kb: int = INLINE_KB,
+    window: tuple[int, int] | None = None,
 ) -> RemoteCommand:
     """Finishing in a session of its own, after the capture session was lost: stop, list, probe,
     "after" snapshot, the small files inline, ``@@listed``; then ``rm``. ``ports``: the flow's
     server ports on this host (the snapshot's sockets; with ``conntrack``, on a translating box,
-    its conntrack entries for them too)."""
+    its conntrack entries for them too); ``window`` (watch mode): the ring's files to keep,
+    (from, to) in host-clock ns."""
+    wfrom, wto = window_words(window)
     args = (validate_remote_dir(remote_dir), str(int(wait_s)), _ports(ports), "1" if conntrack else "0",
-            str(int(inline_kb)), *map(validate_interface, interfaces))  # fmt: skip
+            str(int(inline_kb)), wfrom, wto, *map(validate_interface, interfaces))  # fmt: skip
     timeout = wait_s + 60 + TRANSFER_S
     line = _line(FINISH_SCRIPT, args, timeout=timeout, sudo=sudo)
     return RemoteCommand("finish", args, line, timeout, interfaces=tuple(interfaces))
+
+
+def window_words(window: tuple[int, int] | None) -> tuple[str, str]:
+    """A watch window as the host's ``finish FROM TO`` takes it: two non-negative integers."""
+    if window is None:
+        return "0", "0"
+    a, b = (int(x) for x in window)
+    if not 0 <= a <= b:
+        raise UnsafeValue(f"window {window!r}: from and to must be 0 <= from <= to")
+    return str(a), str(b)
+
+
+def trigger(remote_dir: str, *, limit_s: int, sudo: bool) -> RemoteCommand:
+    """Watch mode's trigger session: the RSTs the job's trigger captures see, as ``@@rst LINE``."""
+    args = (validate_remote_dir(remote_dir),)
+    t = int(limit_s) + 30
+    return RemoteCommand("trigger", args, _line(TRIGGER_SCRIPT, args, timeout=t, sudo=sudo), t)
 
 
 def cleanup(remote_dir: str, *, sudo: bool) -> RemoteCommand:

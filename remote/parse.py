@@ -270,6 +270,10 @@ class Finished:
     tcpdump_stderr: dict[str, str]
     stats: dict[str, TcpdumpStats]
     witness: WitnessStatus = field(default_factory=WitnessStatus)
+    # Watch mode: per interface, the ring's files kept for the window and how many there were,
+    # and the first packet of the kept ones (host clock, ns): how far back the window reaches.
+    ring: dict[str, tuple[int, int]] = field(default_factory=dict)
+    reach_ns: dict[str, int] = field(default_factory=dict)
 
 
 def parse_finish(parsed: Parsed) -> Finished:
@@ -294,7 +298,21 @@ def parse_finish(parsed: Parsed) -> Finished:
         tcpdump_stderr=errs,
         stats={iface: parse_tcpdump_stats(text) for iface, text in errs.items()},
         witness=parse_witness(parsed),
+        ring={w[0]: (_int(w[1], 0), _int(w[2], 0)) for w in parsed.words("finish", "ring") if len(w) == 3},
+        reach_ns={w[0]: _int(w[1], 0) for w in parsed.words("finish", "reach") if len(w) == 2 and _int(w[1], 0) > 0},
     )
+
+
+def parse_rst_line(line: str) -> int | None:
+    """The time (host clock, ns) of a trigger line, ``@@rst SECONDS.FRACTION ...`` as tcpdump -tt
+    prints it (nanoseconds with --time-stamp-precision=nano); None if it is not one."""
+    words = line.split()
+    if len(words) < 2 or words[0] != "@@rst":
+        return None
+    sec, dot, frac = words[1].partition(".")
+    if not sec.isdigit() or (dot and not frac.isdigit()) or len(frac) > 9:
+        return None
+    return int(sec) * 10**9 + int((frac or "0").ljust(9, "0"))
 
 
 def parse_inline(parsed: Parsed, files: list[RemoteFile]) -> dict[str, bytes]:

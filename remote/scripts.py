@@ -245,7 +245,7 @@ witness_start() {
     wstatus state=unavailable "reason=cannot create an ftrace instance: $(tail -n 1 "$dir/witness.err")"; wi=""; return
   fi
   ok=1
-  wset tracing_on 0 && wset buffer_size_kb "$witness_kb" && wset options/overwrite 0 || ok=0
+  wset tracing_on 0 && wset buffer_size_kb "$witness_kb" && wset options/overwrite "${woverwrite:-0}" || ok=0
   wset options/irq-info 1
   # mono follows CLOCK_MONOTONIC; else global (one clock for all CPUs; never the per-CPU local).
   clock=""; clocks=""
@@ -275,6 +275,43 @@ witness_start() {
 }
 """
 
+# Watch mode's ring (tcpdump -C/-W: IFACE.pcap0, IFACE.pcap1, ...), once the capture stopped: the
+# files that overlap the window [wfrom, wto] (host clock, ns; wto=0: every file) are joined in
+# time order into IFACE.pcap (each file's first packet from its record header, its last by its
+# mtime, to the second: a file is kept when in doubt), the others deleted unread: only the window
+# is ever pulled. Says how far back the kept files reach ("reach IFACE NS": the first packet).
+_RINGCUT = r"""
+ringcut() {
+  keep=""; all=0; kept=0
+  for f in "$dir/$1".pcap[0-9]*; do
+    [ -f "$f" ] || continue
+    all=$((all + 1))
+    set -f; set -- "$1" $(od -An -tu4 -j24 -N8 -- "$f" 2>/dev/null); set +f
+    if [ $# != 3 ]; then rm -f -- "$f"; continue; fi  # no packet in it
+    first=$(( $2 * 1000000000 + $3 ))
+    m=$(stat -c %Y -- "$f") || m=0
+    last=$(( (m + 1) * 1000000000 ))
+    if [ "${wto:-0}" != 0 ] && { [ "$first" -gt "$wto" ] || [ "$last" -lt "$wfrom" ]; }; then
+      rm -f -- "$f"; continue
+    fi
+    keep="$keep$first $f$nl"; kept=$((kept + 1))
+  done
+  [ "$all" = 0 ] && return 0
+  echo "ring $1 $kept $all"
+  out="$dir/$1.pcap"; (umask 077; : > "$out"); n=0
+  oifs=$IFS; IFS=$nl; set -f
+  for line in $(printf '%s' "$keep" | sort -n); do
+    f=${line#* }
+    if [ "$n" = 0 ]; then echo "reach $1 ${line%% *}"; cat -- "$f" >> "$out"; else tail -c +25 -- "$f" >> "$out"; fi
+    rm -f -- "$f"; n=$((n + 1))
+  done
+  IFS=$oifs; set +f
+  [ "$n" = 0 ] && rm -f -- "$out"
+  [ -f "$out" ] && chown --reference="$dir" -- "$out" 2>/dev/null  # the login user pulls it
+  return 0
+}
+"""
+
 # Finishing, in the capture session once the window is over (or in a session of its own after a
 # reconnect): stop (if still running), wait for the job, list the files with their digests; then
 # the clock probe (unless the session took it while the capture ran: probed=1), the "after"
@@ -299,6 +336,7 @@ finish() {
     done
   fi
   await_cap done $((wait_s * 100))
+  for i; do ringcut "$i"; done
   v=""; [ -f "$dir/done" ] && read -r v < "$dir/done"; echo "done_ns=$v"
   v=""; [ -f "$dir/stop.reason" ] && read -r v < "$dir/stop.reason"; echo "stop_reason=$v"
   for i; do v=""; [ -f "$dir/$i.rc" ] && read -r v < "$dir/$i.rc"; echo "rc $i $v"; done
@@ -367,7 +405,7 @@ finish() {
 # the probe, the witness, the "before" snapshot; on "finish", the finish above. One shell for the
 # whole run: a host's login files run once.
 # Args: tmpbase min_free_kb go_wait_s job limit maxpk maxbytes snaplen keep witness_kb ports wait_s
-#       conntrack(0|1) inline_kb holder iface...
+#       conntrack(0|1) inline_kb holder ring iface...
 CAPTURE_SCRIPT = (
     _READ
     + _LOCK
@@ -377,13 +415,16 @@ CAPTURE_SCRIPT = (
     + PROBE
     + _WITNESS
     + _WITNESS_START
+    + _RINGCUT
     + _FINISH
     + r"""
 set -u
 base=$1 minfree=$2 gowait=$3 job=$4 limit=$5 maxpk=$6 maxbytes=$7 snaplen=$8 keep=$9
 shift 9
-witness_kb=$1 ports=$2 wait_s=$3 conntrack=$4 inline_kb=$5 holder=$6
-shift 6
+witness_kb=$1 ports=$2 wait_s=$3 conntrack=$4 inline_kb=$5 holder=$6 ring=$7
+shift 7
+# Armed for hours (watch mode), the witness keeps the latest events: those before the trigger.
+woverwrite=0; [ "$ring" = 0 ] || woverwrite=1
 nl='
 '
 echo "@@section preflight"
@@ -438,10 +479,10 @@ if ! ln -sn -- "$dir" "$lock" 2>/dev/null; then
     exit $E_BUSY
   fi
 fi
-mkfifo "$dir/go" "$dir/nap" ||
+mkfifo "$dir/go" "$dir/nap" && { [ "$ring" = 0 ] || mkfifo "$dir/trig"; } ||
   { rm -rf -- "$dir"; echo "@@fail no_tmpdir cannot create a fifo in $dir"; exit $E_NO_DIR; }
 setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" "$gowait" \
-  "$tcpdump" "$owner" "$@" < /dev/null > /dev/null 2>&1 &
+  "$tcpdump" "$owner" "$ring" "$@" < /dev/null > /dev/null 2>&1 &
 # Opening the fifo waits for the job to open its end: ready means the job listens. This session
 # then holds the write end until the capture listens: if it ends first (the controller went away,
 # or said anything but go), the job reads EOF and removes the directory.
@@ -461,6 +502,7 @@ if [ "$ready" != 1 ]; then
   echo "@@fail not_armed tcpdump did not start listening"
   exit $E_NOT_ARMED
 fi
+capifs="$*"
 probe
 echo "@@section tcpdump"; echo "path=$tcpdump"
 witness_start
@@ -471,13 +513,20 @@ echo "@@section witness"
 [ -f "$dir/witness.status" ] && catf "$dir/witness.status"
 echo "@@armed"
 # While the capture runs: "probe" (the end's clock probe, taken before the window ends so that
-# the finish need not wait for it) as often as asked, then "finish".
-probed=0
+# the finish need not wait for it) as often as asked, then "finish" (in watch mode "finish FROM
+# TO": the window to keep, host clock, ns).
+probed=0 wfrom=0 wto=0
 while :; do
   IFS= read -r said || exit 0
   case $said in
     probe) probe; probed=1; echo "@@armed";;
     finish) break;;
+    "finish "*" "*)
+      set -f; set -- $said; set +f
+      case $2$3 in *[!0-9]*) exit 0;; esac
+      wfrom=$2 wto=$3
+      set -f; set -- $capifs; set +f
+      break;;
     *) exit 0;;
   esac
 done
@@ -486,10 +535,14 @@ finish "$@"
 """
 )
 
-# The detached capture job. Args: dir limit maxpk maxbytes snaplen keep go_wait_s tcpdump owner iface...
+# The detached capture job. Args: dir limit maxpk maxbytes snaplen keep go_wait_s tcpdump owner ring iface...
 # It waits (at most go_wait_s) for the capture session's "go FILTER" on the fifo, captures every
 # interface under its own `timeout` of duration + grace, with a size watchdog, then stops the
 # witness, marks the directory done, and reaps it if nobody collected it within `keep` seconds.
+# ring "FILES,MB" (watch mode; "0" otherwise): each interface's capture is a ring of FILES files
+# of MB million bytes (tcpdump -C/-W), and a second tcpdump per interface, RSTs of the flow
+# only, prints the first it sees (-c 1) into the fifo "trig" (the trigger; the job holds it
+# open read-write, so a writer never blocks nor dies for want of a reader).
 JOB_SCRIPT = (
     _READ
     + _LOCK
@@ -497,16 +550,32 @@ JOB_SCRIPT = (
     + r"""
 dir=$1 limit=$2 maxpk=$3 maxbytes=$4 snaplen=$5 keep=$6 gowait=$7 tcpdump=$8 owner=$9
 shift 9
+ring=$1; shift
 echo $$ > "$dir/job.pid"
 said=$(timeout "$gowait" head -n 1 -- "$dir/go" 2>/dev/null) || said=""
 lockname "${dir%/*}"
 case $said in "go "*) filter=${said#go } ;; *) rm -rf -- "$dir"; unlock; exit 0 ;; esac
-pids=""
+pids=""; tpids=""
+if [ "$ring" != 0 ]; then
+  exec 8<> "$dir/trig"
+  rst="( $filter ) and ((ip and tcp[13] & 4 != 0) or (ip6 and ip6[6] = 6 and ip6[53] & 4 != 0))"
+fi
 for i; do
-  timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" -Z "$owner" \
-    --immediate-mode --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" 2> "$dir/$i.tcpdump.err" < /dev/null &
+  if [ "$ring" = 0 ]; then
+    timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" -Z "$owner" \
+      --immediate-mode --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" 2> "$dir/$i.tcpdump.err" < /dev/null &
+  else
+    timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -C "${ring#*,}" -W "${ring%,*}" \
+      -Z "$owner" --immediate-mode --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" \
+      2> "$dir/$i.tcpdump.err" < /dev/null &
+  fi
   echo "$!" > "$dir/$i.pid"
   pids="$pids $!"
+  if [ "$ring" != 0 ]; then
+    timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -l -tt -c 1 -Z "$owner" --immediate-mode \
+      --time-stamp-precision=nano "$rst" >&8 2> "$dir/$i.trigger.err" < /dev/null &
+    tpids="$tpids $!"
+  fi
 done
 # The size cap over all our captures: checked every second, every 0.2 s once past half the cap;
 # bounded by the capture limit itself.
@@ -516,7 +585,7 @@ done
   while [ "$t" -lt "$end" ]; do
     [ -f "$dir/done" ] && exit 0
     total=0
-    set -- $(stat -c %s -- "$dir"/*.pcap 2>/dev/null)
+    set -- $(stat -c %s -- "$dir"/*.pcap* 2>/dev/null)
     for s; do total=$((total + s)); done
     if [ "$total" -ge "$maxbytes" ]; then
       echo size > "$dir/stop.reason"
@@ -529,6 +598,8 @@ done
 wd=$!
 for i; do p=""; read -r p < "$dir/$i.pid"; wait "$p"; echo "$?" > "$dir/$i.rc"; done
 kill "$wd" 2>/dev/null
+for p in $tpids; do kill -INT "$p" 2>/dev/null; done
+[ -n "$tpids" ] && { wait; echo end >&8; exec 8>&-; }  # the trigger's reader ends too
 : > "$dir/stopping"
 wi=""; wname=""
 if tracefs; then wname="$tfs/instances/capture-all.${dir##*.}.$$"; [ -d "$wname" ] && wi=$wname; fi
@@ -560,22 +631,44 @@ done
 """
 )
 
-# Phase "finish" on its own (after a reconnect). Args: dir wait_s ports conntrack(0|1) inline_kb iface...
+# Phase "finish" on its own (after a reconnect). Args: dir wait_s ports conntrack(0|1) inline_kb
+# wfrom wto (watch mode's window, host ns; 0 0: all) iface...
 FINISH_SCRIPT = (
     _READ
     + _LOCK
     + _NAP
     + SNAPSHOT
     + PROBE
+    + _RINGCUT
     + _FINISH
     + r"""
 set -u
-dir=$1; wait_s=$2; ports=$3; conntrack=$4; inline_kb=$5; shift 5
+dir=$1; wait_s=$2; ports=$3; conntrack=$4; inline_kb=$5; wfrom=$6; wto=$7; shift 7
 nl='
 '
 finish "$@"
 """
 )
+
+# Watch mode's trigger, a session of its own: every line the job's RST-only tcpdumps print
+# (the first RST of the flow on each interface), as "@@rst LINE", until the job says "end". The
+# fifo is opened read-write: that never blocks (a job already gone leaves a reader that ends at
+# its line's timeout, the capture's own limit, or at its next write once the controller is gone).
+# Args: dir
+TRIGGER_SCRIPT = r"""
+set -u
+dir=$1
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
+[ -p "$dir/trig" ] && exec 9<> "$dir/trig" ||
+  { echo "@@fail no_dir $dir has no trigger (the capture ended, or is not a watch)"; exit $E_NO_DIR; }
+echo "@@listening"
+while IFS= read -r l <&9; do
+  [ "$l" = end ] && break
+  echo "@@rst $l"
+done
+echo "@@section trigger"
+echo "ended=1"
+"""
 
 # Remove our directory, for a host that failed after making it (the reaper then exits by
 # itself). Args: dir

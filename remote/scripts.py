@@ -558,7 +558,9 @@ case $said in "go "*) filter=${said#go } ;; *) rm -rf -- "$dir"; unlock; exit 0 
 pids=""; tpids=""
 if [ "$ring" != 0 ]; then
   exec 8<> "$dir/trig"
-  rst="( $filter ) and ((ip and tcp[13] & 4 != 0) or (ip6 and ip6[6] = 6 and ip6[53] & 4 != 0))"
+  # Read from a file of ours (-F): the filter is never an argument, and our tcpdumps all name our dir.
+  printf '%s\n' "( $filter ) and ((ip and tcp[13] & 4 != 0) or (ip6 and ip6[6] = 6 and ip6[53] & 4 != 0))" \
+    > "$dir/trigger.filter"
 fi
 for i; do
   if [ "$ring" = 0 ]; then
@@ -573,7 +575,7 @@ for i; do
   pids="$pids $!"
   if [ "$ring" != 0 ]; then
     timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -l -tt -c 1 -Z "$owner" --immediate-mode \
-      --time-stamp-precision=nano "$rst" >&8 2> "$dir/$i.trigger.err" < /dev/null &
+      --time-stamp-precision=nano -F "$dir/trigger.filter" >&8 2> "$dir/$i.trigger.err" < /dev/null &
     tpids="$tpids $!"
   fi
 done

@@ -317,3 +317,40 @@ def test_a_second_run_on_a_host_is_refused_while_the_first_captures(host: dict[s
 
 def locks(host: dict[str, str]) -> list[str]:
     return [n for n in os.listdir(host["base"]) if n.startswith("capture-all.lock")]
+
+
+def test_the_watch_window_keeps_the_ring_files_that_overlap_it_joined_in_time_order(tmp_path: Path) -> None:
+    """ringcut (remote.scripts): a ring of four files, written one after the other (tcpdump -W
+    reuses the numbers, so file order is not time order); the window [12 s, 21 s] keeps the files
+    whose packets reach into it, joins them into IFACE.pcap oldest first, deletes the rest."""
+    import dpkt
+
+    from remote.scripts import _RINGCUT
+    from tests.pcapgen import pcap
+
+    d = tmp_path / "capture-all.AbCd1234"
+    d.mkdir()
+    s = 10**9
+    t0 = 1_800_000_000 * s
+    # file number: (first packet, last packet) after t0, in seconds
+    spans = {2: (0, 9), 3: (10, 14), 0: (15, 19), 1: (25, 29)}
+    for num, (a, b) in spans.items():
+        f = d / f"eth0.pcap{num}"
+        f.write_bytes(pcap([(t0 + a * s + k, b"\x00" * 60) for k in range(3)] + [(t0 + b * s, b"\x01" * 60)]))
+        os.utime(f, ns=(t0 + b * s, t0 + b * s))  # tcpdump's last write
+    (d / "eth0.pcap4").write_bytes(pcap([]))  # a file begun, no packet yet
+    script = _RINGCUT + 'nl="\n"; dir=$1 wfrom=$2 wto=$3; ringcut eth0'
+    out = subprocess.run(["sh", "-c", script, "t", str(d), str(t0 + 12 * s), str(t0 + 21 * s)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.splitlines() == ["ring eth0 2 5", f"reach eth0 {t0 + 10 * s}"]
+    assert sorted(p.name for p in d.iterdir()) == ["eth0.pcap"]
+    with (d / "eth0.pcap").open("rb") as fh:
+        times = [int(ts * s) for ts, _ in dpkt.pcap.UniversalReader(fh)]
+    assert times == sorted(times) and len(times) == 8
+    assert times[0] == t0 + 10 * s and times[-1] == t0 + 19 * s
+    # Without a window (wto 0) every file is kept.
+    for num, (a, _) in spans.items():
+        (d / f"eth0.pcap{num}").write_bytes(pcap([(t0 + a * s, b"\x00" * 60)]))
+    (d / "eth0.pcap").unlink()
+    out = subprocess.run(["sh", "-c", script, "t", str(d), "0", "0"], capture_output=True, text=True).stdout
+    assert out.splitlines()[0] == "ring eth0 4 4"

@@ -455,6 +455,7 @@ class HostRun:
         self.record.stop_reason = _stop_reason(fin)
         if self.window is not None and self.record.stop_reason == "duration":
             self.record.stop_reason = "watch window"  # we stopped it: the trigger's `after` was over
+        if self.window is not None:
             self.record.window = WindowRecord(
                 from_ns=self.window[0], to_ns=self.window[1], reach_ns=fin.reach_ns,
                 ring_files={i: list(kf) for i, kf in fin.ring.items()},

@@ -62,6 +62,7 @@ class TriggerRecord(BaseModel):
     at_ns: int  # controller clock
     host_ns: int | None = None  # the RST's time on that host's clock
     armed_s: float | None = None  # how long the hosts had been armed
+    note: str | None = None
 
 
 class HostRecord(BaseModel):

@@ -147,6 +147,7 @@ async def _window(runs: list[HostRun], armed: list[HostRun], opts: RunOptions, b
             tg.cancel_scope.cancel()
 
 
+WATCHING_EVERY_S = 60.0  # "still armed" on the progress lines (a watch may last hours)
 # A host's window reaches this much wider than asked on each side, beyond its clock's uncertainty.
 WINDOW_MARGIN_NS = 200_000_000
 
@@ -157,15 +158,23 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
     manual trigger, Ctrl-C (which keeps the last seconds) or the arming's end; then ``after``
     seconds more; then each host's window, on its own clock, for the finish."""
     start = anyio.current_time()
+    start_ns = time.time_ns()
     fired = anyio.Event()
 
     def fire(host: HostRun, host_ns: int | None, line: str) -> None:
         if fired.is_set():
             return
         off = host.offset_ns
-        at = host_ns - off if host_ns is not None and off is not None else time.time_ns()
+        now = time.time_ns()
+        at = host_ns - off if host_ns is not None and off is not None else None
+        note = None
+        if at is None or not start_ns - 2 * 10**9 <= at <= now + 10**9:
+            # No usable time (or one outside the arming: a clock that moved since its probe):
+            # the line's arrival stands in for it, a little after the RST itself.
+            note = "the RST's own time was not usable on the controller's clock: its arrival is used"
+            at = now
         result.trigger = TriggerRecord(kind="rst", host=host.plan.name, line=line[:500], at_ns=at, host_ns=host_ns,
-                                       armed_s=round(anyio.current_time() - start, 3))  # fmt: skip
+                                       armed_s=round(anyio.current_time() - start, 3), note=note)  # fmt: skip
         sink(host.plan.name, "triggered", line[:160])
         fired.set()
 
@@ -187,9 +196,10 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
         tg.start_soon(other, stop_early, "interrupt", "stopped (Ctrl-C): keeping the last seconds")
         with anyio.move_on_after(w.max_armed):
             while not fired.is_set():
-                sink("*", "watching", f"armed {anyio.current_time() - start:.0f} s, waiting for a reset")
-                with anyio.move_on_after(5.0):
+                with anyio.move_on_after(WATCHING_EVERY_S):
                     await fired.wait()
+                if not fired.is_set():
+                    sink("*", "watching", f"armed {anyio.current_time() - start:.0f} s, waiting for a reset")
         if not fired.is_set():
             result.trigger = TriggerRecord(kind="max-armed", at_ns=time.time_ns(), armed_s=w.max_armed)
             sink("*", "stopping", f"no reset within {w.max_armed:.0f} s armed")
@@ -202,7 +212,7 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
                 if stop_early is not None:
                     await stop_early.wait()
                 else:
-                    await anyio.sleep(wait_s)
+                    await anyio.sleep(max(0.0, wait_s))
         result.interrupted = bool(stop_early is not None and stop_early.is_set())
         end_ns = min(time.time_ns(), trig.at_ns + int(w.after * 1e9))
         for r in armed:

@@ -75,9 +75,18 @@ def capture_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
         said = yield from probe(host, said)
         said = yield "@@armed\n"
         probed = True
-    if said != "finish":
+    if said != "finish" and not said.startswith("finish "):  # watch mode: "finish FROM TO"
         return "", 0
     return (yield from finish_steps(host, ifaces, probed))
+
+
+def trigger_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    """Watch mode's trigger session: listening, then the host's ``rst_line`` (if any) at once;
+    then it waits, as the host's does, until the controller closes it."""
+    said = yield "@@listening\n" + (f"@@rst {host.rst_line}\n" if host.rst_line else "")
+    while True:
+        said = yield ""
+        del said
 
 
 def finish_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
@@ -87,7 +96,7 @@ def finish_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
 def finish_steps(host: FakeHost, ifaces: tuple[str, ...], probed: bool = False) -> Conversation:
     digest = hashlib.sha256(host.pcap).hexdigest()
     d = host.remote_dir
-    out = f"@@section finish\nalready_done=0\ndone_ns={time.time_ns()}\nstop_reason=duration\n"
+    out = f"@@section finish\nalready_done=0\ndone_ns={time.time_ns()}\nstop_reason=\n"
     out += "".join(f"rc {i} 0\n" for i in ifaces) + "@@section files\n"
     out += "".join(f"size {len(host.pcap)} {d}/{i}.pcap\n" for i in ifaces)
     out += "".join(f"{digest}  {d}/{i}.pcap\n" for i in ifaces)
@@ -122,8 +131,9 @@ class FakeHost:
     sessions_open: int = 0  # sessions and commands open on its connection now, and at most
     sessions_max: int = 0
     clock_offset_ns: int = 0  # this host's clock minus the controller's, as its probe reports it
+    rst_line: str | None = None  # watch mode: what its trigger session says once armed
     dialogues: dict[str, Dialogue] = field(
-        default_factory=lambda: {"capture": capture_dialogue, "finish": finish_dialogue}
+        default_factory=lambda: {"capture": capture_dialogue, "finish": finish_dialogue, "trigger": trigger_dialogue}
     )
 
     def default(self, cmd: RemoteCommand) -> CommandResult:

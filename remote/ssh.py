@@ -218,6 +218,9 @@ class SshTransport:
         self._conn.close()
 
 
+KEEPALIVE_S = 15
+
+
 def _expand(paths: tuple[str, ...]) -> list[str]:
     return [os.path.expanduser(p) for p in paths]
 
@@ -229,6 +232,10 @@ def _common(target: SshTarget, known_hosts: Any) -> dict[str, Any]:
         "connect_timeout": target.connect_timeout,
         "login_timeout": target.connect_timeout,
         "config": _expand(target.config_files) or (),
+        # A connection that stays open for hours (watch) stays alive through idle-timeout firewalls,
+        # and one whose host went away is found out within a minute instead of never.
+        "keepalive_interval": KEEPALIVE_S,
+        "keepalive_count_max": 4,
     }
     if target.identity_files:
         common["client_keys"] = _expand(target.identity_files)

@@ -55,3 +55,24 @@ def test_the_exit_statuses_it_names_are_the_clis() -> None:
     assert "2 bad" in text and cli.EXIT_USAGE == 2
     # systemctl stop sends SIGINT: the CLI's "Ctrl-C once", which stops early and collects.
     assert _unit("capture-all-collect.service")["KillSignal"] == ["SIGINT"]
+
+
+def test_the_watch_services_command_line_is_one_the_cli_takes() -> None:
+    pairs = [line.split("=", 1) for line in (CONTRIB / "watch.env").read_text().splitlines()
+             if line and not line.startswith("#")]  # fmt: skip
+    env = {k: v for k, v in pairs}
+    unit = _unit("capture-all-watch.service")
+    (start,) = unit["ExecStart"]
+    argv = [_expand(w, env) for w in shlex.split(start)]
+    assert argv[0].endswith("/.venv/bin/capture-all") and argv[1] == "watch"
+    args = cli.watch_parser().parse_args(argv[2:])
+    assert args.plain and args.max_armed == 4 * 3600 and args.count == int(env["CAPTURE_ALL_COUNT"])
+    assert args.ring_bytes == 100 << 20 and args.before + args.after < args.max_armed
+    parse_flow(args.flow)
+    # Bad input is not retried; Ctrl-C (SIGINT) is how it stops; the statuses named are the CLI's.
+    assert unit["RestartPreventExitStatus"] == [str(cli.EXIT_USAGE)] and unit["KillSignal"] == ["SIGINT"]
+    text = (CONTRIB / "capture-all-watch.service").read_text()
+    assert "5 armed the whole\n# time, no reset" in text and cli.EXIT_NO_RESET == 5
+    (pre,) = unit["ExecStartPre"]
+    words = [_expand(w, env) for w in shlex.split(pre)]
+    assert words[:2] == ["/usr/bin/find", "/var/lib/capture-all/watch"] and "capture-all-watch-*" in words

@@ -159,6 +159,9 @@ def watch_parser() -> argparse.ArgumentParser:
                    help="stop after this long armed in all, e.g. 4h; each host enforces it itself (default 4h)")
     p.add_argument("--ring-bytes", type=_size, default=100 << 20,
                    help="each host's ring over all its interfaces, e.g. 50M (default 100M, at least 4M)")
+    p.add_argument("--trigger-on-log", action="append", default=[], metavar="HOST:FILE:REGEX",
+                   help="also trigger on the first line of FILE on HOST matching REGEX (grep -E), e.g. "
+                   "'lb-1:/var/log/haproxy.log:SD--' (repeatable)")
     p.add_argument("--snaplen", type=_positive(int), default=262144, help="bytes kept per packet (default 262144)")
     p.add_argument("--grace", type=_positive(int), default=10, help="seconds past --max-armed before a host stops")
     p.add_argument("--keep", type=_positive(int), default=600, help="a host deletes uncollected evidence after this")
@@ -368,6 +371,7 @@ async def _watch(args: argparse.Namespace) -> int:
     inv, digest = load_inventory(args.inventory)
     only = [h.strip() for h in args.hosts.split(",")] if args.hosts else None
     plan = build_plan(flow, inv, inventory_sha256=digest, only=only, accept_new_host_keys=args.accept_new_host_keys)
+    logs = _log_triggers(args.trigger_on_log, {h.name for h in plan.hosts})
     started = dt.datetime.now(dt.timezone.utc)
     out: Path = args.out or Path(f"capture-all-watch-{started.strftime('%Y%m%dT%H%M%SZ')}")
     Bundle.create(out)  # a new or empty folder: every incident a bundle inside it
@@ -395,7 +399,8 @@ async def _watch(args: argparse.Namespace) -> int:
                 if left < args.before + args.after:
                     why_end = "--max-armed reached"
                     break
-                wopts = WatchOptions(before=args.before, after=args.after, ring_bytes=args.ring_bytes, max_armed=left)
+                wopts = WatchOptions(before=args.before, after=args.after, ring_bytes=args.ring_bytes, max_armed=left,
+                                     logs=logs)  # fmt: skip
                 opts = RunOptions(
                     duration=left, grace=args.grace, max_packets=1 << 40, snaplen=args.snaplen, keep=args.keep,
                     concurrency=args.concurrency, watch=wopts,
@@ -466,6 +471,22 @@ async def _watch(args: argparse.Namespace) -> int:
     if all(c == EXIT_OK for c in codes):
         return EXIT_OK
     return EXIT_PARTIAL if any(c in (EXIT_OK, EXIT_PARTIAL) for c in codes) else EXIT_NOTHING
+
+
+def _log_triggers(given: list[str], hosts: set[str]) -> tuple[tuple[str, str, str], ...]:
+    """--trigger-on-log HOST:FILE:REGEX, checked before anything is contacted."""
+    from remote.commands import validate_log_path, validate_log_pattern
+
+    out = []
+    for text in given:
+        host, _, rest = text.partition(":")
+        path, _, pattern = rest.partition(":")
+        if not host or not path or not pattern:
+            raise UsageError(f"--trigger-on-log {text!r}: HOST:FILE:REGEX, e.g. 'lb-1:/var/log/haproxy.log:SD--'")
+        if host not in hosts:
+            raise UsageError(f"--trigger-on-log: {host} is not a host of this run")
+        out.append((host, validate_log_path(path), validate_log_pattern(pattern)))
+    return tuple(out)
 
 
 def _conclude(root: Path, res: RunResult, flow: str) -> tuple[int, dict[str, object], list[str]]:

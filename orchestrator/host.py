@@ -68,6 +68,7 @@ class WatchOptions:
     ring_bytes: int = 100 * 1024 * 1024  # per host, over all its interfaces
     ring_files: int = 10  # per interface (fewer when the ring is small)
     max_armed: float = 4 * 3600.0  # this arming's limit, enforced by the host itself
+    logs: tuple[tuple[str, str, str], ...] = ()  # (host, file, extended regex): --trigger-on-log
 
     def ring(self, interfaces: int, snaplen: int) -> tuple[int, int]:
         """(files, million bytes each) of one interface's ring: within ring_bytes over all the
@@ -130,6 +131,7 @@ class HostRun:
         self.idle = False  # the capture session reached @@armed: it waits for "probe" or "finish"
         self.window: tuple[int, int] | None = None  # watch mode: what to keep (host clock, ns)
         self.trigger_talk: Talk | None = None  # watch mode: the trigger session
+        self.extra_talks: list[Talk] = []  # and its log triggers
         # The flow's server ports on this host: its snapshots list their sockets.
         self.ports = tuple(sorted({leg.server.port for leg in plan.legs if leg.server.port}))
         self.conntrack = plan.role in TRANSLATING_ROLES  # a translating box reports its conntrack entries
@@ -355,7 +357,31 @@ class HostRun:
         """This host's clock minus the controller's, from the clock probe at the start."""
         return next((p.offset_ns for p in self.record.clock_probes if p.phase == "start"), None)
 
-    async def watch_trigger(self, fire: Callable[[HostRun, int | None, str], None]) -> None:
+    async def watch_log(self, path: str, pattern: str, fire: Callable[[HostRun, int | None, str, str], None]) -> None:
+        """Watch mode's --trigger-on-log on this host: the first line of ``path`` matching
+        ``pattern``; its time is its arrival (a log line has no clock of ours)."""
+        await self.arm_done.wait()
+        if not self.ok or self.armed is None or self.record.remote_dir is None or self.transport is None:
+            return
+        talk = None
+        try:
+            cmd = commands.log_trigger(self.record.remote_dir, path, pattern, limit_s=self.opts.limit_s, sudo=self.sudo)
+            talk = await self._talk(cmd)
+            if await talk.until("@@listening", what="log trigger") is None:
+                raise await talk.failure()
+            wait = self.opts.limit_s + self.opts.controller_slack
+            line = await talk.until("@@log", what="waiting for the log", extra=wait)
+            if line is not None:
+                fire(self, None, f"{path}: {line.removeprefix('@@log ').strip()}", "log")
+        except Exception as exc:
+            why = self._why("log-trigger", exc)
+            self.record.notes.append(f"its log trigger on {path} failed ({why})")
+            self.sink(self.plan.name, "warning", f"log trigger: {why}")
+        finally:
+            if talk is not None:
+                self.extra_talks.append(talk)  # ended once the capture stopped (its tail ends with the job)
+
+    async def watch_trigger(self, fire: Callable[[HostRun, int | None, str, str], None]) -> None:
         """Watch mode: once armed, a session of its own that says each RST of the flow the host's
         trigger captures see; ``fire(host, host_ns, line)`` for each. A host whose trigger session
         fails is still armed (its ring is kept all the same): the others' triggers, the manual
@@ -373,16 +399,19 @@ class HostRun:
                 line = await talk.until("@@rst", what="waiting for a reset", extra=o.limit_s + o.controller_slack)
                 if line is None:
                     return
-                fire(self, parse_rst_line(line), line.removeprefix("@@rst ").strip())
+                fire(self, parse_rst_line(line), line.removeprefix("@@rst ").strip(), "rst")
         except Exception as exc:
             why = self._why("trigger", exc)
             self.record.notes.append(f"its RST trigger failed ({why}): its ring was kept, other triggers still counted")
             self.sink(self.plan.name, "warning", f"trigger: {why}")
 
     async def end_trigger(self) -> None:
+        talks, self.extra_talks = self.extra_talks, []
         if self.trigger_talk is not None:
-            await self.trigger_talk.end()
+            talks.append(self.trigger_talk)
             self.trigger_talk = None
+        for talk in talks:
+            await talk.end()
 
     def _witness(self, status: WitnessStatus) -> None:
         w = self.record.witness

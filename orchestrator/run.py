@@ -161,19 +161,21 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
     start_ns = time.time_ns()
     fired = anyio.Event()
 
-    def fire(host: HostRun, host_ns: int | None, line: str) -> None:
+    def fire(host: HostRun, host_ns: int | None, line: str, kind: str) -> None:
         if fired.is_set():
             return
         off = host.offset_ns
         now = time.time_ns()
         at = host_ns - off if host_ns is not None and off is not None else None
         note = None
-        if at is None or not start_ns - 2 * 10**9 <= at <= now + 10**9:
+        if kind == "log":
+            at = now  # a log line: when it reached us
+        elif at is None or not start_ns - 2 * 10**9 <= at <= now + 10**9:
             # No usable time (or one outside the arming: a clock that moved since its probe):
             # the line's arrival stands in for it, a little after the RST itself.
             note = "the RST's own time was not usable on the controller's clock: its arrival is used"
             at = now
-        result.trigger = TriggerRecord(kind="rst", host=host.plan.name, line=line[:500], at_ns=at, host_ns=host_ns,
+        result.trigger = TriggerRecord(kind=kind, host=host.plan.name, line=line[:500], at_ns=at, host_ns=host_ns,
                                        armed_s=round(anyio.current_time() - start, 3), note=note)  # fmt: skip
         sink(host.plan.name, "triggered", line[:160])
         fired.set()
@@ -192,6 +194,9 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
         tg.start_soon(_all_armed, armed, total, result, sink)
         for r in armed:
             tg.start_soon(r.watch_trigger, fire)
+            for name, path, pattern in w.logs:
+                if name == r.plan.name:
+                    tg.start_soon(r.watch_log, path, pattern, fire)
         tg.start_soon(other, manual, "manual", "manual trigger")
         tg.start_soon(other, stop_early, "interrupt", "stopped (Ctrl-C): keeping the last seconds")
         with anyio.move_on_after(w.max_armed):
@@ -205,7 +210,7 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
             sink("*", "stopping", f"no reset within {w.max_armed:.0f} s armed")
         trig = result.trigger
         assert trig is not None
-        if trig.kind == "rst" or trig.kind == "manual":
+        if trig.kind in ("rst", "log", "manual"):
             # The seconds after the trigger (Ctrl-C cuts them short: the window then ends now).
             wait_s = w.after - (time.time_ns() - trig.at_ns) / 1e9
             with anyio.move_on_after(max(0.0, wait_s)):

@@ -22,7 +22,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from remote.scripts import CAPTURE_SCRIPT, CLEANUP_SCRIPT, FINISH_SCRIPT, JOB_SCRIPT, TRIGGER_SCRIPT
+from remote.scripts import CAPTURE_SCRIPT, CLEANUP_SCRIPT, FINISH_SCRIPT, JOB_SCRIPT, LOG_TRIGGER_SCRIPT, TRIGGER_SCRIPT
 
 # Linux IFNAMSIZ is 16 including the NUL; allow what `ip link` accepts in practice.
 _IFACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")
@@ -216,6 +216,29 @@ def trigger(remote_dir: str, *, limit_s: int, sudo: bool) -> RemoteCommand:
     args = (validate_remote_dir(remote_dir),)
     t = int(limit_s) + 30
     return RemoteCommand("trigger", args, _line(TRIGGER_SCRIPT, args, timeout=t, sudo=sudo), t)
+
+
+_LOG_PATH_RE = re.compile(r"^/[A-Za-z0-9_./@+-]{1,250}$")
+
+
+def validate_log_pattern(pattern: str) -> str:
+    """An extended regex for grep -E: one line, no NUL, at most 500 characters."""
+    if not pattern or len(pattern) > 500 or any(c in pattern for c in "\x00\n\r"):
+        raise UnsafeValue("log pattern: one line of 1 to 500 characters")
+    return pattern
+
+
+def validate_log_path(path: str) -> str:
+    if _LOG_PATH_RE.match(path) and ".." not in path.split("/"):
+        return path
+    raise UnsafeValue(f"log file {path!r} must be an absolute plain path")
+
+
+def log_trigger(remote_dir: str, path: str, pattern: str, *, limit_s: int, sudo: bool) -> RemoteCommand:
+    """Watch mode's log trigger: the first line of ``path`` that matches ``pattern`` (grep -E)."""
+    args = (validate_remote_dir(remote_dir), validate_log_path(path), validate_log_pattern(pattern))
+    t = int(limit_s) + 30
+    return RemoteCommand("log-trigger", args, _line(LOG_TRIGGER_SCRIPT, args, timeout=t, sudo=sudo), t)
 
 
 def cleanup(remote_dir: str, *, sudo: bool) -> RemoteCommand:

@@ -286,6 +286,7 @@ ringcut() {
   for f in "$dir/$1".pcap[0-9]*; do
     [ -f "$f" ] || continue
     all=$((all + 1))
+    [ "$all" = 1 ] && head -c 24 -- "$f" > "$dir/$1.hdr"  # the file header, for a window without packets
     set -f; set -- "$1" $(od -An -tu4 -j24 -N8 -- "$f" 2>/dev/null); set +f
     if [ $# != 3 ]; then rm -f -- "$f"; continue; fi  # no packet in it
     first=$(( $2 * 1000000000 + $3 ))
@@ -306,7 +307,8 @@ ringcut() {
     rm -f -- "$f"; n=$((n + 1))
   done
   IFS=$oifs; set +f
-  [ "$n" = 0 ] && rm -f -- "$out"
+  # No packet in the window: an empty capture (its header alone) says so, as a quiet one-shot does.
+  if [ "$n" = 0 ]; then mv -f -- "$dir/$1.hdr" "$out"; else rm -f -- "$dir/$1.hdr"; fi
   [ -f "$out" ] && chown --reference="$dir" -- "$out" 2>/dev/null  # the login user pulls it
   return 0
 }
@@ -668,6 +670,23 @@ while IFS= read -r l <&9; do
   [ "$l" = end ] && break
   echo "@@rst $l"
 done
+echo "@@section trigger"
+echo "ended=1"
+"""
+
+# Watch mode's log trigger, a session of its own: the first line of a file on the host that
+# matches an extended regex, as "@@log LINE". The file and the pattern arrive as positional
+# parameters and are only ever one quoted argument (of tail, of grep). `tail --pid` ends with the
+# capture job, so nothing of this outlives the watch on the host. Args: dir file pattern
+LOG_TRIGGER_SCRIPT = r"""
+set -u
+dir=$1 src=$2 pat=$3
+case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
+jp=""; [ -f "$dir/job.pid" ] && read -r jp < "$dir/job.pid"
+[ -n "$jp" ] && [ -d "/proc/$jp" ] || { echo "@@fail no_dir the capture job of $dir is gone"; exit $E_NO_DIR; }
+[ -f "$src" ] && [ -r "$src" ] || { echo "@@fail no_log cannot read $src"; exit $E_NO_TOOL; }
+echo "@@listening"
+tail -n 0 --pid="$jp" -F -- "$src" 2>/dev/null | grep -m 1 -E -e "$pat" | while IFS= read -r l; do echo "@@log $l"; done
 echo "@@section trigger"
 echo "ended=1"
 """

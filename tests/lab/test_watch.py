@@ -225,3 +225,25 @@ def test_the_ring_stays_within_its_bound_under_traffic_that_outruns_it(clean_lab
              and min(h["window"]["reach_ns"].values()) > manifest["trigger"]["at_ns"] - 30e9]  # fmt: skip
     assert short, manifest["hosts"]
     assert "its ring reaches back only" in w.out
+
+
+def test_a_log_line_on_one_host_triggers_the_watch(clean_lab: Lab, tmp_path: Path) -> None:
+    lab = clean_lab
+    log = lab.root / "app.log"  # the backend's application log (the lab's hosts share this folder)
+    log.write_text("starting\n")
+    out = tmp_path / "w"
+    w = Watch(lab, out, "--before", "2", "--after", "0.5", "--max-armed", "60",
+              "--trigger-on-log", f"backend:{log}:upstream (reset|closed) by peer")  # fmt: skip
+    w.armed()
+    time.sleep(1.5)
+    with log.open("a") as fh:
+        fh.write("GET /pay 200\n")  # no match
+        fh.write("recv() failed (104: Connection reset by peer) while reading upstream\n")  # no match: not ERE-equal
+        fh.write("upstream reset by peer, client 198.18.1.10\n")
+    assert w.wait() == 0, (w.out, "".join(w.err))
+    [bundle] = incidents(out)
+    trig = json.loads((bundle / "manifest.json").read_text())["trigger"]
+    assert (trig["kind"], trig["host"]) == ("log", "backend"), trig
+    assert trig["line"] == f"{log}: upstream reset by peer, client 198.18.1.10"
+    # Its tail ended with the capture job: nothing of ours is left on any host.
+    assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], 10), lab.our_processes()

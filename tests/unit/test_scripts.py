@@ -354,3 +354,11 @@ def test_the_watch_window_keeps_the_ring_files_that_overlap_it_joined_in_time_or
     (d / "eth0.pcap").unlink()
     out = subprocess.run(["sh", "-c", script, "t", str(d), "0", "0"], capture_output=True, text=True).stdout
     assert out.splitlines()[0] == "ring eth0 4 4"
+    # A window no packet falls in is an empty capture (the header alone), not a missing one.
+    for num, (a, b) in spans.items():
+        (d / f"eth0.pcap{num}").write_bytes(pcap([(t0 + a * s, b"\x00" * 60)]))
+        os.utime(d / f"eth0.pcap{num}", ns=(t0 + b * s, t0 + b * s))
+    out = subprocess.run(["sh", "-c", script, "t", str(d), str(t0 + 40 * s), str(t0 + 45 * s)],
+                         capture_output=True, text=True).stdout  # fmt: skip
+    assert out.splitlines() == ["ring eth0 0 4"]
+    assert sorted(p.name for p in d.iterdir()) == ["eth0.pcap"] and (d / "eth0.pcap").read_bytes() == pcap([])

@@ -68,11 +68,16 @@ def test_the_index_sums_up_first_resets_across_incidents(tmp_path: Path) -> None
     (["--max-armed", "5", "--before", "10"], "--max-armed: must be longer than --before + --after"),
     (["--max-armed", "4x"], "is not a time like 90s"),
     (["--count", "0"], "must be greater than 0"),
+    (["--trigger-on-log", "nosuch:/var/log/x.log:reset"], "--trigger-on-log: nosuch is not a host of this run"),
+    (["--trigger-on-log", "c:/var/log/x.log"], "HOST:FILE:REGEX"),
+    (["--trigger-on-log", "c:relative.log:reset"], "must be an absolute plain path"),
+    (["--trigger-on-log", "c:/var/log/$(reboot).log:reset"], "must be an absolute plain path"),
 ])  # fmt: skip
 def test_watch_refuses_bad_options_in_one_line(argv: list[str], said: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     inv = tmp_path / "inv.toml"
-    inv.write_text('[[host]]\nname = "c"\nrole = "client"\nssh = "127.0.0.1"\naddresses = ["198.18.1.10"]\n')
+    inv.write_text('[[hosts]]\nname = "c"\nrole = "client"\naddress = "127.0.0.1"\ninterfaces = ["eth0"]\n'
+                   'addresses = ["198.18.1.10"]\n')
     code = main(["watch", "-i", str(inv), "-f", "198.18.1.10->198.18.3.10:80", "-o", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err

@@ -2,6 +2,7 @@
 4 hosts (client, router, HAProxy, backend; real sshd, tcpdump, kernel resets).
 
     scripts/bench-watch [--runs 5] [--before 5] [--after 1]
+    scripts/bench-watch --cost     # what the RST trigger costs a host (bench/trigger_cost.py)
 
 Runs inside tests/lab/enter. Per run: `capture-all watch --count 1` armed on every host, light
 traffic on the flow, a real reset (the backend aborts a request, SO_LINGER 0) a few seconds after
@@ -92,10 +93,20 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--before", type=float, default=5.0)
     ap.add_argument("--after", type=float, default=1.0)
+    ap.add_argument("--cost", action="store_true", help="the trigger's CPU against the ring's, 3 runs")
     args = ap.parse_args()
     if not in_lab():
         raise SystemExit("run it with scripts/bench-watch (inside the lab's namespaces)")
     lab = Lab.build()
+    if args.cost:
+        from bench.trigger_cost import measure
+
+        try:
+            for _ in range(3):
+                print(measure(lab), flush=True)
+        finally:
+            lab.teardown()
+        return
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="capture-all-bench-watch-") as tmp:

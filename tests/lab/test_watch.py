@@ -171,8 +171,8 @@ def test_watch_sigkilled_while_armed_leaves_nothing_after_max_armed(clean_lab: L
     max_armed, grace, keep = 15, 2, 3
     w = Watch(lab, tmp_path / "w", "--max-armed", str(max_armed), "--grace", str(grace), "--keep", str(keep),
               "--before", "2", "--after", "1")  # fmt: skip
-    started = time.monotonic()
-    w.armed()
+    # The hosts' own limit runs from their capture's start, which is before "armed" is printed.
+    armed = w.armed()
     w.kill()
     running = lab.our_processes()
     # Each interface's ring and its RST trigger (1 + 2 + 2 + 1 interfaces), and each host's witness.
@@ -180,7 +180,7 @@ def test_watch_sigkilled_while_armed_leaves_nothing_after_max_armed(clean_lab: L
     assert len(lab.trace_instances()) == 4
     # A reset after the controller died fires nothing that lasts: the captures go on to their end.
     reset()
-    time.sleep(max(0.0, started + max_armed + grace + 2 - time.monotonic()))
+    time.sleep(max(0.0, armed + max_armed + grace + 2 - time.time()))
     assert [p for p in lab.our_processes() if p[1] in ("tcpdump", "timeout")] == []
     assert wait_until(lambda: lab.trace_instances() == [], 5), lab.trace_instances()
     assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], keep + 6), (
@@ -193,6 +193,7 @@ def test_the_ring_stays_within_its_bound_under_traffic_that_outruns_it(clean_lab
     lab = clean_lab
     ring = 4 << 20
     out = tmp_path / "w"
+    earlier = set(lab.remote_tmp.glob("capture-all.????????"))  # a failed test's, until its hosts reap them
     w = Watch(lab, out, "--ring-bytes", "4M", "--snaplen", "2000", "--before", "30", "--after", "0.5",
               "--max-armed", "120", "--no-witness")  # fmt: skip
     w.armed()
@@ -201,7 +202,7 @@ def test_the_ring_stays_within_its_bound_under_traffic_that_outruns_it(clean_lab
 
     def measure() -> None:
         while not stop.is_set():
-            for d in lab.remote_tmp.glob("capture-all.????????"):
+            for d in set(lab.remote_tmp.glob("capture-all.????????")) - earlier:
                 total = sum(f.stat().st_size for f in d.glob("*.pcap*") if f.is_file())
                 biggest[d.name] = max(biggest.get(d.name, 0), total)
             stop.wait(0.05)
@@ -247,3 +248,31 @@ def test_a_log_line_on_one_host_triggers_the_watch(clean_lab: Lab, tmp_path: Pat
     assert trig["line"] == f"{log}: upstream reset by peer, client 198.18.1.10"
     # Its tail ended with the capture job: nothing of ours is left on any host.
     assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], 10), lab.our_processes()
+
+
+def test_sigusr1_triggers_by_hand_and_ctrl_c_keeps_the_last_seconds_and_stops(clean_lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "w"
+    w = Watch(clean_lab, out, "--before", "2", "--after", "0.5", "--count", "5", "--max-armed", "120")
+    with traffic():
+        w.armed(1)
+        time.sleep(2.5)
+        os.kill(w.proc.pid, signal.SIGUSR1)  # "now": no reset needed
+        w.armed(2)
+        time.sleep(2.5)
+        os.kill(w.proc.pid, signal.SIGINT)  # Ctrl-C while armed: keep the last seconds, stop
+        code = w.wait()
+    assert code == 0, (w.out, "".join(w.err))
+    found = incidents(out)
+    kinds = [json.loads((p / "manifest.json").read_text())["trigger"]["kind"] for p in found]
+    assert kinds == ["manual", "interrupt"], found
+    for p in found:
+        m = json.loads((p / "manifest.json").read_text())
+        t = m["trigger"]["at_ns"] / 1e9
+        for h in m["hosts"]:
+            assert h["status"] == "ok", h
+            for c in h["captures"]:
+                times = packet_times(p / c["path"])
+                assert times and min(times) <= t - 2 + 0.6 and max(times) >= t - 0.6, (p.name, h["name"])
+    index = json.loads((out / "incidents.json").read_text())
+    assert index["ended"] == "stopped (Ctrl-C)" and len(index["incidents"]) == 2
+    assert index["summary"] == "first resets: 2 of 2: no reset"

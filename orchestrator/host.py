@@ -58,6 +58,8 @@ from remote.transport import Connector, Transport
 # host ("*" for the whole run), state, detail
 EventSink = Callable[[str, str, str], None]
 
+TRIGGER_RECONNECTS = 3  # a watch's lost trigger session is re-established this often at most
+
 
 @dataclass
 class WatchOptions:
@@ -389,21 +391,53 @@ class HostRun:
         await self.arm_done.wait()
         if not self.ok or self.armed is None or self.record.remote_dir is None or self.transport is None:
             return
+        for attempt in range(TRIGGER_RECONNECTS + 1):
+            try:
+                await self._trigger_session(fire)
+                return
+            except ConnectionLost as exc:
+                lost = time.time_ns()
+                if attempt == TRIGGER_RECONNECTS:
+                    why = exc.message
+                    break
+                self.sink(self.plan.name, "reconnecting", "trigger session lost")
+                try:
+                    old, self.transport = self.transport, await self._connect()
+                    if old is not None:
+                        with anyio.CancelScope(shield=True):
+                            await old.close()
+                except Exception as again:
+                    why = self._why("trigger", again)
+                    break
+                gap = (time.time_ns() - lost) / 1e9
+                self.record.notes.append(
+                    f"its trigger session was lost ({exc.message}) and re-established {gap:.1f} s later: an RST "
+                    "there in that gap was not seen live (its ring kept the packets)"
+                )
+            except Exception as exc:
+                why = self._why("trigger", exc)
+                break
+        self.record.notes.append(f"its RST trigger failed ({why}): its ring was kept, other triggers still counted")
+        self.sink(self.plan.name, "warning", f"trigger: {why}")
+
+    async def _trigger_session(self, fire: Callable[[HostRun, int | None, str, str], None]) -> None:
         o = self.opts
-        try:
-            cmd = commands.trigger(self.record.remote_dir, limit_s=o.limit_s, sudo=self.sudo)
-            self.trigger_talk = talk = await self._talk(cmd)
-            if await talk.until("@@listening", what="trigger") is None:
-                raise await talk.failure()
-            while True:
-                line = await talk.until("@@rst", what="waiting for a reset", extra=o.limit_s + o.controller_slack)
-                if line is None:
-                    return
-                fire(self, parse_rst_line(line), line.removeprefix("@@rst ").strip(), "rst")
-        except Exception as exc:
-            why = self._why("trigger", exc)
-            self.record.notes.append(f"its RST trigger failed ({why}): its ring was kept, other triggers still counted")
-            self.sink(self.plan.name, "warning", f"trigger: {why}")
+        assert self.record.remote_dir is not None
+        await self.end_trigger_session()
+        cmd = commands.trigger(self.record.remote_dir, limit_s=o.limit_s, sudo=self.sudo)
+        self.trigger_talk = talk = await self._talk(cmd)
+        if await talk.until("@@listening", what="trigger") is None:
+            raise await talk.failure()
+        while True:
+            line = await talk.until("@@rst", what="waiting for a reset", extra=o.limit_s + o.controller_slack)
+            if line is None:
+                return
+            fire(self, parse_rst_line(line), line.removeprefix("@@rst ").strip(), "rst")
+
+    async def end_trigger_session(self) -> None:
+        if self.trigger_talk is not None:
+            await self.trigger_talk.end()
+            self.trigger_talk = None
 
     async def end_trigger(self) -> None:
         talks, self.extra_talks = self.extra_talks, []

@@ -72,3 +72,24 @@ async def test_no_reset_while_armed_keeps_nothing(tmp_path: Path) -> None:
     result, _ = await go(tmp_path, fakes, duration=0.5, watch=WatchOptions(before=0.1, after=0.1, max_armed=0.5))
     assert result.trigger is not None and result.trigger.kind == "max-armed"
     assert set(windows(fakes).values()) == {(1, 1)}  # no file overlaps it: nothing is pulled
+
+
+async def test_a_lost_trigger_session_is_re_established_and_the_gap_reported(tmp_path: Path) -> None:
+    from remote.fake import Conversation, trigger_dialogue
+
+    fakes = hosts()
+    fakes["proxy"].rst_line = f"{time.time_ns() // S}.000000000 IP 10.1.0.2.443 > 10.1.0.1.5000: Flags [R]"
+    tries: list[int] = []
+
+    def flaky(host: FakeHost, cmd: object) -> Conversation:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ConnectionLost(host.name, "connection closed by the host")
+        return (yield from trigger_dialogue(host, cmd))  # type: ignore[arg-type]
+
+    fakes["proxy"].dialogues["trigger"] = flaky
+    result, recs = await go(tmp_path, fakes, duration=30, watch=WatchOptions(before=1, after=0.1, max_armed=30))
+    assert len(tries) == 2 and [c.phase for c in fakes["proxy"].log].count("trigger") == 2
+    assert result.trigger is not None and result.trigger.host == "proxy"  # its trigger came after all
+    assert any("re-established" in n and "not seen live" in n for n in recs["proxy"].notes), recs["proxy"].notes
+    assert recs["proxy"].status == "ok"

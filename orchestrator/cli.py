@@ -159,9 +159,9 @@ def watch_parser() -> argparse.ArgumentParser:
                    help="stop after this long armed in all, e.g. 4h; each host enforces it itself (default 4h)")
     p.add_argument("--ring-bytes", type=_size, default=100 << 20,
                    help="each host's ring over all its interfaces, e.g. 50M (default 100M, at least 4M)")
-    p.add_argument("--trigger-on-log", action="append", default=[], metavar="HOST:FILE:REGEX",
-                   help="also trigger on the first line of FILE on HOST matching REGEX (grep -E), e.g. "
-                   "'lb-1:/var/log/haproxy.log:SD--' (repeatable)")
+    p.add_argument("--trigger-on-log", action="append", default=[], metavar="HOST:SOURCE:REGEX",
+                   help="also trigger on the first line on HOST matching REGEX (grep -E); SOURCE a file or "
+                   "journal=UNIT, e.g. 'lb-1:/var/log/haproxy.log:SD--' (repeatable)")
     p.add_argument("--snaplen", type=_positive(int), default=262144, help="bytes kept per packet (default 262144)")
     p.add_argument("--grace", type=_positive(int), default=10, help="seconds past --max-armed before a host stops")
     p.add_argument("--keep", type=_positive(int), default=600, help="a host deletes uncollected evidence after this")
@@ -474,7 +474,7 @@ async def _watch(args: argparse.Namespace) -> int:
 
 
 def _log_triggers(given: list[str], hosts: set[str]) -> tuple[tuple[str, str, str], ...]:
-    """--trigger-on-log HOST:FILE:REGEX, checked before anything is contacted."""
+    """--trigger-on-log HOST:SOURCE:REGEX, checked before anything is contacted."""
     from remote.commands import validate_log_path, validate_log_pattern
 
     out = []
@@ -482,7 +482,7 @@ def _log_triggers(given: list[str], hosts: set[str]) -> tuple[tuple[str, str, st
         host, _, rest = text.partition(":")
         path, _, pattern = rest.partition(":")
         if not host or not path or not pattern:
-            raise UsageError(f"--trigger-on-log {text!r}: HOST:FILE:REGEX, e.g. 'lb-1:/var/log/haproxy.log:SD--'")
+            raise UsageError(f"--trigger-on-log {text!r}: HOST:SOURCE:REGEX, e.g. 'lb-1:/var/log/haproxy.log:SD--'")
         if host not in hosts:
             raise UsageError(f"--trigger-on-log: {host} is not a host of this run")
         out.append((host, validate_log_path(path), validate_log_pattern(pattern)))

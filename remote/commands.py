@@ -228,7 +228,15 @@ def validate_log_pattern(pattern: str) -> str:
     return pattern
 
 
+_UNIT_RE = re.compile(r"^journal=[A-Za-z0-9][A-Za-z0-9@._:-]{0,200}$")
+
+
 def validate_log_path(path: str) -> str:
+    """An absolute plain file path, or ``journal=UNIT`` (a systemd unit's journal)."""
+    if path.startswith("journal="):
+        if _UNIT_RE.match(path):
+            return path
+        raise UnsafeValue(f"log source {path!r}: journal=UNIT with a systemd unit name")
     if _LOG_PATH_RE.match(path) and ".." not in path.split("/"):
         return path
     raise UnsafeValue(f"log file {path!r} must be an absolute plain path")

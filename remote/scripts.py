@@ -674,19 +674,35 @@ echo "@@section trigger"
 echo "ended=1"
 """
 
-# Watch mode's log trigger, a session of its own: the first line of a file on the host that
-# matches an extended regex, as "@@log LINE". The file and the pattern arrive as positional
-# parameters and are only ever one quoted argument (of tail, of grep). `tail --pid` ends with the
-# capture job, so nothing of this outlives the watch on the host. Args: dir file pattern
+# Watch mode's log trigger, a session of its own: the first line of a file on the host (or of a
+# systemd unit's journal, "journal=UNIT") that matches an extended regex, as "@@log LINE". The
+# source and the pattern arrive as positional parameters and are only ever one quoted argument
+# (of tail, journalctl, grep). Nothing of it outlives the capture job: `tail --pid` ends with the
+# job; journalctl has no such option, so its pipeline runs in a session of its own (setsid) that
+# is ended, as a process group, once the job is gone. Args: dir source pattern
 LOG_TRIGGER_SCRIPT = r"""
 set -u
 dir=$1 src=$2 pat=$3
 case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
 jp=""; [ -f "$dir/job.pid" ] && read -r jp < "$dir/job.pid"
 [ -n "$jp" ] && [ -d "/proc/$jp" ] || { echo "@@fail no_dir the capture job of $dir is gone"; exit $E_NO_DIR; }
-[ -f "$src" ] && [ -r "$src" ] || { echo "@@fail no_log cannot read $src"; exit $E_NO_TOOL; }
-echo "@@listening"
-tail -n 0 --pid="$jp" -F -- "$src" 2>/dev/null | grep -m 1 -E -e "$pat" | while IFS= read -r l; do echo "@@log $l"; done
+case $src in
+  journal=*)
+    command -v journalctl >/dev/null 2>&1 || { echo "@@fail no_tool journalctl is not installed"; exit $E_NO_TOOL; }
+    echo "@@listening"
+    setsid sh -c 'journalctl -q -f -n 0 -o cat -u "$1" 2>/dev/null | grep -m 1 -E -e "$2" |
+      while IFS= read -r l; do echo "@@log $l"; done' capture-all-log "${src#journal=}" "$pat" &
+    pg=$!
+    while kill -0 "$pg" 2>/dev/null && [ -d "/proc/$jp" ]; do sleep 1; done
+    kill -- "-$pg" 2>/dev/null
+    ;;
+  *)
+    [ -f "$src" ] && [ -r "$src" ] || { echo "@@fail no_log cannot read $src"; exit $E_NO_TOOL; }
+    echo "@@listening"
+    tail -n 0 --pid="$jp" -F -- "$src" 2>/dev/null | grep -m 1 -E -e "$pat" |
+      while IFS= read -r l; do echo "@@log $l"; done
+    ;;
+esac
 echo "@@section trigger"
 echo "ended=1"
 """

@@ -362,3 +362,42 @@ def test_the_watch_window_keeps_the_ring_files_that_overlap_it_joined_in_time_or
                          capture_output=True, text=True).stdout  # fmt: skip
     assert out.splitlines() == ["ring eth0 0 4"]
     assert sorted(p.name for p in d.iterdir()) == ["eth0.pcap"] and (d / "eth0.pcap").read_bytes() == pcap([])
+
+
+@pytest.mark.parametrize("source", ["file", "journal"])
+def test_the_log_trigger_says_the_first_matching_line_and_ends_with_the_capture_job(
+    tmp_path: Path, source: str
+) -> None:
+    """LOG_TRIGGER_SCRIPT against a real sh: a file followed with tail -F, or a unit's journal (a
+    fake journalctl that prints lines and then waits forever, as `journalctl -f` does)."""
+    d = tmp_path / "capture-all.AbCd1234"
+    d.mkdir()
+    job = subprocess.Popen(["sleep", "60"])  # the capture job
+    (d / "job.pid").write_text(f"{job.pid}\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "app.log"
+    log.write_text("old: reset by peer (before the watch: not a trigger)\n")
+    fake = bin_dir / "journalctl"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" > {tmp_path}/jargs\necho 'GET / 200'\n"
+                    "echo 'upstream reset by peer; client 198.18.1.10'\nexec sleep 61.25\n")  # fmt: skip
+    fake.chmod(0o755)
+    src = str(log) if source == "file" else "journal=nginx.service"
+    cmd = commands.log_trigger(str(d), src, "reset by peer", limit_s=60, sudo=False)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.Popen(["sh", "-c", cmd.line], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "@@listening\n"
+    if source == "file":
+        time.sleep(0.5)  # tail -F is following the end of the file
+        with log.open("a") as fh:
+            fh.write("GET / 200\nupstream reset by peer; client 198.18.1.10\n")
+    assert proc.stdout.readline() == "@@log upstream reset by peer; client 198.18.1.10\n"
+    if source == "journal":
+        assert (tmp_path / "jargs").read_text().split() == ["-q", "-f", "-n", "0", "-o", "cat", "-u", "nginx.service"]
+    job.kill()
+    job.wait()
+    rest, _ = proc.communicate(timeout=10)  # the job gone, the trigger ends, and all it started
+    assert rest.splitlines() == ["@@section trigger", "ended=1"] and proc.returncode == 0
+    left = subprocess.run(["pgrep", "-f", f"{tmp_path}|capture-all-log|sleep 61.25"], capture_output=True, text=True)
+    assert left.stdout.split() == [], left.stdout

@@ -69,7 +69,8 @@ def test_the_index_sums_up_first_resets_across_incidents(tmp_path: Path) -> None
     (["--max-armed", "4x"], "is not a time like 90s"),
     (["--count", "0"], "must be greater than 0"),
     (["--trigger-on-log", "nosuch:/var/log/x.log:reset"], "--trigger-on-log: nosuch is not a host of this run"),
-    (["--trigger-on-log", "c:/var/log/x.log"], "HOST:FILE:REGEX"),
+    (["--trigger-on-log", "c:/var/log/x.log"], "HOST:SOURCE:REGEX"),
+    (["--trigger-on-log", "c:journal=ng inx;reboot:reset"], "journal=UNIT with a systemd unit name"),
     (["--trigger-on-log", "c:relative.log:reset"], "must be an absolute plain path"),
     (["--trigger-on-log", "c:/var/log/$(reboot).log:reset"], "must be an absolute plain path"),
 ])  # fmt: skip

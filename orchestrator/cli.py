@@ -75,7 +75,8 @@ def capture_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="capture-all",
         description="Capture a TCP flow on every hop at once over SSH, and show who sent the reset.",
-        epilog="Also: capture-all analyze BUNDLE. Exit: 0 ok, 2 bad input, 3 partial, 4 nothing captured.",
+        epilog="Also: capture-all analyze BUNDLE; capture-all watch (armed until a reset). "
+        "Exit: 0 ok, 2 bad input, 3 partial, 4 nothing captured.",
     )
     p.add_argument("--version", action="version", version=f"capture-all {__version__}")
     p.add_argument("-i", "--inventory", required=True, help="inventory TOML file (see inventory.example.toml)")

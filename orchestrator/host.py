@@ -440,12 +440,11 @@ class HostRun:
             self.trigger_talk = None
 
     async def end_trigger(self) -> None:
+        await self.end_trigger_session()
         talks, self.extra_talks = self.extra_talks, []
-        if self.trigger_talk is not None:
-            talks.append(self.trigger_talk)
-            self.trigger_talk = None
         for talk in talks:
-            await talk.end()
+            # A log trigger ends on the host with the capture job (after "rm"): not waited for.
+            await talk.end(wait_s=0.2)
 
     def _witness(self, status: WitnessStatus) -> None:
         w = self.record.witness

@@ -149,12 +149,13 @@ class Talk:
         """The transcript since the last chapter, as sections (read as it came)."""
         return self._reader.result()
 
-    async def end(self) -> CommandResult:
+    async def end(self, wait_s: float | None = None) -> CommandResult:
         """Close the session (its stdin: the host's script reads EOF and stops where it is),
-        log it, and return how it ended. Safe to call twice."""
+        log it, and return how it ended (waiting at most ``wait_s`` for its exit status, by
+        default the step's time up to 10 s). Safe to call twice."""
         if self.ended is None:
             with anyio.CancelScope(shield=True):
-                result = await self.session.close(wait_s=min(self.step_s, 10.0))
+                result = await self.session.close(wait_s=min(self.step_s, 10.0) if wait_s is None else wait_s)
             for line in result.stdout.splitlines():
                 self.lines.append(line)
                 self._reader.feed(line)

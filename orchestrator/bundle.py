@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from orchestrator.manifest import Manifest
 
 MANIFEST = "manifest.json"
+SUMS = "SHA256SUMS"  # `sha256sum -c SHA256SUMS` checks a bundle without capture-all
 
 
 class Bundle:
@@ -77,13 +78,18 @@ class Bundle:
     def digests(self) -> dict[str, str]:
         out: dict[str, str] = {}
         for path in sorted(self.root.rglob("*")):
-            if path.is_file() and path.name != MANIFEST and not path.name.endswith(".part"):
+            if path.is_file() and path.name not in (MANIFEST, SUMS) and not path.name.endswith(".part"):
                 out[str(path.relative_to(self.root))] = sha256_file(path)
         return out
 
     def write_manifest(self, manifest: Manifest) -> Path:
+        """The manifest with every file's SHA-256, and the same digests (the manifest's too) as
+        SHA256SUMS, in the format `sha256sum -c` reads."""
         manifest.files = self.digests()
-        return self.write(MANIFEST, manifest.model_dump_json(by_alias=True, indent=2) + "\n")
+        path = self.write(MANIFEST, manifest.model_dump_json(by_alias=True, indent=2) + "\n")
+        sums = {**manifest.files, MANIFEST: sha256_file(path)}
+        self.write(SUMS, "".join(f"{digest}  {rel}\n" for rel, digest in sorted(sums.items())))
+        return path
 
 
 def sha256_file(path: Path) -> str:

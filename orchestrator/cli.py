@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_INTERNAL, EXIT_USAGE, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4
 EXIT_ABANDONED = 130
 EXIT_NO_RESET, EXIT_UNATTRIBUTED, EXIT_NOTHING_CAPTURED = 5, 6, 7  # analyze only
+EXIT_MODIFIED = 8  # analyze: a file of the bundle is missing or differs from its manifest digest
 WITNESS_BUFFER_MAX = 64 << 20  # per CPU
 
 
@@ -180,7 +181,8 @@ def analyze_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="capture-all analyze",
         description="Re-run the analysis offline: on a bundle, or on pcaps taken by hand (--pcap HOST=FILE).",
-        epilog="Exit: 0 first reset attributed, 5 no reset in the window, 6 reset(s) not attributable, 2 bad input.",
+        epilog="Exit: 0 first reset attributed, 5 no reset in the window, 6 reset(s) not attributable, "
+        "7 nothing captured, 8 bundle modified (unless --allow-modified), 2 bad input.",
     )
     p.add_argument("bundle", type=Path, nargs="?", help="a capture-all bundle folder")
     p.add_argument(
@@ -193,7 +195,9 @@ def analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--inventory", help="with --pcap: roles and addresses of the hosts")
     p.add_argument("-o", "--out", type=Path, help="write report.json and report.md here (a new or empty folder)")
     p.add_argument("--json", action="store_true", help="print report.json instead of the timeline")
-    return p
+    p.add_argument("--allow-modified", action="store_true",
+                   help="a bundle whose files differ from its manifest: exit by the verdict, not 8 (still reported)")
+    return p  # fmt: skip
 
 
 def summary_lines(root: Path, result: Analysis) -> list[str]:
@@ -332,6 +336,7 @@ async def _capture(args: argparse.Namespace) -> int:
     from orchestrator.evidence import analyze_bundle, write_reports
 
     result, report = analyze_bundle(root)
+    report["integrity"] = {"verified": True, "problems": []}  # the digests were just made from these files
     write_reports(root, result, report, flow.text)
     lines = [f"bundle: {root.resolve()}"]
     # The digests were just computed from these files, and every capture already matched the
@@ -496,6 +501,7 @@ def _conclude(root: Path, res: RunResult, flow: str) -> tuple[int, dict[str, obj
     from orchestrator.evidence import analyze_bundle, write_reports
 
     result, report = analyze_bundle(root)
+    report["integrity"] = {"verified": True, "problems": []}  # the digests were just made from these files
     write_reports(root, result, report, flow)
     lines = [f"bundle: {root.resolve()}"]
     if res.start_skew_ms is not None:
@@ -596,14 +602,18 @@ def _analyze(args: argparse.Namespace) -> int:
             raise UsageError(f"{root}: not a capture-all bundle (no manifest.json)")
         result, report = analyze_bundle(root)  # checks the manifest first: one line if it is bad
         problems = verify(root)
+        report["integrity"] = {"verified": not problems, "problems": problems}
         # The bundle is evidence: re-analysis never writes into it (it may be read-only, or signed).
         if args.out:
             Bundle.create(args.out)
-            write_reports(args.out, result, report, report["flow"])
+            write_reports(args.out, result, report, report["flow"], problems)
         lines = [
             f"bundle: {root.resolve()}",
             "  manifest.json: SHA-256 " + ("verified" if not problems else "MISMATCH: " + "; ".join(problems)),
         ]
+        if problems:
+            lines.insert(0, f"INTEGRITY: {len(problems)} file(s) of this bundle are not what was collected: "
+                            + "; ".join(problems))  # fmt: skip
         lines += summary_lines(root, result)
     elif args.pcap:
         from orchestrator.inventory import load_inventory
@@ -620,6 +630,12 @@ def _analyze(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print("\n".join(lines + terminal(result)))
+    modified = report.get("integrity", {}).get("problems") or []
+    if modified and not args.allow_modified:
+        more = f" (and {len(modified) - 1} more)" if len(modified) > 1 else ""
+        print(f"capture-all: bundle modified: {modified[0]}{more}; exit {EXIT_MODIFIED} "
+              "(--allow-modified to exit by the verdict)", file=sys.stderr)  # fmt: skip
+        return EXIT_MODIFIED
     if result.first is None:
         return EXIT_NO_RESET if any(v.captured and v.packets for v in result.vantages) else EXIT_NOTHING_CAPTURED
     return EXIT_OK if result.first.origin_kind != "unknown" else EXIT_UNATTRIBUTED

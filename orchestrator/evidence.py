@@ -220,9 +220,16 @@ def analyze_pcaps(specs: list[str], inventory: Inventory | None) -> tuple[Analys
     return result, to_json(result, "", f"capture-all {__version__}")
 
 
-def write_reports(root: Path, result: Analysis, report: dict[str, Any], flow: str) -> None:
+def write_reports(root: Path, result: Analysis, report: dict[str, Any], flow: str,
+                  modified: list[str] | None = None) -> None:  # fmt: skip
+    """report.json and report.md; ``modified``: the bundle's files that are not what was
+    collected (verify), said first in both."""
     from orchestrator.bundle import Bundle
 
     b = Bundle(root)
     b.write("report.json", json.dumps(report, indent=2) + "\n")
-    b.write("report.md", markdown(result, flow) + "\n")
+    head = ""
+    if modified:
+        head = (f"> **Integrity: {len(modified)} file(s) of the bundle are not what was collected:** "
+                + "; ".join(modified) + "\n\n")  # fmt: skip
+    b.write("report.md", head + markdown(result, flow) + "\n")

@@ -306,8 +306,40 @@ async def test_manifest_digests_verify(tmp_path: Path) -> None:
         )
     )
     assert verify(tmp_path / "b") == []
+    # SHA256SUMS: the same check with coreutils alone, manifest.json included.
+    sums = (tmp_path / "b/SHA256SUMS").read_text().splitlines()
+    assert any(line.endswith("  manifest.json") for line in sums) and any("client/eth0.pcap" in x for x in sums)
+    check = await anyio.run_process(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=tmp_path / "b", check=False)
+    assert check.returncode == 0, check.stdout
     (tmp_path / "b/client/eth0.pcap").write_bytes(b"tampered")
     assert verify(tmp_path / "b") == ["client/eth0.pcap: SHA-256 differs from the manifest"]
+    check = await anyio.run_process(["sha256sum", "--quiet", "-c", "SHA256SUMS"], cwd=tmp_path / "b", check=False)
+    assert check.returncode != 0 and b"client/eth0.pcap: FAILED" in check.stdout
+
+
+async def test_analyze_of_a_modified_bundle_fails_loudly_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orchestrator.cli import EXIT_MODIFIED, EXIT_NOTHING_CAPTURED, main
+    from orchestrator.manifest import Manifest
+
+    result, _ = await go(tmp_path, hosts())
+    m = Manifest(version="t", created_utc="t", inventory="i", inventory_sha256="0", flow=FLOW.text, legs=[],
+                 options={}, hosts=result.records)  # fmt: skip
+    Bundle(tmp_path / "b").write_manifest(m)
+    b = str(tmp_path / "b")
+    assert main(["analyze", b]) == EXIT_NOTHING_CAPTURED  # untouched: exit by what was found
+    capsys.readouterr()
+    (tmp_path / "b/proxy/before/nstat.txt").write_text("#kernel\nTcpOutRsts 9 0.0\n")  # a snapshot edited
+    assert main(["analyze", b, "--json", "-o", str(tmp_path / "r")]) == EXIT_MODIFIED
+    out, err = capsys.readouterr()
+    said = "proxy/before/nstat.txt: SHA-256 differs from the manifest"
+    assert f"capture-all: bundle modified: {said}" in err and len(err.strip().splitlines()) == 1
+    assert json.loads(out)["integrity"] == {"verified": False, "problems": [said]}
+    assert json.loads((tmp_path / "r/report.json").read_text())["integrity"]["verified"] is False
+    assert (tmp_path / "r/report.md").read_text().startswith("> **Integrity: 1 file(s)")
+    assert main(["analyze", b, "--allow-modified"]) == EXIT_NOTHING_CAPTURED
+    assert "INTEGRITY: 1 file(s)" in capsys.readouterr().out.splitlines()[0]
 
 
 BUG = ValueError("invalid literal for int(): '1700000000N'")

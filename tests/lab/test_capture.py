@@ -76,6 +76,9 @@ def test_forged_reset_is_captured_where_it_happens(
     m = manifest(out)
     assert [h["status"] for h in m["hosts"]] == ["ok"] * 4
     assert verify(out) == []
+    # Without capture-all: coreutils check every file the manifest lists, and the manifest.
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=out, capture_output=True, text=True)
+    assert check.returncode == 0 and "manifest.json: OK" in check.stdout and "client/eth1.pcap: OK" in check.stdout
     assert "Connection reset by peer" in (out / "client/reproduce.txt").read_text()
 
     # The client sees an RST "from the proxy" whose TTL is unlike the proxy's genuine packets...

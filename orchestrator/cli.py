@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     import anyio
 
     from analysis.verdict import Analysis
+    from orchestrator.flow import Flow
+    from orchestrator.manifest import Manifest
+    from orchestrator.plan import Plan
     from orchestrator.run import RunOptions, RunResult
 
 # Each path imports what it needs where it starts: the capture path's modules (pydantic, anyio,
@@ -252,21 +255,11 @@ def _exit_for(result: RunResult) -> int:
 async def _capture(args: argparse.Namespace) -> int:
     import anyio
 
-    from orchestrator.flow import parse_flow
-    from orchestrator.inventory import load_inventory
-    from orchestrator.manifest import Manifest
-    from orchestrator.plan import build_plan
     from orchestrator.progress import Progress
     from orchestrator.run import RunOptions, run_capture
     from remote.ssh import SshConnector  # the CLI is the one place that picks the real transport
 
-    if args.witness_buffer > WITNESS_BUFFER_MAX:
-        # Kernel memory on every CPU of every host: kept small on production machines.
-        raise UsageError(f"--witness-buffer: at most {WITNESS_BUFFER_MAX >> 20}M per CPU")
-    flow = parse_flow(args.flow)
-    inv, digest = load_inventory(args.inventory)
-    only = [h.strip() for h in args.hosts.split(",")] if args.hosts else None
-    plan = build_plan(flow, inv, inventory_sha256=digest, only=only, accept_new_host_keys=args.accept_new_host_keys)
+    flow, digest, plan = _plan(args)
     if args.reproduce_on and args.reproduce_on not in {h.name for h in plan.hosts}:
         raise UsageError(f"--reproduce-on: {args.reproduce_on} is not a host of this run")
     opts = RunOptions(
@@ -293,16 +286,7 @@ async def _capture(args: argparse.Namespace) -> int:
     for w in plan.warnings:
         print(f"warning: {w}", file=sys.stderr)
     progress = Progress([h.name for h in plan.hosts], live=False if args.plain else None)
-    manifest = Manifest(
-        version=__version__,
-        created_utc=now.isoformat(),
-        inventory=str(args.inventory),
-        inventory_sha256=digest,
-        flow=flow.text,
-        legs=[f"{leg.name}: {leg.bpf()}" for leg in plan.legs],
-        options={k: v for k, v in vars(opts).items()},
-        hosts=[],
-    )
+    manifest = _manifest(args, digest, flow.text, plan, opts, now)
     stop, abandon = anyio.Event(), anyio.Event()
     holder: list[RunResult] = []
     try:
@@ -315,13 +299,7 @@ async def _capture(args: argparse.Namespace) -> int:
         raise
     finally:
         progress.close()
-        if holder:
-            if abandon.is_set():
-                _abandoned(holder[0], opts)
-            manifest.hosts = holder[0].records
-            manifest.start_skew_ms = holder[0].start_skew_ms
-            manifest.exit_status = EXIT_ABANDONED if abandon.is_set() else _exit_for(holder[0])
-        bundle.write_manifest(manifest)
+        _write_manifest(bundle, manifest, holder, abandon.is_set(), opts)
     if abandon.is_set() or not holder:
         print(
             f"capture-all: abandoned with a second Ctrl-C; every host stops its capture by itself within "
@@ -330,25 +308,54 @@ async def _capture(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_ABANDONED
-    result_run = holder[0]
-    code = _exit_for(result_run)
-    from analysis.report import terminal
-    from orchestrator.evidence import analyze_bundle, write_reports
-
-    result, report = analyze_bundle(root)
-    report["integrity"] = {"verified": True, "problems": []}  # the digests were just made from these files
-    write_reports(root, result, report, flow.text)
-    lines = [f"bundle: {root.resolve()}"]
-    # The digests were just computed from these files, and every capture already matched the
-    # host's own SHA-256 after the transfer: hashing them all again here would only re-read them.
-    lines.append(f"  manifest.json: SHA-256 of {len(manifest.files)} files (check later: capture-all analyze)")
-    if result_run.start_skew_ms is not None:
-        lines.append(f"  captures armed within {result_run.start_skew_ms:.0f} ms of each other")
-    lines += summary_lines(root, result)
-    lines += terminal(result)
-    lines.append(f"reports: {root / 'report.md'}, {root / 'report.json'}")
+    code, _, lines = _conclude(root, holder[0], flow.text, len(manifest.files))
     print("\n".join(lines))
     return code
+
+
+def _plan(args: argparse.Namespace) -> tuple[Flow, str, Plan]:
+    """The flow, the inventory's digest and the plan, from a capture's or a watch's options."""
+    from orchestrator.flow import parse_flow
+    from orchestrator.inventory import load_inventory
+    from orchestrator.plan import build_plan
+
+    if args.witness_buffer > WITNESS_BUFFER_MAX:
+        # Kernel memory on every CPU of every host: kept small on production machines.
+        raise UsageError(f"--witness-buffer: at most {WITNESS_BUFFER_MAX >> 20}M per CPU")
+    flow = parse_flow(args.flow)
+    inv, digest = load_inventory(args.inventory)
+    only = [h.strip() for h in args.hosts.split(",")] if args.hosts else None
+    plan = build_plan(flow, inv, inventory_sha256=digest, only=only, accept_new_host_keys=args.accept_new_host_keys)
+    return flow, digest, plan
+
+
+def _manifest(args: argparse.Namespace, digest: str, flow: str, plan: Plan, opts: RunOptions,
+              now: dt.datetime) -> Manifest:  # fmt: skip
+    from orchestrator.manifest import Manifest
+
+    return Manifest(
+        version=__version__,
+        created_utc=now.isoformat(),
+        inventory=str(args.inventory),
+        inventory_sha256=digest,
+        flow=flow,
+        legs=[f"{leg.name}: {leg.bpf()}" for leg in plan.legs],
+        options=json.loads(json.dumps(vars(opts), default=vars)),  # watch mode's options nested
+        hosts=[],
+    )
+
+
+def _write_manifest(bundle: Bundle, manifest: Manifest, holder: list[RunResult], abandoned: bool,
+                    opts: RunOptions) -> None:  # fmt: skip
+    """The run's outcome into its manifest, whatever ended it (a second Ctrl-C included)."""
+    if holder:
+        if abandoned:
+            _abandoned(holder[0], opts)
+        manifest.hosts = holder[0].records
+        manifest.start_skew_ms = holder[0].start_skew_ms
+        manifest.trigger = holder[0].trigger
+        manifest.exit_status = EXIT_ABANDONED if abandoned else _exit_for(holder[0])
+    bundle.write_manifest(manifest)
 
 
 async def _watch(args: argparse.Namespace) -> int:
@@ -359,24 +366,15 @@ async def _watch(args: argparse.Namespace) -> int:
     import anyio
 
     from orchestrator import incidents
-    from orchestrator.flow import parse_flow
-    from orchestrator.inventory import load_inventory
-    from orchestrator.manifest import Manifest
-    from orchestrator.plan import build_plan
     from orchestrator.progress import Progress
     from orchestrator.run import RunOptions, WatchOptions, run_capture
     from remote.ssh import SshConnector
 
-    if args.witness_buffer > WITNESS_BUFFER_MAX:
-        raise UsageError(f"--witness-buffer: at most {WITNESS_BUFFER_MAX >> 20}M per CPU")
     if args.ring_bytes < 4 << 20:
         raise UsageError("--ring-bytes: at least 4M (two files of 1 MB per interface, tcpdump -C's unit)")
     if args.before + args.after >= args.max_armed:
         raise UsageError("--max-armed: must be longer than --before + --after")
-    flow = parse_flow(args.flow)
-    inv, digest = load_inventory(args.inventory)
-    only = [h.strip() for h in args.hosts.split(",")] if args.hosts else None
-    plan = build_plan(flow, inv, inventory_sha256=digest, only=only, accept_new_host_keys=args.accept_new_host_keys)
+    flow, digest, plan = _plan(args)
     logs = _log_triggers(args.trigger_on_log, {h.name for h in plan.hosts})
     started = dt.datetime.now(dt.timezone.utc)
     out: Path = args.out or Path(f"capture-all-watch-{started.strftime('%Y%m%dT%H%M%SZ')}")
@@ -418,11 +416,7 @@ async def _watch(args: argparse.Namespace) -> int:
                 bundle = Bundle.create(root)
                 manual[0] = anyio.Event()
                 holder: list[RunResult] = []
-                manifest = Manifest(version=__version__, created_utc=dt.datetime.now(dt.timezone.utc).isoformat(),
-                                    inventory=str(args.inventory), inventory_sha256=digest, flow=flow.text,
-                                    legs=[f"{leg.name}: {leg.bpf()}" for leg in plan.legs],
-                                    options=json.loads(json.dumps(vars(opts), default=lambda o: vars(o))),
-                                    hosts=[])  # fmt: skip
+                manifest = _manifest(args, digest, flow.text, plan, opts, dt.datetime.now(dt.timezone.utc))
                 print(f"incident {n}/{args.count}: arming {len(plan.hosts)} host(s) (before {args.before:g} s, "
                       f"after {args.after:g} s; at most {left:.0f} s more)", file=sys.stderr, flush=True)  # fmt: skip
                 try:
@@ -432,14 +426,7 @@ async def _watch(args: argparse.Namespace) -> int:
                     bundle.write("debug.log", traceback.format_exc())
                     raise
                 finally:
-                    if holder:
-                        if abandon.is_set():
-                            _abandoned(holder[0], opts)
-                        manifest.hosts = holder[0].records
-                        manifest.start_skew_ms = holder[0].start_skew_ms
-                        manifest.trigger = holder[0].trigger
-                        manifest.exit_status = EXIT_ABANDONED if abandon.is_set() else _exit_for(holder[0])
-                    bundle.write_manifest(manifest)
+                    _write_manifest(bundle, manifest, holder, abandon.is_set(), opts)
                 res = holder[0]
                 trig = res.trigger
                 if trig is None or trig.kind == "max-armed":
@@ -451,7 +438,7 @@ async def _watch(args: argparse.Namespace) -> int:
                 when = dt.datetime.fromtimestamp(trig.at_ns / 1e9, dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
                 final = out / f"{n:03d}-{when[:-4]}Z"
                 root.rename(final)
-                code, report, lines = _conclude(final, res, flow.text)
+                code, report, lines = _conclude(final, res, flow.text, len(manifest.files))
                 codes.append(code)
                 failed = [r.name for r in res.records if r.status == "failed"]
                 rows.append(incidents.row(final.name, trig.model_dump(), report, code, failed))
@@ -495,7 +482,7 @@ def _log_triggers(given: list[str], hosts: set[str]) -> tuple[tuple[str, str, st
     return tuple(out)
 
 
-def _conclude(root: Path, res: RunResult, flow: str) -> tuple[int, dict[str, object], list[str]]:
+def _conclude(root: Path, res: RunResult, flow: str, digested: int) -> tuple[int, dict[str, object], list[str]]:
     """A run's bundle analysed: its exit status, report.json and the lines to print."""
     from analysis.report import terminal
     from orchestrator.evidence import analyze_bundle, write_reports
@@ -504,6 +491,9 @@ def _conclude(root: Path, res: RunResult, flow: str) -> tuple[int, dict[str, obj
     report["integrity"] = {"verified": True, "problems": []}  # the digests were just made from these files
     write_reports(root, result, report, flow)
     lines = [f"bundle: {root.resolve()}"]
+    # The digests were just computed from these files, and every capture already matched the
+    # host's own SHA-256 after the transfer: hashing them all again here would only re-read them.
+    lines.append(f"  manifest.json: SHA-256 of {digested} files (check later: capture-all analyze)")
     if res.start_skew_ms is not None:
         lines.append(f"  captures armed within {res.start_skew_ms:.0f} ms of each other")
     for r in res.records:

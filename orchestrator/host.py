@@ -355,9 +355,9 @@ class HostRun:
 
     # ---- watch mode: the trigger session, while armed -----------------------------------------
     @property
-    def offset_ns(self) -> int | None:
-        """This host's clock minus the controller's, from the clock probe at the start."""
-        return next((p.offset_ns for p in self.record.clock_probes if p.phase == "start"), None)
+    def start_probe(self) -> ClockProbeRecord | None:
+        """The clock probe at the start: this host's clock minus the controller's, and its bound."""
+        return next((p for p in self.record.clock_probes if p.phase == "start"), None)
 
     async def watch_log(self, path: str, pattern: str, fire: Callable[[HostRun, int | None, str, str], None]) -> None:
         """Watch mode's --trigger-on-log on this host: the first line of ``path`` matching
@@ -381,11 +381,11 @@ class HostRun:
             self.sink(self.plan.name, "warning", f"log trigger: {why}")
         finally:
             if talk is not None:
-                self.extra_talks.append(talk)  # ended once the capture stopped (its tail ends with the job)
+                self.extra_talks.append(talk)  # closed at the end (on the host it ends with the job)
 
     async def watch_trigger(self, fire: Callable[[HostRun, int | None, str, str], None]) -> None:
         """Watch mode: once armed, a session of its own that says each RST of the flow the host's
-        trigger captures see; ``fire(host, host_ns, line)`` for each. A host whose trigger session
+        trigger captures see; ``fire(host, host_ns, line, "rst")`` for each. A host whose trigger session
         fails is still armed (its ring is kept all the same): the others' triggers, the manual
         trigger or the arming's end still end the wait; the manifest says so."""
         await self.arm_done.wait()

@@ -164,9 +164,9 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
     def fire(host: HostRun, host_ns: int | None, line: str, kind: str) -> None:
         if fired.is_set():
             return
-        off = host.offset_ns
+        probe = host.start_probe
         now = time.time_ns()
-        at = host_ns - off if host_ns is not None and off is not None else None
+        at = host_ns - probe.offset_ns if host_ns is not None and probe is not None else None
         note = None
         if kind == "log":
             at = now  # a log line: when it reached us
@@ -221,8 +221,8 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
         result.interrupted = bool(stop_early is not None and stop_early.is_set())
         end_ns = min(time.time_ns(), trig.at_ns + int(w.after * 1e9))
         for r in armed:
-            off = r.offset_ns or 0
-            bound = next((p.bound_ns for p in r.record.clock_probes if p.phase == "start"), 0)
+            probe = r.start_probe
+            off, bound = (probe.offset_ns, probe.bound_ns) if probe is not None else (0, 0)
             pad = WINDOW_MARGIN_NS + bound
             if trig.kind == "max-armed":
                 r.window = (1, 1)  # no reset: nothing is kept, nothing pulled

@@ -83,10 +83,9 @@ def capture_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
 def trigger_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
     """Watch mode's trigger session: listening, then the host's ``rst_line`` (if any) at once;
     then it waits, as the host's does, until the controller closes it."""
-    said = yield "@@listening\n" + (f"@@rst {host.rst_line}\n" if host.rst_line else "")
+    yield "@@listening\n" + (f"@@rst {host.rst_line}\n" if host.rst_line else "")
     while True:
-        said = yield ""
-        del said
+        yield ""
 
 
 def finish_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:

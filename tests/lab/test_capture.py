@@ -307,12 +307,19 @@ def test_sigkilled_controller_leaves_nothing_behind(clean_lab: Lab, tmp_path: Pa
     assert len(lab.trace_instances()) == 4  # each host's kernel reset witness
 
     # No tcpdump of ours survives duration + grace (plus a second of slack for the signal).
-    time.sleep(max(0.0, killed_at + duration + grace + 1 - time.monotonic()))
+    nothing_left_after(lab, killed_at + duration + grace + 1, keep + 4)
+
+
+def nothing_left_after(lab: Lab, stopped_at: float, reaped_within: float) -> None:
+    """The hosts' own bounds after the controller died: at ``stopped_at`` (time.monotonic) no
+    capture of ours runs; then the jobs remove their ftrace instances, and within
+    ``reaped_within`` seconds more the evidence (kept for `keep`) and every process of ours."""
+    time.sleep(max(0.0, stopped_at - time.monotonic()))
     assert [p for p in lab.our_processes() if p[1] in ("tcpdump", "timeout")] == []
     # The jobs remove their ftrace instances as soon as their captures end.
     assert wait_until(lambda: lab.trace_instances() == [], 5), lab.trace_instances()
     # The evidence stays for `keep` seconds, then the host removes it and nothing of ours runs.
-    assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], keep + 4), (
+    assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], reaped_within), (
         lab.remote_dirs(),
         lab.our_processes(),
     )

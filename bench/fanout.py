@@ -20,7 +20,10 @@ Per repetition, printed as medians:
   armed (manifest `armed_ns`: its capture listens), its start skew (manifest), end-to-end overhead
   (wall time minus the duration) and the controller's CPU seconds per host (the process's rusage);
   and where the time to arming goes: the first and the last host connected, the last host ready
-  (preflight done, waiting at the start barrier).
+  (preflight done, waiting at the start barrier);
+- with the witness, the kernel alone: N ftrace instances set up with the witness's writes and
+  removed, all at once, by sh without SSH (the lab's hosts share one kernel, which does that work
+  one instance at a time under its tracing locks; on a fleet each host does its own at once).
 """
 
 from __future__ import annotations
@@ -145,6 +148,31 @@ def capture_all(n: int, inv: Path, out: Path, duration: float, witness: bool) ->
     }
 
 
+# The kernel's own part of N witnesses: N ftrace instances set up with the witness's writes
+# (buffer size, no overwrite, the mono clock, the two reset events) and removed, all at once, by sh
+# alone: no SSH, no capture-all. The lab's hosts share one kernel, which does this work under its
+# global tracing locks one instance at a time; a fleet's hosts each do their one at the same time.
+KERNEL_ONLY = r"""
+t=/sys/kernel/tracing/instances
+for i in $(seq "$1"); do
+  (d=$t/capture-all-bench.$i; mkdir "$d"; echo 256 > "$d/buffer_size_kb"; echo 0 > "$d/options/overwrite"
+   echo mono > "$d/trace_clock"; echo 1 > "$d/events/tcp/tcp_send_reset/enable"
+   echo 1 > "$d/events/tcp/tcp_receive_reset/enable") &
+done
+wait; date +%s%N
+for i in $(seq "$1"); do (d=$t/capture-all-bench.$i; echo 0 > "$d/tracing_on"; rmdir "$d") & done
+wait; date +%s%N
+"""
+
+
+def kernel_only(n: int) -> tuple[float, float]:
+    """Seconds to set up and to remove n witness instances in the lab's one kernel, nothing else."""
+    start = time.time_ns()
+    out = subprocess.run(["sh", "-c", KERNEL_ONLY, "sh", str(n)], check=True, capture_output=True, text=True)
+    set_up, removed = (int(x) for x in out.stdout.split())
+    return (set_up - start) / 1e9, (removed - set_up) / 1e9
+
+
 def processes() -> list[bytes]:
     """Every live process's argv in the lab's own PID namespace (the bench's, the hosts' sshd).
     Not zombies: the lab's PID 1 is this process, which reaps only its own children."""
@@ -200,14 +228,17 @@ def main() -> None:
     print(f"{args.hosts} sshd hosts up in {time.monotonic() - t:.1f} s")
     time.sleep(1.0)
     baseline = len(processes())  # the idle hosts, and this process
-    bares, ours = [], []
+    bares, ours, kernel = [], [], []
     try:
         for k in range(args.runs):  # alternating: the machine's drift hits both alike
             bares.append(bare(args.hosts, root))
             settle(baseline)
+            if not args.no_witness:
+                kernel.append(kernel_only(args.hosts))
             ours.append(capture_all(args.hosts, inv, root / f"run-{k}", args.duration, not args.no_witness))
             settle(baseline)
-            print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); capture-all {ours[-1]}")
+            print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); capture-all {ours[-1]}"
+                  + (f"; kernel only: set up {kernel[-1][0]:.2f} s, removed {kernel[-1][1]:.2f} s" if kernel else ""))
     finally:
         if args.keep:
             print(f"kept: {root}")
@@ -227,6 +258,10 @@ def main() -> None:
     print(f"  capture-all, to arming: first host connected {o['first_connected_s']:.2f} s, last "
           f"{o['last_connected_s']:.2f} s, last ready {o['last_ready_s']:.2f} s, "
           f"last armed {o['last_armed_s']:.2f} s")  # fmt: skip
+    if kernel:
+        k_up, k_rm = med(u for u, _ in kernel), med(r for _, r in kernel)
+        print(f"  the kernel alone, {args.hosts} witness instances at once in the lab's one kernel (sh, no SSH): "
+              f"set up {k_up:.2f} s, removed {k_rm:.2f} s")
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ probe() {
 """
 
 # The kernel reset witness. Its own ftrace instance (never the global buffer, never another's),
-# named capture-all.<dir suffix>.<job pid>: tcp:tcp_send_reset and tcp:tcp_receive_reset on, a
+# named capture-all.p<PID namespace>.<dir suffix>.<job PID>: tcp:tcp_send_reset and tcp:tcp_receive_reset on, a
 # bounded per-CPU buffer that keeps the first events when full (overwrite off), the "mono" trace
 # clock tied to the wall clock by trace_marker writes bracketed by wall-clock reads. The arm
 # session sets it up once tcpdump listens (an instance costs the kernel tens of milliseconds, and
@@ -194,7 +194,7 @@ probe() {
 # controller does. Who removes it when the two race: the session creates it and then looks for the
 # job's "stopping" mark; the job writes that mark and then looks for the instance: one of them
 # always sees the other. An instance of ours whose job is gone is removed by the next job's session
-# on that host. tracefs is never mounted here: where it is missing the witness says why.
+# in that PID namespace on that host. tracefs is never mounted here: where it is missing the witness says why.
 _WITNESS = r"""
 wstatus() { printf '%s\n' "$@" > "$dir/witness.status"; }
 wset() { echo "$2" > "$wi/$1" 2>> "$dir/witness.err"; }
@@ -202,6 +202,12 @@ wremove() {
   echo 0 > "$1/tracing_on" 2>/dev/null
   n=0
   while ! rmdir "$1" 2>/dev/null && [ "$n" -lt 25 ]; do sleep 0.2; n=$((n + 1)); done
+}
+# Our instances are named capture-all.p<PID namespace>.<dir suffix>.<job PID>: a job's PID means
+# something only in its own PID namespace (containers may share one tracefs).
+winame() {
+  [ -n "${pidns:-}" ] || pidns=$(stat -L -c %i /proc/self/ns/pid 2>/dev/null) || pidns=0
+  wname="$tfs/instances/capture-all.p$pidns.${dir##*.}.$1"
 }
 tracefs() {
   tfs=""
@@ -232,15 +238,25 @@ witness_start() {
   if [ ! -d "$tfs/events/tcp/tcp_send_reset" ]; then
     wstatus state=unavailable "reason=this kernel ($(uname -r)) has no tcp:tcp_send_reset tracepoint"; return
   fi
-  swept=0
-  for old in "$tfs"/instances/capture-all.*; do
+  # Sweep the instances of our PID namespace whose job is gone: a PID no longer there, or one
+  # reused by something else (one grep over those cmdlines: never a process per instance).
+  winame "$jobpid"
+  swept=0; alive=""
+  for old in "$tfs"/instances/capture-all.p"$pidns".*; do
     [ -d "$old" ] || continue
     p=${old##*.}
     case "$p" in *[!0-9]*|"") continue;; esac
-    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q capture-all-job && continue
-    rmdir "$old" 2>/dev/null && swept=$((swept + 1))
+    if [ -d "/proc/$p" ]; then alive="$alive $p"; else rmdir "$old" 2>/dev/null && swept=$((swept + 1)); fi
   done
-  wi="$tfs/instances/capture-all.${dir##*.}.$jobpid"
+  if [ -n "$alive" ]; then
+    for p in $(cd /proc && grep -L -a -s -F capture-all-job $(for p in $alive; do echo "$p/cmdline"; done)); do
+      p=${p%/cmdline}
+      for old in "$tfs"/instances/capture-all.p"$pidns".*."$p"; do
+        [ -d "$old" ] && rmdir "$old" 2>/dev/null && swept=$((swept + 1))
+      done
+    done
+  fi
+  wi=$wname
   if ! mkdir "$wi" 2>> "$dir/witness.err"; then
     wstatus state=unavailable "reason=cannot create an ftrace instance: $(tail -n 1 "$dir/witness.err")"; wi=""; return
   fi
@@ -606,7 +622,7 @@ for p in $tpids; do kill -INT "$p" 2>/dev/null; done
 [ -n "$tpids" ] && { wait; echo end >&8; exec 8>&-; }  # the trigger's reader ends too
 : > "$dir/stopping"
 wi=""; wname=""
-if tracefs; then wname="$tfs/instances/capture-all.${dir##*.}.$$"; [ -d "$wname" ] && wi=$wname; fi
+if tracefs; then winame $$; [ -d "$wname" ] && wi=$wname; fi
 if [ -n "$wi" ]; then
   wsync end
   echo 0 > "$wi/tracing_on"

@@ -31,6 +31,9 @@ class Analysis:
     caveats: list[str] = field(default_factory=list)
     clocks: Clocks | None = None
     world: World | None = None
+    # Where each vantage's captures were read from (vantage, interface, path): set by whoever
+    # opened them, for the merged capture; the analysis itself does no IO.
+    sources: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def analyze(vantages: list[VantageData]) -> Analysis:

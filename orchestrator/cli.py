@@ -485,12 +485,13 @@ def _log_triggers(given: list[str], hosts: set[str]) -> tuple[tuple[str, str, st
 def _conclude(root: Path, res: RunResult, flow: str, digested: int) -> tuple[int, dict[str, object], list[str]]:
     """A run's bundle analysed: its exit status, report.json and the lines to print."""
     from analysis.report import terminal
-    from orchestrator.evidence import analyze_bundle, write_reports
+    from orchestrator.evidence import analyze_bundle, merged_line, write_reports
 
     result, report = analyze_bundle(root)
     report["integrity"] = {"verified": True, "problems": []}  # the digests were just made from these files
     write_reports(root, result, report, flow)
     lines = [f"bundle: {root.resolve()}"]
+    lines.append(merged_line(root.resolve(), report["merged"]))
     # The digests were just computed from these files, and every capture already matched the
     # host's own SHA-256 after the transfer: hashing them all again here would only re-read them.
     lines.append(f"  manifest.json: SHA-256 of {digested} files (check later: capture-all analyze)")
@@ -582,7 +583,7 @@ async def _watch_signals(stop: anyio.Event, abandon: anyio.Event, scope: anyio.C
 
 def _analyze(args: argparse.Namespace) -> int:
     from analysis.report import terminal
-    from orchestrator.evidence import analyze_bundle, analyze_pcaps, write_reports
+    from orchestrator.evidence import analyze_bundle, analyze_pcaps, merged_line, write_reports
 
     if args.bundle is not None and args.pcap:
         raise UsageError("analyze: give a bundle or --pcap HOST=FILE, not both")
@@ -601,6 +602,8 @@ def _analyze(args: argparse.Namespace) -> int:
             f"bundle: {root.resolve()}",
             "  manifest.json: SHA-256 " + ("verified" if not problems else "MISMATCH: " + "; ".join(problems)),
         ]
+        if args.out:
+            lines.append(merged_line(args.out.resolve(), report["merged"]))
         if problems:
             lines.insert(0, f"INTEGRITY: {len(problems)} file(s) of this bundle are not what was collected: "
                             + "; ".join(problems))  # fmt: skip
@@ -610,10 +613,11 @@ def _analyze(args: argparse.Namespace) -> int:
 
         inv = load_inventory(args.inventory)[0] if args.inventory else None
         result, report = analyze_pcaps(args.pcap, inv)
+        lines = []
         if args.out:
             Bundle.create(args.out)
             write_reports(args.out, result, report, "hand-taken captures")
-        lines = []
+            lines.append(merged_line(args.out.resolve(), report["merged"]))
     else:
         raise UsageError("analyze: give a bundle folder or at least one --pcap HOST=FILE")
     if args.json:

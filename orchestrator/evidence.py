@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -182,6 +183,8 @@ def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
                 )
             )
         result = analyze(_extract(inputs))
+    caps = [(h["name"], c["interface"], root / c["path"]) for h in manifest["hosts"] for c in h.get("captures", [])]
+    result.sources = [(name, iface, str(path.resolve())) for name, iface, path in caps if path.is_file()]
     report = to_json(result, manifest.get("flow", ""), f"capture-all {__version__}")
     return result, report
 
@@ -190,6 +193,7 @@ def analyze_pcaps(specs: list[str], inventory: Inventory | None) -> tuple[Analys
     """``HOST=FILE`` pairs: captures taken by hand. Roles and addresses come from the inventory
     when one is given; otherwise directions are inferred from the captures themselves."""
     hosts = {h.name: h for h in inventory.hosts} if inventory else {}
+    sources: list[tuple[str, str, str]] = []
     with ExitStack() as stack:
         by_host: dict[str, VantageInput] = {}
         for spec in specs:
@@ -216,7 +220,9 @@ def analyze_pcaps(specs: list[str], inventory: Inventory | None) -> tuple[Analys
                 ),
             )
             v.captures.append((Path(path).name, fh))
+            sources.append((name, Path(path).name, str(Path(path).resolve())))
         result = analyze(_extract(list(by_host.values())))
+    result.sources = sources
     return result, to_json(result, "", f"capture-all {__version__}")
 
 
@@ -227,9 +233,60 @@ def write_reports(root: Path, result: Analysis, report: dict[str, Any], flow: st
     from orchestrator.bundle import Bundle
 
     b = Bundle(root)
-    b.write("report.json", json.dumps(report, indent=2) + "\n")
     head = ""
     if modified:
         head = (f"> **Integrity: {len(modified)} file(s) of the bundle are not what was collected:** "
                 + "; ".join(modified) + "\n\n")  # fmt: skip
     b.write("report.md", head + markdown(result, flow) + "\n")
+    report["merged"] = write_merged(root / MERGED, result, flow)
+    b.write("report.json", json.dumps(report, indent=2) + "\n")
+
+
+MERGED = "merged.pcapng"
+WIRESHARK_FILTER = 'frame.comment contains "R"'
+
+
+def merged_line(root: Path, merged: dict[str, Any]) -> str:
+    """The terminal's line about merged.pcapng."""
+    if not merged.get("file"):
+        return f"  {MERGED}: " + "; ".join(merged.get("problems", []))
+    line = (f"  {root / MERGED}: {merged['packets']} packets of {len(merged['interfaces'])} interfaces on one clock, "
+            f"{merged['reset_comments']} resets commented (Wireshark: {WIRESHARK_FILTER})")  # fmt: skip
+    return line + ("; " + "; ".join(merged["problems"]) if merged.get("problems") else "")
+
+
+def write_merged(path: Path, result: Analysis, flow: str) -> dict[str, Any]:
+    """merged.pcapng from the captures the analysis read (``result.sources``); what it holds, for
+    report.json. A capture that cannot be read again is named, never fatal."""
+    from analysis import merged
+
+    problems: list[str] = []
+    need = sum(Path(src).stat().st_size for _, _, src in result.sources if Path(src).is_file())
+    need = need * 21 // 20 + (64 << 20)  # each packet's block is 16 bytes longer; a margin for the rest
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        why = (f"not written: it needs about {need >> 20} MiB and {path.parent} has {free >> 20} MiB free "
+               "(the captures themselves are in the bundle)")  # fmt: skip
+        return {"file": None, "packets": 0, "reset_comments": 0, "interfaces": [], "problems": [why]}
+    with ExitStack() as stack:
+        sources = []
+        for vantage, iface, src in result.sources:
+            try:
+                sources.append(merged.Source(vantage, iface, stack.enter_context(Path(src).open("rb"))))
+            except OSError as exc:
+                problems.append(f"{vantage}/{iface}: {src} cannot be read ({exc.strerror})")
+        ref = result.clocks.reference if result.clocks else None
+        whose = f"{ref}'s" if ref else "each host's own"
+        comment = (f"capture-all {__version__}: every capture of {flow}, one interface per host/interface, "
+                   f"times on {whose} clock; each reset has a packet comment (Wireshark: frame.comment)")  # fmt: skip
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb", buffering=0) as out:
+            info = merged.write(out, sources, result, f"capture-all {__version__}", comment)
+    return {
+        "file": MERGED,
+        "packets": info.packets,
+        "reset_comments": info.comments,
+        "interfaces": [{"name": i.name, "link_type": i.link, "aligned_minus_captured_ns": i.offset_ns,
+                        "description": i.description} for i in info.interfaces],  # fmt: skip
+        "problems": problems + info.problems,
+    }

@@ -112,12 +112,18 @@ class _FirstPass:
     macs: Counter[int] = field(default_factory=Counter)
     frames: int = 0
     error: str | None = None
+    first_ns: int | None = None  # the file's earliest and latest record (own clock)
+    last_ns: int | None = None
 
 
 def _first_pass(v: VantageInput, fh: BinaryIO, use_numba: bool | None) -> _FirstPass:
     out = _FirstPass(fh.tell(), ReadStats())
     try:
         for chunk in scan(fh, out.stats, use_numba=use_numba, keys=False):
+            if len(chunk.ts):
+                lo, hi = int(chunk.ts.min()), int(chunk.ts.max())
+                out.first_ns = lo if out.first_ns is None else min(out.first_ns, lo)
+                out.last_ns = hi if out.last_ns is None else max(out.last_ns, hi)
             decode_rows, syn_rows = _rst_syn_rows(chunk)
             for i in decode_rows:
                 seg = decode(chunk.record(int(i)))
@@ -155,6 +161,11 @@ def extract_all(
             d.problems.append(f"{v.name}/{iface}: {first.error}")
             continue
         d.packets += first.stats.records
+        for t in (first.first_ns, first.last_ns):
+            if t is not None:
+                t += v.clock_offset_ns
+                d.first_ns = t if d.first_ns is None else min(d.first_ns, t)
+                d.last_ns = t if d.last_ns is None else max(d.last_ns, t)
         d.problems += [f"{v.name}/{iface}: {p}" for p in first.stats.problems]
         for seg in first.resets:
             keys.add(flow_key(seg.src, seg.sport, seg.dst, seg.dport))

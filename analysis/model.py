@@ -81,6 +81,8 @@ class VantageData:
     segments: list[Seen] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     clock_offset_ns: int = 0  # VantageInput.clock_offset_ns: already in every time below
+    first_ns: int | None = None  # its captures' earliest and latest packet (aligned once the clocks are)
+    last_ns: int | None = None
     inferred_macs: bool = False
     directions_unknown: bool = False  # no snapshot, no addresses, and two MACs in every frame
     clock_method: str = "none"  # how its clock was aligned: reference, packets, probe, none (not aligned)

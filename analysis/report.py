@@ -2,12 +2,15 @@
 
 Schema history: /2 made each reset's ``evidence`` a list of records (``kind``, ``text``, the
 numbers) and added ``names`` (the connection's names through address translation), ``isn`` (its
-incarnation) and ``blocked_by`` (contrary evidence that stopped a middlebox conviction)."""
+incarnation) and ``blocked_by`` (contrary evidence that stopped a middlebox conviction). /3 added
+``about`` (provenance: window, commands, bundle, manifest digest), a ``time_utc`` beside every
+``time_ns``, ``integrity`` and ``merged`` (merged.pcapng)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+import shlex
+from dataclasses import dataclass, field
 from typing import Any
 
 from analysis.correlate import Reset, flow_key
@@ -18,7 +21,7 @@ from analysis.model import Seen, VantageData
 from analysis.verdict import Analysis
 from analysis.witness import KernelEvent
 
-SCHEMA = "capture-all/report/2"
+SCHEMA = "capture-all/report/3"
 TIMELINE_BEFORE_NS = 3 * 10**9
 TIMELINE_AFTER_NS = 1 * 10**9
 TIMELINE_MAX = 40
@@ -27,6 +30,98 @@ TIMELINE_MAX = 40
 def clock(ns: int) -> str:
     t = dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc).strftime("%H:%M:%S")
     return f"{t}.{ns % 10**9:09d}"[:15]
+
+
+def iso(ns: int) -> str:
+    """UTC, ISO 8601, every nanosecond: 2026-12-01T21:22:43.148610123Z."""
+    t = dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{t}.{ns % 10**9:09d}Z"
+
+
+def day(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc).strftime("%Y-%m-%d")
+
+
+@dataclass
+class About:
+    """What a report is of, so that a copy pasted into a ticket can be tied back to its evidence."""
+
+    tool: str
+    generated_utc: str
+    command: list[str] = field(default_factory=list)  # the command that collected the evidence
+    analyzed_by: list[str] | None = None  # the command that made this report (None: the capture itself)
+    bundle: str | None = None
+    manifest_sha256: str | None = None
+    captured_utc: str | None = None  # when the capture run started (the manifest's created_utc)
+    run_ns: tuple[int, int] | None = None  # the captures' window: the first host armed, the last stopped
+
+
+def window(a: Analysis) -> tuple[int, int] | None:
+    """The earliest and the latest packet of all the captures (aligned clock)."""
+    lo = [v.first_ns for v in a.vantages if v.first_ns is not None]
+    hi = [v.last_ns for v in a.vantages if v.last_ns is not None]
+    return (min(lo), max(hi)) if lo and hi else None
+
+
+def _about(a: Analysis, about: About) -> dict[str, Any]:
+    w = window(a)
+    return {
+        "tool": about.tool,
+        "generated_utc": about.generated_utc,
+        "command": about.command,
+        "command_line": shlex.join(about.command) if about.command else None,
+        "analyzed_by": shlex.join(about.analyzed_by) if about.analyzed_by else None,
+        "bundle": about.bundle,
+        "manifest_sha256": about.manifest_sha256,
+        "captured_utc": about.captured_utc,
+        "capture": None if about.run_ns is None else {
+            "from_ns": about.run_ns[0], "to_ns": about.run_ns[1], "from_utc": iso(about.run_ns[0]),
+            "to_utc": iso(about.run_ns[1]), "duration_s": round((about.run_ns[1] - about.run_ns[0]) / 1e9, 6),
+        },  # fmt: skip
+        "window": None if w is None else {
+            "from_ns": w[0], "to_ns": w[1], "from_utc": iso(w[0]), "to_utc": iso(w[1]),
+            "duration_s": round((w[1] - w[0]) / 1e9, 6),
+        },  # fmt: skip
+    }
+
+
+def _isos(obj: Any) -> Any:
+    """Every ``time_ns`` in the report gets its ``time_utc`` beside it."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out[k] = _isos(v)
+            if k == "time_ns" and isinstance(v, int):
+                out["time_utc"] = iso(v)
+        return out
+    if isinstance(obj, list):
+        return [_isos(x) for x in obj]
+    return obj
+
+
+def about_lines(about: dict[str, Any] | None) -> list[str]:
+    """The report's provenance (report.json's ``about``), for the top of report.md."""
+    if not about:
+        return []
+    out = []
+    c = about.get("capture")
+    if c:
+        out.append(f"- **Capture:** {c['from_utc']} to {c['to_utc']} ({c['duration_s']:.3f} s: the first host "
+                   "armed to the last stopped)")  # fmt: skip
+    w = about.get("window")
+    if w:
+        out.append(f"- **Window:** {w['from_utc']} to {w['to_utc']} ({w['duration_s']:.3f} s: the captures' first "
+                   "and last packet, aligned clock)")  # fmt: skip
+    if about.get("bundle"):
+        digest = f" (manifest.json SHA-256 `{about['manifest_sha256']}`)" if about.get("manifest_sha256") else ""
+        out.append(f"- **Evidence:** `{about['bundle']}`{digest}")
+    if about.get("command_line"):
+        when = f", started {about['captured_utc']}" if about.get("captured_utc") else ""
+        out.append(f"- **Captured by:** `{about['command_line']}`{when}")
+    if about.get("analyzed_by"):
+        out.append(f"- **Analysed by:** `{about['analyzed_by']}`")
+    out.append(f"- **Report:** {about['tool']}, {about['generated_utc']}")
+    return out
 
 
 @dataclass
@@ -123,10 +218,16 @@ def _row(s: Row, mark: str | None) -> dict[str, Any]:
     }
 
 
-def to_json(a: Analysis, flow: str, tool: str = "capture-all") -> dict[str, Any]:
+def to_json(a: Analysis, flow: str, tool: str = "capture-all", about: About | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = _isos(_to_json(a, flow, tool, about))
+    return out
+
+
+def _to_json(a: Analysis, flow: str, tool: str, about: About | None) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
         "generated_by": tool,
+        "about": _about(a, about) if about is not None else None,
         "flow": flow,
         "hosts": [
             {
@@ -316,8 +417,11 @@ def terminal(a: Analysis) -> list[str]:
     return lines
 
 
-def markdown(a: Analysis, flow: str) -> str:
-    out = [f"# capture-all report: `{flow}`", "", f"**Verdict.** {a.verdict}", ""]
+def markdown(a: Analysis, flow: str, about: dict[str, Any] | None = None) -> str:
+    out = [f"# capture-all report: `{flow}`", ""]
+    head = about_lines(about)
+    out += head + ([""] if head else [])
+    out += [f"**Verdict.** {a.verdict}", ""]
     if a.caveats:
         out += ["**Caveats.**", ""] + [f"- {c}" for c in a.caveats] + [""]
     line = clock_line(a)
@@ -343,7 +447,7 @@ def markdown(a: Analysis, flow: str) -> str:
             origin = r.origin_host or (" and ".join(r.between) if r.between else "unknown")
             out += (
                 [
-                    f"### {r.id}: `{r.describe()}` at {clock(r.time_ns)} UTC",
+                    f"### {r.id}: `{r.describe()}` at {day(r.time_ns)} {clock(r.time_ns)} UTC",
                     "",
                     f"- origin: {r.origin_kind} ({origin}); chain {r.chain}, {r.chain_role}; cause: {r.cause}",
                     f"- seen at: {where}",
@@ -354,7 +458,8 @@ def markdown(a: Analysis, flow: str) -> str:
             )
     if a.first is not None:
         out += [
-            f"## Timeline around {a.first.id} ({'aligned clock' if _aligned(a) else 'each host’s own clock'}, UTC)",
+            f"## Timeline around {a.first.id} ({'aligned clock' if _aligned(a) else 'each host’s own clock'}, UTC, "
+            f"{day(a.first.time_ns)})",
             "",
             "| time | host | dir | packet | flags | seq | ack | len | ttl | |",
             "|---|---|---|---|---|---|---|---|---|---|",

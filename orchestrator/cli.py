@@ -336,6 +336,7 @@ def _manifest(args: argparse.Namespace, digest: str, flow: str, plan: Plan, opts
     return Manifest(
         version=__version__,
         created_utc=now.isoformat(),
+        command=list(COMMAND),
         inventory=str(args.inventory),
         inventory_sha256=digest,
         flow=flow,
@@ -591,7 +592,8 @@ def _analyze(args: argparse.Namespace) -> int:
         root: Path = args.bundle
         if not (root / "manifest.json").is_file():
             raise UsageError(f"{root}: not a capture-all bundle (no manifest.json)")
-        result, report = analyze_bundle(root)  # checks the manifest first: one line if it is bad
+        # checks the manifest first: one line if it is bad
+        result, report = analyze_bundle(root, analyzed_by=list(COMMAND))
         problems = verify(root)
         report["integrity"] = {"verified": not problems, "problems": problems}
         # The bundle is evidence: re-analysis never writes into it (it may be read-only, or signed).
@@ -612,7 +614,7 @@ def _analyze(args: argparse.Namespace) -> int:
         from orchestrator.inventory import load_inventory
 
         inv = load_inventory(args.inventory)[0] if args.inventory else None
-        result, report = analyze_pcaps(args.pcap, inv)
+        result, report = analyze_pcaps(args.pcap, inv, analyzed_by=list(COMMAND))
         lines = []
         if args.out:
             Bundle.create(args.out)
@@ -635,8 +637,12 @@ def _analyze(args: argparse.Namespace) -> int:
     return EXIT_OK if result.first.origin_kind != "unknown" else EXIT_UNATTRIBUTED
 
 
+COMMAND: list[str] = []  # this process's command line, as given to main()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    COMMAND[:] = ["capture-all", *argv]  # the reports and the manifest say what made them
     try:
         if argv[:1] == ["analyze"]:
             return _analyze(analyze_parser().parse_args(argv[1:]))

@@ -5,6 +5,7 @@ The analysis package does no IO: this module opens the files and reads the snaps
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -16,10 +17,11 @@ from typing import TYPE_CHECKING, Any
 from analysis.extract import extract_all
 from analysis.model import ClockProbe, HostFacts, VantageData, VantageInput
 from analysis.pcap import is_capture
-from analysis.report import markdown, to_json
+from analysis.report import About, markdown, to_json
 from analysis.verdict import Analysis, analyze
 from analysis.witness import Witness, parse_witness
 from orchestrator import __version__
+from orchestrator.bundle import sha256_file
 from orchestrator.errors import UsageError
 from orchestrator.inventory import NAME_RE
 from remote.snapshot import (
@@ -153,8 +155,20 @@ def _inside(root: Path, rel: str) -> bool:
     return not Path(rel).is_absolute() and ".." not in Path(rel).parts
 
 
-def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
-    """Raises UsageError for a bundle that is not one (one line naming the field)."""
+def _run_window(manifest: dict[str, Any]) -> tuple[int, int] | None:
+    armed = [h["armed_ns"] for h in manifest["hosts"] if isinstance(h.get("armed_ns"), int)]
+    stopped = [h["stopped_ns"] for h in manifest["hosts"] if isinstance(h.get("stopped_ns"), int)]
+    return (min(armed), max(stopped)) if armed and stopped and max(stopped) >= min(armed) else None
+
+
+def _about(analyzed_by: list[str] | None, **kw: Any) -> About:
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return About(tool=f"capture-all {__version__}", generated_utc=now, analyzed_by=analyzed_by, **kw)
+
+
+def analyze_bundle(root: Path, analyzed_by: list[str] | None = None) -> tuple[Analysis, dict[str, Any]]:
+    """Raises UsageError for a bundle that is not one (one line naming the field). ``analyzed_by``:
+    the command line of a re-analysis (None: the capture's own)."""
     manifest = load_manifest(root)
     with ExitStack() as stack:
         inputs = []
@@ -185,11 +199,15 @@ def analyze_bundle(root: Path) -> tuple[Analysis, dict[str, Any]]:
         result = analyze(_extract(inputs))
     caps = [(h["name"], c["interface"], root / c["path"]) for h in manifest["hosts"] for c in h.get("captures", [])]
     result.sources = [(name, iface, str(path.resolve())) for name, iface, path in caps if path.is_file()]
-    report = to_json(result, manifest.get("flow", ""), f"capture-all {__version__}")
+    about = _about(analyzed_by, command=list(manifest.get("command") or []), bundle=str(root.resolve()),
+                   manifest_sha256=sha256_file(root / "manifest.json"),
+                   captured_utc=manifest.get("created_utc"), run_ns=_run_window(manifest))  # fmt: skip
+    report = to_json(result, manifest.get("flow", ""), f"capture-all {__version__}", about)
     return result, report
 
 
-def analyze_pcaps(specs: list[str], inventory: Inventory | None) -> tuple[Analysis, dict[str, Any]]:
+def analyze_pcaps(specs: list[str], inventory: Inventory | None,
+                  analyzed_by: list[str] | None = None) -> tuple[Analysis, dict[str, Any]]:  # fmt: skip
     """``HOST=FILE`` pairs: captures taken by hand. Roles and addresses come from the inventory
     when one is given; otherwise directions are inferred from the captures themselves."""
     hosts = {h.name: h for h in inventory.hosts} if inventory else {}
@@ -223,7 +241,7 @@ def analyze_pcaps(specs: list[str], inventory: Inventory | None) -> tuple[Analys
             sources.append((name, Path(path).name, str(Path(path).resolve())))
         result = analyze(_extract(list(by_host.values())))
     result.sources = sources
-    return result, to_json(result, "", f"capture-all {__version__}")
+    return result, to_json(result, "", f"capture-all {__version__}", _about(analyzed_by))
 
 
 def write_reports(root: Path, result: Analysis, report: dict[str, Any], flow: str,
@@ -237,7 +255,7 @@ def write_reports(root: Path, result: Analysis, report: dict[str, Any], flow: st
     if modified:
         head = (f"> **Integrity: {len(modified)} file(s) of the bundle are not what was collected:** "
                 + "; ".join(modified) + "\n\n")  # fmt: skip
-    b.write("report.md", head + markdown(result, flow) + "\n")
+    b.write("report.md", head + markdown(result, flow, report.get("about")) + "\n")
     report["merged"] = write_merged(root / MERGED, result, flow)
     b.write("report.json", json.dumps(report, indent=2) + "\n")
 

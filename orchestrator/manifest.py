@@ -96,6 +96,7 @@ class Manifest(BaseModel):
     tool: str = "capture-all"
     version: str
     created_utc: str
+    command: list[str] = []  # the command line that made this bundle
     inventory: str
     inventory_sha256: str
     flow: str

@@ -3,6 +3,8 @@ reads every packet in the aligned order with the resets' comments, at the report
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import json
 import subprocess
 from decimal import Decimal
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.cli import main
 from tests.lab.labnet import CLIENT_IP, PROXY_FRONT, Lab
 from tests.lab.test_scenarios import CLIENTS, capture, first
 
@@ -62,3 +65,47 @@ def test_wireshark_reads_one_interface_per_hop_resets_commented_on_the_aligned_c
     found = tool("tshark", "-r", str(merged), "-Y", 'frame.comment contains "R"', "-T", "fields", "-e", "frame.number")
     assert len(found.split()) == len(seen)
     assert report["merged"]["reset_comments"] == len(seen) and report["merged"]["problems"] == []
+
+
+def test_reports_say_what_they_are_of(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Pasted into a ticket, a report ties back to its evidence: the window with its date (UTC,
+    ISO), the tool's version, the command lines, the bundle and its manifest's digest."""
+    flow = f"{CLIENT_IP}->{PROXY_FRONT}:8082"
+    report, _ = capture(capsys, clean_lab, tmp_path / "b", flow, f"{CLIENTS} hold {PROXY_FRONT} 8082 /partial 1")
+    about = report["about"]
+    digest = hashlib.sha256((tmp_path / "b/manifest.json").read_bytes()).hexdigest()
+    manifest = json.loads((tmp_path / "b/manifest.json").read_text())
+    assert report["schema"] == "capture-all/report/3"
+    assert about["manifest_sha256"] == digest and about["bundle"] == str((tmp_path / "b").resolve())
+    assert about["command"] == manifest["command"] and about["command"][:3] == ["capture-all", "--plain", "-i"]
+    assert "--flow" in about["command"] and flow in about["command"] and about["analyzed_by"] is None
+    assert about["tool"].startswith("capture-all ") and about["generated_utc"].endswith("Z")
+    w = about["window"]
+    armed = min(h["armed_ns"] for h in manifest["hosts"])
+    stopped = max(h["stopped_ns"] for h in manifest["hosts"])
+    assert armed - 10**9 < w["from_ns"] < w["to_ns"] < stopped + 10**9  # the packets lie within the run
+    assert w["from_utc"] == iso_utc(w["from_ns"]) and 0 < w["duration_s"] <= 4
+    c = about["capture"]
+    assert (c["from_ns"], c["to_ns"]) == (armed, stopped) and c["to_utc"] == iso_utc(stopped)
+    assert 2 <= c["duration_s"] < 4  # -d 2
+    r1 = first(report)
+    assert r1["time_utc"] == iso_utc(r1["time_ns"])
+    assert all(o["time_utc"] == iso_utc(o["time_ns"]) for o in r1["seen_at"])
+    assert all(x["time_utc"] == iso_utc(x["time_ns"]) for x in report["timeline"])
+    md = (tmp_path / "b/report.md").read_text()
+    head = md.split("**Verdict.**")[0]
+    assert f"- **Window:** {w['from_utc']} to {w['to_utc']}" in head
+    assert f"- **Capture:** {c['from_utc']} to {c['to_utc']} ({c['duration_s']:.3f} s" in head
+    assert f"manifest.json SHA-256 `{digest}`" in head and "- **Captured by:** `capture-all --plain -i " in head
+    assert f"- **Report:** {about['tool']}, " in head
+    assert f"at {w['from_utc'][:10]} " in md  # each reset's heading has its date
+    # A re-analysis says so, with its own command line.
+    assert main(["analyze", str(tmp_path / "b"), "-o", str(tmp_path / "r")]) == 0
+    again = json.loads((tmp_path / "r/report.json").read_text())["about"]
+    assert again["analyzed_by"].startswith("capture-all analyze ") and again["manifest_sha256"] == digest
+    assert "- **Analysed by:** `capture-all analyze " in (tmp_path / "r/report.md").read_text()
+
+
+def iso_utc(ns: int) -> str:
+    t = dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 10**9:09d}Z"

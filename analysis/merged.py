@@ -323,9 +323,11 @@ def _write(out: _Writer, sources: list[Source], a: Analysis, app: str, comment: 
     offsets = {v.name: v.clock_offset_ns for v in a.vantages}
     out.send(_shb(app, comment))
     streams: list[_Stream] = []
+    snaplens = {n: _header(s.fh)[1] for n, s in enumerate(sources)}
     for n, s in enumerate(sources):
         head = s.fh.read(4)
         s.fh.seek(0)
+        link = _header(s.fh)[0]
         big = head in PCAP_MAGIC and PCAP_MAGIC[head][0] == ">"
         # The compiled walk reads classic pcap in place (each record's header before its bytes);
         # the Python path (pcapng, or no numba) hands over the records' bytes alone.
@@ -334,12 +336,13 @@ def _write(out: _Writer, sources: list[Source], a: Analysis, app: str, comment: 
         fn = a.clocks.fn.get(s.vantage) if a.clocks and a.clocks.method.get(s.vantage) != "reference" else None
         st = _Stream(n, scan(s.fh, ReadStats(), keys=False), fn, offsets.get(s.vantage, 0), native, big,
                      np.array([t for t, _ in mine], np.int64), [text.encode() for _, text in mine])  # fmt: skip
+        if link is not None:  # every capture has its interface, one without packets too
+            _interface(out, st, link, sources, snaplens, a, result)
         try:
             if st.advance():
                 streams.append(st)
         except ValueError as exc:
             result.problems.append(f"{s.vantage}/{s.iface}: {exc}")
-    snaplens = {n: _snaplen(s.fh) for n, s in enumerate(sources)}
     while streams:
         # Every record up to the earliest chunk end can go now: nothing later in any file is
         # earlier. A round takes at most ROUND_RECORDS in all (its arrays stay small).
@@ -367,17 +370,32 @@ def _write(out: _Writer, sources: list[Source], a: Analysis, app: str, comment: 
     return result
 
 
-def _snaplen(fh: BinaryIO) -> int:
+def _header(fh: BinaryIO) -> tuple[int | None, int]:
+    """A classic pcap's link type and snaplen (None, 0 for anything else)."""
     try:
         here = fh.tell()
         fh.seek(0)
         head = fh.read(24)
         fh.seek(here)
     except OSError:
-        return 0
+        return None, 0
     if len(head) == 24 and head[:4] in PCAP_MAGIC:
-        return int(struct.unpack(PCAP_MAGIC[head[:4]][0] + "I", head[16:20])[0])
-    return 0
+        snaplen, link = struct.unpack(PCAP_MAGIC[head[:4]][0] + "II", head[16:24])
+        return int(link) & 0xFFFF, int(snaplen)
+    return None, 0
+
+
+def _interface(out: _Writer, st: _Stream, link: int, sources: list[Source], snaplens: dict[int, int], a: Analysis,
+               result: Merged) -> None:  # fmt: skip
+    """The stream's interface block for this link type, written before its first packet."""
+    if link in st.ifids:
+        return
+    src = sources[st.n]
+    st.ifids[link] = len(result.interfaces)
+    text, off = _describe(a, src.vantage)
+    name = f"{src.vantage}/{src.iface}"
+    result.interfaces.append(Interface(name, link, text, off))
+    out.send(_idb(link, snaplens.get(st.n, 0), name, text))
 
 
 def _write_round(out: _Writer, parts: list[tuple[_Stream, int, int]], sources: list[Source],
@@ -387,14 +405,7 @@ def _write_round(out: _Writer, parts: list[tuple[_Stream, int, int]], sources: l
         return
     for st, _s, _e in parts:
         assert st.chunk is not None
-        link = st.chunk.link
-        if link not in st.ifids:
-            src = sources[st.n]
-            st.ifids[link] = len(result.interfaces)
-            text, off = _describe(a, src.vantage)
-            name = f"{src.vantage}/{src.iface}"
-            result.interfaces.append(Interface(name, link, text, off))
-            out.send(_idb(link, snaplens.get(st.n, 0), name, text))
+        _interface(out, st, st.chunk.link, sources, snaplens, a, result)
     ts = np.concatenate([st.aligned[s:e] for st, s, e in parts if st.aligned is not None])
     order = np.argsort(ts, kind="stable")
     # Each record's comment (if any): its original time among the stream's reset targets, and a RST.

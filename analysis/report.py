@@ -110,7 +110,7 @@ def about_lines(about: dict[str, Any] | None) -> list[str]:
                    "armed to the last stopped)")  # fmt: skip
     w = about.get("window")
     if w:
-        out.append(f"- **Window:** {w['from_utc']} to {w['to_utc']} ({w['duration_s']:.3f} s: the captures' first "
+        out.append(f"- **Window:** {w['from_utc']} to {w['to_utc']} ({w['duration_s']:.6f} s: the captures' first "
                    "and last packet, aligned clock)")  # fmt: skip
     if about.get("bundle"):
         digest = f" (manifest.json SHA-256 `{about['manifest_sha256']}`)" if about.get("manifest_sha256") else ""
@@ -233,6 +233,7 @@ def _to_json(a: Analysis, flow: str, tool: str, about: About | None) -> dict[str
             {
                 "name": v.name,
                 "role": v.role,
+                "interfaces": [i for n, i, _ in a.sources if n == v.name],
                 "status": "ok" if v.captured else "failed",
                 "error": v.error,
                 "packets": v.packets,

@@ -511,7 +511,7 @@ def _conclude(root: Path, res: RunResult, flow: str, digested: int) -> tuple[int
                              f"(traffic outran --ring-bytes)")  # fmt: skip
     lines += summary_lines(root, result)
     lines += terminal(result)
-    lines.append(f"reports: {root / 'report.md'}, {root / 'report.json'}")
+    lines.append(f"reports: {root / 'report.html'}, {root / 'report.md'}, {root / 'report.json'}")
     return _exit_for(res), report, lines
 
 

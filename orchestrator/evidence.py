@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from analysis import html
 from analysis.extract import extract_all
 from analysis.model import ClockProbe, HostFacts, VantageData, VantageInput
 from analysis.pcap import is_capture
@@ -246,7 +247,7 @@ def analyze_pcaps(specs: list[str], inventory: Inventory | None,
 
 def write_reports(root: Path, result: Analysis, report: dict[str, Any], flow: str,
                   modified: list[str] | None = None) -> None:  # fmt: skip
-    """report.json and report.md; ``modified``: the bundle's files that are not what was
+    """report.json, report.md, report.html and merged.pcapng; ``modified``: the bundle's files that are not what was
     collected (verify), said first in both."""
     from orchestrator.bundle import Bundle
 
@@ -258,6 +259,7 @@ def write_reports(root: Path, result: Analysis, report: dict[str, Any], flow: st
     b.write("report.md", head + markdown(result, flow, report.get("about")) + "\n")
     report["merged"] = write_merged(root / MERGED, result, flow)
     b.write("report.json", json.dumps(report, indent=2) + "\n")
+    b.write("report.html", html.render(report))
 
 
 MERGED = "merged.pcapng"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import html
 import json
 import subprocess
+import zlib
 from decimal import Decimal
 from pathlib import Path
 
@@ -109,3 +111,97 @@ def test_reports_say_what_they_are_of(clean_lab: Lab, tmp_path: Path, capsys: py
 def iso_utc(ns: int) -> str:
     t = dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 10**9:09d}Z"
+
+
+PROBE = """<script>
+const out = {lifelines: {}, r1: [], kernel: 0, width: innerWidth};
+for (const g of document.querySelectorAll("g.lifeline")) {
+  const b = g.getBBox();
+  out.lifelines[g.dataset.vantage] = [b.x, b.y, b.width, b.height];
+}
+for (const g of document.querySelectorAll("g.packet.rst")) {
+  const b = g.getBBox();
+  out.r1.push([g.dataset.reset, g.textContent, b.width, b.height]);
+}
+out.kernel = document.querySelectorAll("g.kernel").length;
+const pre = document.createElement("pre"); pre.id = "probe"; pre.textContent = JSON.stringify(out);
+document.body.appendChild(pre);
+</script></body>"""
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    argv = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True)
+
+
+def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
+    """Width, height and rows of RGB(A) bytes of a non-interlaced 8-bit PNG (the test's own decoder)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    o, idat, head = 8, b"", b""
+    while o < len(data):
+        n = int.from_bytes(data[o : o + 4], "big")
+        kind, body = data[o + 4 : o + 8], data[o + 8 : o + 8 + n]
+        head = body if kind == b"IHDR" else head
+        idat += body if kind == b"IDAT" else b""
+        o += 12 + n
+    w, h = int.from_bytes(head[:4], "big"), int.from_bytes(head[4:8], "big")
+    assert head[8] == 8 and head[9] in (2, 6) and head[12] == 0, head
+    bpp = 3 if head[9] == 2 else 4
+    raw, rows, prev = zlib.decompress(idat), [], bytearray(w * bpp)
+    for r in range(h):
+        f, line = raw[r * (w * bpp + 1)], bytearray(raw[r * (w * bpp + 1) + 1 : (r + 1) * (w * bpp + 1)])
+        for i in range(len(line)):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            p = a + b - c
+            pred = {0: 0, 1: a, 2: b, 3: (a + b) // 2}.get(f)
+            if pred is None:  # Paeth
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else b if pb <= pc else c
+            line[i] = (line[i] + pred) & 255
+        rows.append(bytes(line))
+        prev = line
+    return w, h, rows
+
+
+def test_report_html_in_a_real_browser_draws_every_vantage_and_the_forged_reset(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_lab.router_forges_resets(8081)
+    report, _ = capture(capsys, clean_lab, tmp_path / "b", f"{CLIENT_IP}->{PROXY_FRONT}:8081",
+                        f"curl -sS -m 3 http://{PROXY_FRONT}:8081/")  # fmt: skip
+    page = (tmp_path / "b/report.html").read_text()
+    # Self-contained: nothing to fetch (no script, stylesheet, image or font from anywhere).
+    assert "<script" not in page and "<link" not in page and "src=" not in page and "@import" not in page
+    assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "").replace(
+        f"curl -sS -m 3 http://{PROXY_FRONT}:8081/", ""
+    )
+    manifest = json.loads((tmp_path / "b/manifest.json").read_text())
+    vantages = {f"{h['name']}/{c['interface']}" for h in manifest["hosts"] for c in h["captures"]}
+    r1 = first(report)
+    assert r1["origin"]["kind"] == "middlebox" and r1["origin"]["host"] == "router"
+
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", PROBE))
+    dom = chromium("--dump-dom", probe.as_uri()).stdout
+    seen = json.loads(html.unescape(dom.split('<pre id="probe">')[1].split("</pre>")[0]))
+    assert set(seen["lifelines"]) >= vantages, seen["lifelines"]
+    for name in vantages:  # laid out by the browser: a tall line with its label
+        x, y, w, h = seen["lifelines"][name]
+        assert h > 200 and w > 10 and x > 100, (name, seen["lifelines"][name])
+    drawn = [r for r in seen["r1"] if r[0] == r1["id"]]
+    assert drawn and all(w > 10 and h > 0 for _, _, w, h in drawn), seen["r1"]
+    assert any(f"{r1['id']} forged" in text for _, text, _, _ in drawn), drawn
+    assert seen["kernel"] >= 1  # the client's kernel received it
+
+    shot = tmp_path / "report.png"
+    chromium("--window-size=1300,1600", f"--screenshot={shot}", (tmp_path / "b/report.html").as_uri())
+    w, h, rows = png_pixels(shot)
+    bpp = len(rows[0]) // w
+    red = sum(
+        1 for row in rows for i in range(0, len(row), bpp) if row[i] > 180 and row[i + 1] < 60 and row[i + 2] < 60
+    )
+    assert red > 100, red  # the reset arrows are drawn, in red
+    dark = sum(1 for row in rows for i in range(0, len(row), bpp) if row[i] < 100 and row[i + 1] < 100)
+    assert dark > 2000  # text and lines, not a blank page

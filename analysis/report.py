@@ -4,7 +4,8 @@ Schema history: /2 made each reset's ``evidence`` a list of records (``kind``, `
 numbers) and added ``names`` (the connection's names through address translation), ``isn`` (its
 incarnation) and ``blocked_by`` (contrary evidence that stopped a middlebox conviction). /3 added
 ``about`` (provenance: window, commands, bundle, manifest digest), a ``time_utc`` beside every
-``time_ns``, ``integrity`` and ``merged`` (merged.pcapng)."""
+``time_ns``, ``hosts[].interfaces``, ``integrity`` and ``merged`` (merged.pcapng), and the published
+schema (``analysis.schema``: every report.json is validated against it)."""
 
 from __future__ import annotations
 
@@ -333,7 +334,8 @@ def _clock(a: Analysis, name: str) -> dict[str, Any]:
     probes = [{"phase": p.phase, "at_ns": p.at_ns, "offset_ns": p.offset_ns, "bound_ns": p.bound_ns}
               for p in (v.probes if v else [])]  # fmt: skip
     if c is None or name not in c.method:
-        return {"method": "none", "offset_ns": 0, "uncertainty_ns": None, "drift_ppm": None, "probe": probes}
+        return {"method": "none", "offset_ns": 0, "at_ns": None, "uncertainty_ns": None, "drift_ppm": None,
+                "probe": probes}  # fmt: skip
     aligned = c.method[name] != "none"
     return {
         "method": c.method[name],

@@ -79,7 +79,8 @@ def capture_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="capture-all",
         description="Capture a TCP flow on every hop at once over SSH, and show who sent the reset.",
-        epilog="Also: capture-all analyze BUNDLE; capture-all watch (armed until a reset). "
+        epilog="Also: capture-all analyze BUNDLE; capture-all watch (armed until a reset); capture-all schema "
+        "(report.json's JSON Schema). "
         "Exit: 0 ok, 2 bad input, 3 partial, 4 nothing captured.",
     )
     p.add_argument("--version", action="version", version=f"capture-all {__version__}")
@@ -623,7 +624,9 @@ def _analyze(args: argparse.Namespace) -> int:
     else:
         raise UsageError("analyze: give a bundle folder or at least one --pcap HOST=FILE")
     if args.json:
-        print(json.dumps(report, indent=2))
+        from analysis.schema import dump
+
+        print(dump(report), end="")
     else:
         print("\n".join(lines + terminal(result)))
     modified = report.get("integrity", {}).get("problems") or []
@@ -637,6 +640,21 @@ def _analyze(args: argparse.Namespace) -> int:
     return EXIT_OK if result.first.origin_kind != "unknown" else EXIT_UNATTRIBUTED
 
 
+def schema_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="capture-all schema",
+        description="Print report.json's JSON Schema (draft 2020-12), as shipped in the package. Its $id is the "
+        "schema string every report.json carries in its \"schema\" field (capture-all/report/N).",
+    )
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from analysis.schema import shipped
+
+    print(shipped(), end="")
+    return EXIT_OK
+
+
 COMMAND: list[str] = []  # this process's command line, as given to main()
 
 
@@ -646,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv[:1] == ["analyze"]:
             return _analyze(analyze_parser().parse_args(argv[1:]))
+        if argv[:1] == ["schema"]:
+            return _schema(schema_parser().parse_args(argv[1:]))
         if argv[:1] == ["watch"]:
             wargs = watch_parser().parse_args(argv[1:])
             import anyio

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analysis import html
+from analysis import html, schema
 from analysis.extract import extract_all
 from analysis.model import ClockProbe, HostFacts, VantageData, VantageInput
 from analysis.pcap import is_capture
@@ -258,7 +258,7 @@ def write_reports(root: Path, result: Analysis, report: dict[str, Any], flow: st
                 + "; ".join(modified) + "\n\n")  # fmt: skip
     b.write("report.md", head + markdown(result, flow, report.get("about")) + "\n")
     report["merged"] = write_merged(root / MERGED, result, flow)
-    b.write("report.json", json.dumps(report, indent=2) + "\n")
+    b.write("report.json", schema.dump(report))  # validated against the published schema
     b.write("report.html", html.render(report))
 
 

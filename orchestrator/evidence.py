@@ -271,7 +271,7 @@ def merged_line(root: Path, merged: dict[str, Any]) -> str:
     if not merged.get("file"):
         return f"  {MERGED}: " + "; ".join(merged.get("problems", []))
     line = (f"  {root / MERGED}: {merged['packets']} packets of {len(merged['interfaces'])} interfaces on one clock, "
-            f"{merged['reset_comments']} resets commented (Wireshark: {WIRESHARK_FILTER})")  # fmt: skip
+            f"{merged['reset_comments']} reset observations commented (Wireshark: {WIRESHARK_FILTER})")  # fmt: skip
     return line + ("; " + "; ".join(merged["problems"]) if merged.get("problems") else "")
 
 

@@ -35,7 +35,7 @@ def test_wireshark_reads_one_interface_per_hop_resets_commented_on_the_aligned_c
         f"{CLIENTS} hold {PROXY_FRONT} 8082 /partial 1",
     )
     merged = tmp_path / "b" / "merged.pcapng"
-    assert f"{merged}: " in stdout and "resets commented" in stdout
+    assert f"{merged}: " in stdout and "reset observations commented" in stdout
     manifest = json.loads((tmp_path / "b/manifest.json").read_text())
     want = {f"{h['name']}/{c['interface']}": c["packets"] for h in manifest["hosts"] for c in h["captures"]}
     assert len(want) >= 4  # client, proxy (two sides), backend at least

@@ -631,7 +631,9 @@ if [ -n "$wi" ]; then
   echo state=ran >> "$dir/witness.status"
 fi
 [ "$owner" = root ] || chown -- "$owner" "$dir"/witness.* 2>/dev/null
-date +%s%N > "$dir/done"
+# Written whole, then renamed: whoever sees "done" reads its time (a redirection would create it empty
+# first, and a finish could read it in between).
+date +%s%N > "$dir/done.part" && mv -f -- "$dir/done.part" "$dir/done"
 # The instance goes after "done": the kernel takes tens of milliseconds to remove one, and the
 # collection need not wait for that.
 [ -n "$wi" ] && wremove "$wi"

@@ -361,6 +361,8 @@ def apply(vantages: list[VantageData], clocks: Clocks) -> None:
             continue
         for s in v.segments:
             s.ts_ns = fn.to_reference(s.ts_ns)
+        for line in v.logs:
+            line.time_ns = None if line.time_ns is None else fn.to_reference(line.time_ns)
         v.first_ns = None if v.first_ns is None else fn.to_reference(v.first_ns)
         v.last_ns = None if v.last_ns is None else fn.to_reference(v.last_ns)
         v.activity = {fn.to_reference(t): a for t, a in v.activity.items()}

@@ -57,6 +57,8 @@ class Fact(StrEnum):
     # the kernel witness
     KERNEL_SENT = "kernel_sent"
     WITNESS_LOST = "witness_lost"
+    LOG_AGREES = "log_agrees"  # a proxy's log line about this connection says what the packets say
+    LOG_DISAGREES = "log_disagrees"  # one that says otherwise (cited as such: the packets decide)
     WITNESS_SILENT = "witness_silent"  # the claimed sender's witness ran and logged no send on any name
     WITNESS_SILENT_HOST = "witness_silent_host"  # left the host with its address, its kernel logged none
     WITNESS_UNKNOWN_TUPLE = "witness_unknown_tuple"  # the name the host would have logged is not known

@@ -147,7 +147,8 @@ def extract_all(
     """Every vantage's reset-related segments. ``pool_map`` runs the per-file work (pass a
     thread pool's map to use several cores: the compiled walk releases the GIL)."""
     datas = [VantageData(v.name, v.role, v.status, v.error, v.kernel_drops, v.facts, probes=list(v.probes),
-                         witness=v.witness, problems=list(v.problems), clock_offset_ns=v.clock_offset_ns)
+                         witness=v.witness, problems=list(v.problems), clock_offset_ns=v.clock_offset_ns,
+                         logs=list(v.logs))
              for v in inputs]  # fmt: skip
     files = [(n, iface, fh) for n, v in enumerate(inputs) for iface, fh in v.captures]
     # Pass 1: the resets (and the host's own MAC, when no snapshot says it).

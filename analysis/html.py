@@ -4,7 +4,8 @@ The verdict first, then a ladder diagram (SVG) of the first reset's connections:
 host/interface in path order (client, routers, proxies, backends), time downwards on the aligned
 clock, one row per observation; each packet an arrow from where it was seen leaving to where it
 was next seen, RSTs in red (forged or injected ones dashed and marked), the kernel witness's
-events as diamonds on their host's line. Then the evidence, hosts, clocks and caveats.
+events as diamonds and the proxies' log lines as squares on their host's line. Then the evidence,
+hosts, clocks and caveats.
 
 Rendered from report.json's own data (the same dict), so the two never disagree.
 """
@@ -112,14 +113,20 @@ def ladder(report: dict[str, Any]) -> str:
         parts.append(f'<text x="{(xa + xb) / 2:.1f}" y="{(ya + yb) / 2 - 3:.1f}" text-anchor="middle" '
                      f'fill="{color}">{_e(label)}</text></g>')  # fmt: skip
         svg.append("".join(parts))
+    # Marks on their host's line: the kernel witness's events (diamonds), the logs' lines (squares).
     for i, x in enumerate(rows):
-        if x["kind"] != "kernel":
+        if x["kind"] not in ("kernel", "log"):
             continue
         cx, cy = host_col.get(x["host"], LEFT), y[i]
-        svg.append(f'<g class="kernel" data-reset="{_e(x.get("reset_id") or "")}"><title>{_e(x["text"])}</title>'
-                   f'<path d="M{cx},{cy - 6} L{cx + 6},{cy} L{cx},{cy + 6} L{cx - 6},{cy} z" fill="#e90" '
-                   f'stroke="#000"/><text x="{cx + 9}" y="{cy + 4}" fill="#a60">{_e(x["event"])}'
-                   f'{" " + _e(x["reason"]) if x.get("reason") else ""}</text></g>')  # fmt: skip
+        if x["kind"] == "kernel":
+            shape = (f'<path d="M{cx},{cy - 6} L{cx + 6},{cy} L{cx},{cy + 6} L{cx - 6},{cy} z" fill="#e90" '
+                     'stroke="#000"/>')
+            text, color = x["event"] + (" " + x["reason"] if x.get("reason") else ""), "#a60"
+        else:
+            shape = f'<rect x="{cx - 5}" y="{cy - 5}" width="10" height="10" fill="#6a3" stroke="#000"/>'
+            text, color = f"{x['format']}: {x['says']}", "#383"
+        svg.append(f'<g class="{x["kind"]}" data-reset="{_e(x.get("reset_id") or "")}"><title>{_e(x["text"])}'
+                   f'</title>{shape}<text x="{cx + 9}" y="{cy + 4}" fill="{color}">{_e(text)}</text></g>')  # fmt: skip
     svg.append("</svg>")
     return "\n".join(svg)
 
@@ -162,7 +169,7 @@ def render(report: dict[str, Any]) -> str:
     if report.get("timeline"):
         out.append(f"<h2>Ladder around {_e(report.get('first_reset'))} (aligned clock, UTC; time downwards, one "
                    "row per observation; red: resets, dashed: forged or injected; diamonds: the kernel "
-                   "witness)</h2>")  # fmt: skip
+                   "witness; squares: the proxies' logs)</h2>")  # fmt: skip
         out.append(f'<div class="ladder">{ladder(report)}</div>')
     if report.get("resets"):
         out.append("<h2>Resets</h2>")

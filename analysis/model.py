@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from analysis.decode import Segment
+from analysis.logs import LogLine
 from analysis.witness import Witness
 
 
@@ -56,6 +57,7 @@ class VantageInput:
     probes: list[ClockProbe] = field(default_factory=list)
     witness: Witness = field(default_factory=Witness)  # the host kernel's own account of its resets
     problems: list[str] = field(default_factory=list)  # what could not be read (a capture file)
+    logs: list[LogLine] = field(default_factory=list)  # its log lines of the window (host clock)
 
 
 @dataclass(slots=True)
@@ -88,6 +90,7 @@ class VantageData:
     clock_method: str = "none"  # how its clock was aligned: reference, packets, probe, none (not aligned)
     probes: list[ClockProbe] = field(default_factory=list)
     witness: Witness = field(default_factory=Witness)
+    logs: list[LogLine] = field(default_factory=list)
     # Around each RST this vantage saw (aligned time): connection hash -> last data time (-1: none).
     activity: dict[int, dict[int, int]] = field(default_factory=dict)
 

@@ -18,6 +18,7 @@ from analysis.correlate import Reset, flow_key
 from analysis.counters import deltas
 from analysis.decode import RST, flag_text
 from analysis.evidence import ChainRole
+from analysis.logs import LogLine
 from analysis.model import Seen, VantageData
 from analysis.verdict import Analysis
 from analysis.witness import KernelEvent
@@ -94,6 +95,8 @@ def _isos(obj: Any) -> Any:
             out[k] = _isos(v)
             if k == "time_ns" and isinstance(v, int):
                 out["time_utc"] = iso(v)
+            elif k == "time_ns" and v is None and "says" in obj:
+                out["time_utc"] = None
         return out
     if isinstance(obj, list):
         return [_isos(x) for x in obj]
@@ -137,7 +140,19 @@ class KernelRow:
         return self.event.ts_ns
 
 
-Row = Seen | KernelRow
+@dataclass
+class LogRow:
+    """A proxy's log line on the timeline (its time: the log's own resolution, aligned)."""
+
+    vantage: str
+    line: LogLine
+
+    @property
+    def ts_ns(self) -> int:
+        return self.line.time_ns or 0
+
+
+Row = Seen | KernelRow | LogRow
 
 
 def timeline(a: Analysis, first: Reset) -> list[tuple[Row, str | None]]:
@@ -165,9 +180,21 @@ def timeline(a: Analysis, first: Reset) -> list[tuple[Row, str | None]]:
         for e in v.witness.events
         if lo <= e.ts_ns <= hi and flow_key(*e.tuple4()) in keys
     ]
+    chain_ids = {r.id for r in chain}
+    rows += [
+        LogRow(v.name, line)
+        for v in a.vantages
+        for line in v.logs
+        if a.log_reset.get(id(line)) in chain_ids
+    ]
+    for lr in rows:
+        if isinstance(lr, LogRow):
+            marks[id(lr.line)] = a.log_reset[id(lr.line)]
     rows.sort(key=lambda s: (s.ts_ns, s.vantage))
 
     def mark(s: Row) -> str | None:
+        if isinstance(s, LogRow):
+            return marks.get(id(s.line))
         return marks.get(id(s.event if isinstance(s, KernelRow) else s))
 
     if len(rows) > TIMELINE_MAX:
@@ -194,7 +221,31 @@ def _kernel(e: KernelEvent) -> dict[str, Any]:
     }
 
 
+def log_text(line: LogLine) -> str:
+    """A log line on the timeline: whose, in what resolution, what it says."""
+    res = {10**6: "ms", 10**9: "s"}.get(line.resolution_ns, f"{line.resolution_ns} ns")
+    return f"{line.host} {line.kind} log (to the {res}): {line.says}"
+
+
+def _log(line: LogLine, reset_id: str | None) -> dict[str, Any]:
+    return {
+        "host": line.host,
+        "source": line.source,
+        "format": line.kind,
+        "time_ns": line.time_ns,
+        "resolution_ns": line.resolution_ns,
+        "meaning": line.meaning,
+        "says": line.says,
+        "client": None if line.client is None else {"ip": line.client[0], "port": line.client[1]},
+        "upstream": line.upstream,
+        "text": line.text,
+        "reset_id": reset_id,
+    }
+
+
 def _row(s: Row, mark: str | None) -> dict[str, Any]:
+    if isinstance(s, LogRow):
+        return {"kind": "log", **_log(s.line, mark)}
     if isinstance(s, KernelRow):
         return {"kind": "kernel", "host": s.vantage, "text": s.event.describe(s.vantage), **_kernel(s.event),
                 "reset_id": mark}  # fmt: skip
@@ -284,6 +335,7 @@ def _to_json(a: Analysis, flow: str, tool: str, about: About | None) -> dict[str
         "verdict": a.verdict,
         "caveats": a.caveats,
         "timeline": [_row(s, m) for s, m in timeline(a, a.first)] if a.first else [],
+        "log_lines": [_log(line, a.log_reset.get(id(line))) for v in a.vantages for line in v.logs],
     }
 
 
@@ -383,6 +435,9 @@ def terminal(a: Analysis) -> list[str]:
         how = "one clock for all hosts (aligned)" if _aligned(a) else "each host's own clock"
         lines.append(f"timeline around the first reset ({a.first.id}), {how}:")
         for s, mark in timeline(a, a.first):
+            if isinstance(s, LogRow):
+                lines.append(f"  {clock(s.ts_ns)} {log_text(s.line)} ({mark})")
+                continue
             if isinstance(s, KernelRow):
                 tag = f"<== {mark}" if mark else ""
                 lines.append(f"  {clock(s.ts_ns)} {s.event.describe(s.vantage)} {tag}".rstrip())
@@ -468,6 +523,9 @@ def markdown(a: Analysis, flow: str, about: dict[str, Any] | None = None) -> str
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s, mark in timeline(a, a.first):
+            if isinstance(s, LogRow):
+                out.append(f"| {clock(s.ts_ns)} | {s.vantage}/log | | {log_text(s.line)} | | | | | | {mark} |")
+                continue
             if isinstance(s, KernelRow):
                 tag = f"**{mark}**" if mark else ""
                 out.append(

@@ -199,6 +199,30 @@ class KernelRow(Kernel):
     reset_id: str | None
 
 
+class Client(_M):
+    ip: str
+    port: int | None
+
+
+class LogLine(_M):
+    host: str
+    source: str = Field(description="the file, or journal=UNIT, it came from")
+    format: str = Field(description="haproxy | nginx_error | nginx_access | envoy | raw")
+    time_ns: int | None = Field(description="aligned clock; null: a line whose format was not recognised")
+    time_utc: str | None = None
+    resolution_ns: int = Field(description="the log's own resolution: the event lies within it after time_ns")
+    meaning: str | None = Field(description="client_abort, upstream_reset, proxy_timeout, ...")
+    says: str
+    client: Client | None
+    upstream: str | None
+    text: str
+    reset_id: str | None = Field(description="the reset this line speaks of (by its tuple, or its time)")
+
+
+class LogRow(LogLine):
+    kind: Literal["log"]
+
+
 class Integrity(_M):
     verified: bool
     problems: list[str]
@@ -232,7 +256,8 @@ class Report(_M):
     first_reset: str | None
     verdict: str
     caveats: list[str]
-    timeline: list[Annotated[PacketRow | KernelRow, Field(discriminator="kind")]]
+    timeline: list[Annotated[PacketRow | KernelRow | LogRow, Field(discriminator="kind")]]
+    log_lines: list[LogLine] = Field(description="every log line of the window the hosts returned, parsed")
     integrity: Integrity | None = None
     merged: Merged | None = None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from analysis import causes, origin
+from analysis import causes, logcite, origin
 from analysis.causes import fmt_s
 from analysis.clock import Clocks, estimate
 from analysis.clock import apply as apply_clocks
@@ -34,6 +34,7 @@ class Analysis:
     # Where each vantage's captures were read from (vantage, interface, path): set by whoever
     # opened them, for the merged capture; the analysis itself does no IO.
     sources: list[tuple[str, str, str]] = field(default_factory=list)
+    log_reset: dict[int, str] = field(default_factory=dict)  # id(LogLine) -> the reset it speaks of
 
 
 def analyze(vantages: list[VantageData]) -> Analysis:
@@ -54,6 +55,7 @@ def analyze(vantages: list[VantageData]) -> Analysis:
     for r in resets:
         if r.chain_role == ChainRole.PROPAGATED and r.propagated_from:
             _propagated(w, r, by_id)
+    log_reset = logcite.cite(w, resets, vantages)
     unordered = _clock_order(clocks, resets, by_id)
     firsts = [r for r in resets if r.chain_role == ChainRole.FIRST]
     first = min(firsts, key=lambda r: r.time_ns) if firsts else None
@@ -61,7 +63,7 @@ def analyze(vantages: list[VantageData]) -> Analysis:
     sentence = _sentence(w, first, resets, vantages)
     if first is not None:
         sentence += _order_note(clocks, first, resets, unordered)
-    return Analysis(vantages, resets, first, sentence, caveats, clocks, w)
+    return Analysis(vantages, resets, first, sentence, caveats, clocks, w, log_reset=log_reset)
 
 
 def _propagated(w: World, r: Reset, by_id: dict[str, Reset]) -> None:

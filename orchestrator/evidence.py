@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from analysis import html, schema
 from analysis.extract import extract_all
+from analysis.logs import LogLine
+from analysis.logs import parse as parse_log
 from analysis.model import ClockProbe, HostFacts, VantageData, VantageInput
 from analysis.pcap import is_capture
 from analysis.report import About, markdown, to_json
@@ -90,6 +92,32 @@ def host_facts(host_dir: Path, addresses: list[str]) -> HostFacts:
         links_after=parse_ip_s_link(_read(a / "ip_s_link.txt")),
         translations=parse_conntrack(_read(a / "conntrack_flow.txt")),
     )
+
+
+def _utc_offset(host_dir: Path) -> int:
+    """The host's local time minus UTC, in seconds (date +%z in its "before" snapshot; 0 if absent)."""
+    text = _read(host_dir / "before" / "utc_offset.txt").strip().splitlines()
+    z = text[0] if text else ""
+    if len(z) == 5 and z[0] in "+-" and z[1:].isdigit():
+        return (-1 if z[0] == "-" else 1) * (int(z[1:3]) * 3600 + int(z[3:5]) * 60)
+    return 0
+
+
+def host_logs(host_dir: Path, name: str) -> tuple[list[LogLine], list[str]]:
+    """The log lines a host returned (logs/log.N.txt, what was read in log.N.meta), parsed, and
+    notes on the sources that could not be read."""
+    lines: list[LogLine] = []
+    notes: list[str] = []
+    offset = _utc_offset(host_dir)
+    for meta in sorted((host_dir / "logs").glob("log.*.meta")):
+        kv = dict(x.split("=", 1) for x in _read(meta).splitlines() if "=" in x)
+        src = kv.get("source", meta.stem)
+        if "error" in kv:
+            notes.append(f"{name}: log {src}: {kv['error']}")
+        if kv.get("truncated"):
+            notes.append(f"{name}: log {src}: more was written in the window than is kept; the latest part is read")
+        lines += parse_log(name, src, _read(meta.with_suffix(".txt")), offset)
+    return lines, notes
 
 
 def _probes(host: dict[str, Any]) -> list[ClockProbe]:
@@ -183,6 +211,7 @@ def analyze_bundle(root: Path, analyzed_by: list[str] | None = None) -> tuple[An
                 except OSError as exc:
                     problems.append(f"{h['name']}/{c['interface']}: {c['path']} cannot be read ({exc.strerror})")
             facts = host_facts(root / h["name"], h.get("addresses", []))
+            logs, log_notes = host_logs(root / h["name"], h["name"])
             inputs.append(
                 VantageInput(
                     name=h["name"],
@@ -194,7 +223,8 @@ def analyze_bundle(root: Path, analyzed_by: list[str] | None = None) -> tuple[An
                     facts=facts,
                     probes=_probes(h),
                     witness=witness(root / h["name"], h.get("witness"), facts.own_ips),
-                    problems=problems,
+                    problems=problems + log_notes,
+                    logs=logs,
                 )
             )
         result = analyze(_extract(inputs))

@@ -226,6 +226,7 @@ class HostRun:
             max_packets=o.max_packets, max_bytes=o.max_bytes, snaplen=o.snaplen, keep_s=o.keep,
             witness_kb=o.witness_kb, ports=self.ports, wait_s=self.wait_s, conntrack=self.conntrack, sudo=self.sudo,
             holder=o.holder, ring=o.watch.ring(len(self.plan.interfaces), o.snaplen) if o.watch else None,
+            logs=self.plan.logs,
         )  # fmt: skip
         self.talk = await self._talk(cmd)
         ready = await self.talk.until("@@ready", what="preflight")
@@ -528,7 +529,7 @@ class HostRun:
             self.bundle.write(f"{name}/{iface}.tcpdump.txt", text)
         self._witness(fin.witness)
         self.sink(name, "pulling", f"{len(fin.files) + len(fin.witness.files)} file(s)")
-        inline = parse_inline(talk.parsed(), fin.files + fin.witness.files)
+        inline = parse_inline(talk.parsed(), fin.files + fin.witness.files + fin.logs)
         with anyio.fail_after(commands.TRANSFER_S):
             await self._pull_all(fin, inline)
         talk.steps["pulls"] = time.time_ns() - talk.started
@@ -578,11 +579,19 @@ class HostRun:
                 self.record.notes.append(f"kernel witness file {wf.name} not pulled: {exc.message}")
                 self.record.witness.error = f"{wf.name} not pulled"
 
+        async def log(lf: RemoteFile) -> None:
+            try:
+                await self._pull(lf, f"logs/{lf.name}", inline)
+            except RemoteError as exc:
+                self.record.notes.append(f"log file {lf.name} not pulled: {exc.message}")
+
         async with anyio.create_task_group() as tg:
             for rf in fin.files:
                 tg.start_soon(capture, rf)
             for wf in fin.witness.files:
                 tg.start_soon(witness, wf)
+            for lf in fin.logs:
+                tg.start_soon(log, lf)
         for rf in fin.files:
             if (self.bundle.root / name / rf.name).exists():
                 iface = rf.name.removesuffix(".pcap")
@@ -592,6 +601,8 @@ class HostRun:
                     packets=stats.captured if stats else None, received_by_filter=stats.received if stats else None,
                     kernel_drops=stats.dropped if stats else None, tcpdump_exit=fin.exit_codes.get(iface),
                 ))  # fmt: skip
+        got = self.bundle.root / name / "logs"
+        self.record.logs = sorted(f"{name}/logs/{lf.name}" for lf in fin.logs if (got / lf.name).exists())
         pulled = self.bundle.root / name / "witness"
         self.record.witness.files = sorted(
             f"{name}/witness/{wf.name}" for wf in fin.witness.files if (pulled / wf.name).exists()

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.errors import FlowError, InventoryError
 from orchestrator.flow import Endpoint, IPAddress, parse_endpoint
-from remote.commands import UnsafeValue, validate_interface, validate_tmpbase
+from remote.commands import UnsafeValue, validate_interface, validate_log_path, validate_tmpbase
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,6 +87,25 @@ class Host(_Strict):
     upstream: list[Endpoint] = []  # ADDR:PORT it connects to (a proxy's backends)
     tmpdir: str | None = None
     ssh: SshSettings = SshSettings()
+    # Logs whose lines of the capture window come back with the evidence: absolute file paths, or
+    # journal:UNIT (journal=UNIT) for a systemd unit's journal.
+    logs: list[str] = []
+
+    @field_validator("logs")
+    @classmethod
+    def _logs(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, src in enumerate(v):
+            src = "journal=" + src[len("journal:") :] if src.startswith("journal:") else src
+            try:
+                out.append(validate_log_path(src))
+            except UnsafeValue as exc:
+                raise ValueError(f"[{i}]: {exc}") from None
+        if len(set(out)) != len(out):
+            raise ValueError("lists a log twice")
+        if len(out) > 16:
+            raise ValueError("at most 16 logs per host")
+        return out
 
     @field_validator("name")
     @classmethod

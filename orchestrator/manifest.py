@@ -88,6 +88,7 @@ class HostRecord(BaseModel):
     clock_probes: list[ClockProbeRecord] = []
     witness: WitnessRecord = WitnessRecord()
     window: WindowRecord | None = None
+    logs: list[str] = []  # the window's log lines and what was read (log.N.txt, log.N.meta)
     notes: list[str] = []
 
 

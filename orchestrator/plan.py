@@ -25,6 +25,7 @@ class HostPlan:
     tmpdir: str
     notes: tuple[str, ...] = ()
     addresses: tuple[str, ...] = ()
+    logs: tuple[str, ...] = ()  # files and journal=UNIT: their lines of the window come back
 
     def bpf(self, exclusion: str | None) -> str:
         return combine(list(self.legs), exclusion)
@@ -145,6 +146,7 @@ def build_plan(
                 tmpdir=h.tmpdir or inv.capture.tmpdir,
                 notes=notes,
                 addresses=tuple(dict.fromkeys([str(a) for a in h.addresses] + [str(e.ip) for e in h.listen])),
+                logs=tuple(h.logs),
             )
         )
     return Plan(flow, tuple(legs), tuple(plans), inventory_sha256, tuple(warnings))

@@ -138,6 +138,7 @@ def capture(
     go_wait_s: int = GO_WAIT_S,
     holder: str = "",
     ring: tuple[int, int] | None = None,
+    logs: tuple[str, ...] = (),
 ) -> RemoteCommand:
     """The capture session (see ``remote.scripts``): preflight, the private dir and the detached
     job, ``@@ready``; on ``go FILTER`` the capture, the clock probe, the witness and the "before"
@@ -146,7 +147,8 @@ def capture(
     sockets the snapshots list (and, with ``conntrack``, its conntrack entries); ``wait_s`` how
     long finishing waits for the capture to stop; ``holder`` names this run to a second run that
     finds the host's lock taken (``busy``). ``ring`` (watch mode): (files, million bytes per
-    file) of each interface's ring, and the RST trigger (``trigger``)."""
+    file) of each interface's ring, and the RST trigger (``trigger``). ``logs``: files and
+    journal=UNIT sources whose lines of the window come back with the finish."""
     if ring is not None and not (2 <= ring[0] <= 1000 and 1 <= ring[1] <= 100_000):
         raise UnsafeValue(f"ring of {ring[0]} files of {ring[1]} MB: 2-1000 files of 1-100000 MB")
     args = (
@@ -166,6 +168,7 @@ def capture(
         str(int(inline_kb)),
         validate_holder(holder),
         f"{int(ring[0])},{int(ring[1])}" if ring else "0",
+        ",".join(validate_log_path(x) for x in logs),
         *map(validate_interface, interfaces),
     )
     # SSH_CONNECTION is read before sudo (which clears it): it is how the host sees our session,

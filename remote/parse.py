@@ -24,6 +24,7 @@ SNAPSHOT_SECTIONS = (
     "conntrack_count",
     "conntrack_max",
     "port_range",
+    "utc_offset",  # date +%z: the host's local time zone (for logs written in local time)
     "conntrack_flow",  # finish only, on a translating box
 )
 
@@ -274,6 +275,10 @@ class Finished:
     # and the first packet of the kept ones (host clock, ns): how far back the window reaches.
     ring: dict[str, tuple[int, int]] = field(default_factory=dict)
     reach_ns: dict[str, int] = field(default_factory=dict)
+    logs: list[RemoteFile] = field(default_factory=list)  # log.N.txt and log.N.meta: the window's log lines
+
+
+_LOG_FILE = re.compile(r"log\.\d{1,3}\.(txt|meta)")
 
 
 def parse_finish(parsed: Parsed) -> Finished:
@@ -300,6 +305,7 @@ def parse_finish(parsed: Parsed) -> Finished:
         witness=parse_witness(parsed),
         ring={w[0]: (_int(w[1], 0), _int(w[2], 0)) for w in parsed.words("finish", "ring") if len(w) == 3},
         reach_ns={w[0]: _int(w[1], 0) for w in parsed.words("finish", "reach") if len(w) == 2 and _int(w[1], 0) > 0},
+        logs=[f for f in parse_files(parsed) if _LOG_FILE.fullmatch(f.name)],
     )
 
 

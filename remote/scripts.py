@@ -160,6 +160,7 @@ snapshot() {
   if [ "${1:-}" != after ]; then
     snapfile conntrack_max /proc/sys/net/netfilter/nf_conntrack_max
     snapfile port_range /proc/sys/net/ipv4/ip_local_port_range
+    snap utc_offset date +%z
   fi
 }
 """
@@ -337,6 +338,56 @@ ringcut() {
 # (read-only, at most 5000 lines), and the small files themselves (base64, at most inline_kb in
 # all: no transfer session for them); then wait for the controller to pull the others and say
 # "rm". Uses dir wait_s ports conntrack inline_kb nl; "$@" the interfaces.
+# The proxies' logs of the window (issue 14). At arm, logs_start records each source's end: a
+# file's size, a journal's time (log.N.meta: source=, start=). At finish, logs_cut keeps what came
+# after it, plus LOG_MARGIN bytes before (a file) or seconds (a journal), at most LOG_MAX bytes (the
+# latest: the window's end is nearest the reset), in log.N.txt, and says so in log.N.meta. A file
+# that shrank was rotated: its start is 0. A source that is missing or unreadable is a note there,
+# never a failure. Read as the capture runs (root under sudo).
+_LOGS = r"""
+LOG_MAX=524288 LOG_MARGIN=4096
+logs_start() {
+  n=0; oifs=$IFS; IFS=,; set -f
+  for src in $logs; do
+    n=$((n + 1)); m="$dir/log.$n.meta"
+    printf 'source=%s\n' "$src" > "$m"
+    case $src in
+      journal=*) echo "start=$(date +%s)" >> "$m";;
+      *) if [ -r "$src" ]; then echo "start=$(stat -L -c %s -- "$src")" >> "$m"
+         elif [ -e "$src" ]; then echo "error=not readable (permission)" >> "$m"
+         else echo "error=no such file" >> "$m"; fi;;
+    esac
+  done
+  IFS=$oifs; set +f
+}
+logs_cut() {
+  for m in "$dir"/log.*.meta; do
+    [ -f "$m" ] || continue
+    t="${m%.meta}.txt"; src=""; start=""
+    while IFS= read -r l; do case $l in source=*) src=${l#source=};; start=*) start=${l#start=};; esac; done < "$m"
+    [ -n "$start" ] || continue
+    case $src in
+      journal=*)
+        if ! command -v journalctl >/dev/null 2>&1; then echo "error=no journalctl" >> "$m"; continue; fi
+        journalctl -q --no-pager -o short-iso-precise -u "${src#journal=}" --since "@$((start - 2))" \
+          --until "@$(( $(date +%s) + 1 ))" 2>> "$m.err" | tail -c "$LOG_MAX" > "$t"
+        echo "to=$(date +%s)" >> "$m";;
+      *)
+        [ -r "$src" ] || { echo "error=not readable at the end" >> "$m"; continue; }
+        end=$(stat -L -c %s -- "$src")
+        if [ "$end" -lt "$start" ]; then echo "rotated=1" >> "$m"; start=0; fi
+        from=$((start - LOG_MARGIN)); [ "$from" -ge 0 ] || from=0
+        if [ $((end - from)) -gt "$LOG_MAX" ]; then from=$((end - LOG_MAX)); echo "truncated=1" >> "$m"; fi
+        tail -c +$((from + 1)) -- "$src" 2>/dev/null | head -c $((end - from)) > "$t"
+        echo "from_byte=$from" >> "$m"; echo "to_byte=$end" >> "$m";;
+    esac
+    [ -s "$m.err" ] && { e=""; while IFS= read -r l; do e=$l; done < "$m.err"; echo "error=$e" >> "$m"; }
+    rm -f -- "$m.err"
+  done
+  [ "${owner:-root}" = root ] || chown -- "$owner" "$dir"/log.* 2>/dev/null
+}
+"""
+
 _FINISH = r"""
 finish() {
   case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
@@ -355,11 +406,12 @@ finish() {
   fi
   await_cap done $((wait_s * 100))
   for i; do ringcut "$i"; done
+  logs_cut
   v=""; [ -f "$dir/done" ] && read -r v < "$dir/done"; echo "done_ns=$v"
   v=""; [ -f "$dir/stop.reason" ] && read -r v < "$dir/stop.reason"; echo "stop_reason=$v"
   for i; do v=""; [ -f "$dir/$i.rc" ] && read -r v < "$dir/$i.rc"; echo "rc $i $v"; done
   echo "@@section files"
-  list=$(stat -c '%s %n' -- "$dir"/*.pcap "$dir"/witness.* 2>/dev/null)
+  list=$(stat -c '%s %n' -- "$dir"/*.pcap "$dir"/witness.* "$dir"/log.* 2>/dev/null)
   small=""; room=$((inline_kb * 1024))
   for i; do ifaces="${ifaces:-} $i"; done
   oifs=$IFS; IFS=$nl; set -f
@@ -369,7 +421,7 @@ finish() {
     [ "$1" -le "$room" ] && { small="$small$nl$2"; room=$((room - $1)); }
   done
   IFS=$oifs; set +f
-  sha256sum -- "$dir"/*.pcap "$dir"/witness.* 2>/dev/null
+  sha256sum -- "$dir"/*.pcap "$dir"/witness.* "$dir"/log.* 2>/dev/null
   set -- ${ifaces:-}
   for i; do echo "@@section tcpdump_err $i"; [ -f "$dir/$i.tcpdump.err" ] && catf "$dir/$i.tcpdump.err"; done
   echo "@@section witness"
@@ -423,7 +475,7 @@ finish() {
 # the probe, the witness, the "before" snapshot; on "finish", the finish above. One shell for the
 # whole run: a host's login files run once.
 # Args: tmpbase min_free_kb go_wait_s job limit maxpk maxbytes snaplen keep witness_kb ports wait_s
-#       conntrack(0|1) inline_kb holder ring iface...
+#       conntrack(0|1) inline_kb holder ring logs(comma list, "" none) iface...
 CAPTURE_SCRIPT = (
     _READ
     + _LOCK
@@ -434,13 +486,14 @@ CAPTURE_SCRIPT = (
     + _WITNESS
     + _WITNESS_START
     + _RINGCUT
+    + _LOGS
     + _FINISH
     + r"""
 set -u
 base=$1 minfree=$2 gowait=$3 job=$4 limit=$5 maxpk=$6 maxbytes=$7 snaplen=$8 keep=$9
 shift 9
-witness_kb=$1 ports=$2 wait_s=$3 conntrack=$4 inline_kb=$5 holder=$6 ring=$7
-shift 7
+witness_kb=$1 ports=$2 wait_s=$3 conntrack=$4 inline_kb=$5 holder=$6 ring=$7 logs=$8
+shift 8
 # Armed for hours (watch mode), the witness keeps the latest events: those before the trigger.
 woverwrite=0; [ "$ring" = 0 ] || woverwrite=1
 nl='
@@ -524,6 +577,7 @@ capifs="$*"
 probe
 echo "@@section tcpdump"; echo "path=$tcpdump"
 witness_start
+logs_start
 """
     + r"""
 snapshot
@@ -662,6 +716,7 @@ FINISH_SCRIPT = (
     + SNAPSHOT
     + PROBE
     + _RINGCUT
+    + _LOGS
     + _FINISH
     + r"""
 set -u

@@ -63,8 +63,11 @@ NO_SFTP = "backend"  # the lab host whose sshd offers no SFTP subsystem
 # in a later test's window, ahead of the reset that test reproduced (seen in CI).
 HAPROXY_CFG = f"""global
   maxconn 512
+  log stdout format raw local0
 defaults
   mode http
+  log global
+  option httplog
   timeout connect 2s
   timeout http-request 2s
   timeout client 30s
@@ -77,6 +80,7 @@ frontend fe_pay
   default_backend be
 frontend fe_tcp
   mode tcp
+  option tcplog
   option nolinger
   bind {PROXY_FRONT}:8082
   default_backend be_tcp
@@ -450,6 +454,7 @@ addresses = ["{PROXY_FRONT}", "{PROXY_BACK}"]
 listen = ["{PROXY_FRONT}:8080", "{PROXY_FRONT}:8081", "{PROXY_FRONT}:8082", "{PROXY_FRONT}:8083"]
 upstream = ["{BACKEND_IP}:80"]
 ssh = {{ sudo = true }}
+logs = ["{r / "haproxy.log"}"]  # HAProxy's own log (log stdout): its lines of the window come back
 
 [[hosts]]
 name = "backend"

@@ -11,12 +11,20 @@ import subprocess
 import zlib
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from orchestrator.cli import main
 from tests.lab.labnet import CLIENT_IP, PROXY_FRONT, Lab
 from tests.lab.test_scenarios import CLIENTS, capture, first
+
+
+def propagated(capsys: pytest.CaptureFixture[str], lab: Lab, out: Path) -> tuple[dict[str, Any], str]:
+    """The backend aborts mid-response, HAProxy (TCP mode, nolinger) resets the client: a chain of two."""
+    return capture(
+        capsys, lab, out, f"{CLIENT_IP}->{PROXY_FRONT}:8082", f"{CLIENTS} hold {PROXY_FRONT} 8082 /partial 1"
+    )
 
 
 def tool(*argv: str) -> str:
@@ -27,13 +35,7 @@ def test_wireshark_reads_one_interface_per_hop_resets_commented_on_the_aligned_c
     clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # The backend aborts mid-response, HAProxy (nolinger) resets the client: a chain of two.
-    report, stdout = capture(
-        capsys,
-        clean_lab,
-        tmp_path / "b",
-        f"{CLIENT_IP}->{PROXY_FRONT}:8082",
-        f"{CLIENTS} hold {PROXY_FRONT} 8082 /partial 1",
-    )
+    report, stdout = propagated(capsys, clean_lab, tmp_path / "b")
     merged = tmp_path / "b" / "merged.pcapng"
     assert f"{merged}: " in stdout and "reset observations commented" in stdout
     manifest = json.loads((tmp_path / "b/manifest.json").read_text())
@@ -205,3 +207,36 @@ def test_report_html_in_a_real_browser_draws_every_vantage_and_the_forged_reset(
     assert red > 100, red  # the reset arrows are drawn, in red
     dark = sum(1 for row in rows for i in range(0, len(row), bpp) if row[i] < 100 and row[i + 1] < 100)
     assert dark > 2000  # text and lines, not a blank page
+
+
+def test_haproxys_own_log_line_is_on_the_timeline_and_cited(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The backend aborts mid-response, HAProxy (TCP mode, nolinger) resets the client: HAProxy's
+    log says the server aborted in the data phase (SD) for the client's address and port; it comes
+    back from the proxy, is matched to the client's connection, agrees with the packets, and is on
+    the timeline on the aligned clock, within its millisecond."""
+    report, stdout = propagated(capsys, clean_lab, tmp_path / "b")
+    manifest = json.loads((tmp_path / "b/manifest.json").read_text())
+    proxy = next(h for h in manifest["hosts"] if h["name"] == "proxy")
+    assert "proxy/logs/log.1.txt" in proxy["logs"] and "proxy/logs/log.1.meta" in manifest["files"]
+    r1 = first(report)
+    to_client = [r for r in report["resets"] if r["tuple"]["dst"] == CLIENT_IP]
+    assert to_client, report["resets"]
+    r2 = to_client[0]
+    port = r2["tuple"]["dport"]
+    mine = [
+        x for x in report["log_lines"] if x["format"] == "haproxy" and x["client"] == {"ip": CLIENT_IP, "port": port}
+    ]
+    assert len(mine) == 1, report["log_lines"]
+    line = mine[0]
+    assert line["meaning"] == "upstream_reset" and line["says"].startswith("termination state SD")
+    assert line["reset_id"] == r2["id"] and line["resolution_ns"] == 10**6
+    # HAProxy writes the line when it closes the session: within its millisecond of its own reset.
+    at_proxy = next(o for o in r2["seen_at"] if o["host"] == "proxy")
+    assert abs(line["time_ns"] - at_proxy["time_ns"]) < 50_000_000, (line["time_ns"], at_proxy["time_ns"])
+    cited = [e for e in r2["evidence"] if e["kind"] == "log_agrees"]
+    assert cited and f'HAProxy on proxy logged "{line["says"]}" for {CLIENT_IP}:{port}' in cited[0]["text"], r2
+    assert f"(backend sent {r1['id']})" in cited[0]["text"]
+    assert any(x["kind"] == "log" and x["reset_id"] == r2["id"] for x in report["timeline"])
+    assert "proxy haproxy log (to the ms): termination state SD" in stdout

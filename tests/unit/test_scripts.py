@@ -144,9 +144,9 @@ def arm_line(host: dict[str, str], **kw: object) -> str:
     return commands.capture(host["base"], ["lo"], **values).line  # type: ignore[arg-type]
 
 
-def start_capture(host: dict[str, str], flt: str, port: int) -> tuple[Session, str]:
+def start_capture(host: dict[str, str], flt: str, port: int, **kw: object) -> tuple[Session, str]:
     """A capture session up to @@armed: (the session, its remote dir)."""
-    arm = Session(arm_line(host, ports=(port,)), host)
+    arm = Session(arm_line(host, ports=(port,), **kw), host)
     assert arm.until("@@ready") == "@@ready"
     pre = parse_preflight(parse_sections("\n".join(arm.lines)))
     assert pre.uid == 0 and pre.tcpdump.endswith("/bin/tcpdump") and pre.remote_dir.startswith(host["base"])
@@ -401,3 +401,40 @@ def test_the_log_trigger_says_the_first_matching_line_and_ends_with_the_capture_
     assert rest.splitlines() == ["@@section trigger", "ended=1"] and proc.returncode == 0
     left = subprocess.run(["pgrep", "-f", f"{tmp_path}|capture-all-log|sleep 61.25"], capture_output=True, text=True)
     assert left.stdout.split() == [], left.stdout
+
+
+def test_the_logs_come_back_from_the_capture_start_on_bounded_with_what_could_not_be_read(
+    host: dict[str, str], tmp_path: Path
+) -> None:
+    """What each log got while the capture ran, plus 4 KiB before; a rotated log from its start;
+    a big one its latest 512 KiB; a missing one a note. Files of ours, pulled like the others."""
+    grew, rotated, big = tmp_path / "grew.log", tmp_path / "rotated.log", tmp_path / "big.log"
+    old = "".join(f"old line {i:05d}\n" for i in range(1000))  # 16 KB written before the capture
+    for f in (grew, rotated, big):
+        f.write_text(old)
+    missing = tmp_path / "missing.log"
+    arm, remote_dir = start_capture(host, "tcp port 443", free_port(),
+                                    logs=(str(grew), str(rotated), str(big), str(missing)))  # fmt: skip
+    with grew.open("a") as fh:
+        fh.write("new line A\nnew line B\n")
+    rotated.write_text("after rotation\n")
+    with big.open("a") as fh:
+        fh.write("x" * 700_000 + "\nthe last line\n")
+    arm.say("finish")
+    assert arm.until("@@probe"), arm.lines
+    listing = parse_finish(parse_sections("\n".join(arm.lines)))
+    names = sorted(f.name for f in listing.logs)
+    assert names == ["log.1.meta", "log.1.txt", "log.2.meta", "log.2.txt", "log.3.meta", "log.3.txt", "log.4.meta"]
+    d = Path(remote_dir)
+    got = (d / "log.1.txt").read_text()
+    assert got == old[-4096:] + "new line A\nnew line B\n"
+    assert f"source={grew}" in (d / "log.1.meta").read_text() and "to_byte=" in (d / "log.1.meta").read_text()
+    assert (d / "log.2.txt").read_text() == "after rotation\n" and "rotated=1" in (d / "log.2.meta").read_text()
+    b = (d / "log.3.txt").read_bytes()
+    assert len(b) == 524288 and b.endswith(b"\nthe last line\n") and "truncated=1" in (d / "log.3.meta").read_text()
+    assert "error=no such file" in (d / "log.4.meta").read_text() and not (d / "log.4.txt").exists()
+    arm.say("snap")
+    assert arm.until("@@listed") == "@@listed", arm.lines
+    arm.say("rm")
+    assert arm.end() == 0, arm.stderr
+    assert not d.exists()

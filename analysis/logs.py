@@ -59,7 +59,7 @@ _SYSLOG = r"(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT[\d:.]+(?
 _HAPROXY = re.compile(
     _SYSLOG + r"(?P<cip>[\d.]+|[\da-fA-F:]+):(?P<cport>\d+) \[(?P<d>\d\d)/(?P<mon>[A-Z][a-z]{2})/(?P<y>\d{4}):"
     r"(?P<hms>\d\d:\d\d:\d\d)\.(?P<ms>\d{3})\] (?P<fe>\S+) (?P<be>[^/\s]+)/(?P<srv>\S+) (?P<timers>[-\d/+]+) "
-    r"(?:(?P<status>-?\d{3}) )?(?P<bytes>\+?\d+) (?:\S+ \S+ )?(?P<term>[-A-Za-z]{2,4}) "
+    r"(?:(?P<status>-1|\d{3}) )?(?P<bytes>\+?\d+) (?:\S+ \S+ )?(?P<term>[-A-Za-z]{2,4}) "
 )
 _NGINX_ERROR = re.compile(r"(?P<date>\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) \[(?P<level>\w+)\] \d+#\d+: (?P<msg>.*)")
 _NGINX_ACCESS = re.compile(

@@ -97,6 +97,14 @@ def test_b_proxy_resets_the_client_on_its_own(
     # HAProxy's nolinger: an SO_LINGER-0 close, in HAProxy's own process context.
     sent = kernel_sent(report, r, "proxy", "TCP_STATE")
     assert sent["softirq"] is False and sent["sender_process"].startswith("haproxy pid ")
+    # HAProxy's own log says it: the proxy aborted the session while reading the request (PR),
+    # for the client's address and port; matched to R1, cited as agreeing, on the timeline.
+    port = r["tuple"]["dport"]
+    lines = [x for x in report["log_lines"] if x["client"] == {"ip": CLIENT_IP, "port": port}]
+    assert [(x["format"], x["meaning"], x["reset_id"]) for x in lines] == [("haproxy", "proxy_abort", r["id"])], lines
+    assert lines[0]["says"].startswith("termination state PR: the proxy (HAProxy) aborted it, waiting for the request")
+    assert fact(r, "log_agrees")["meaning"] == "proxy_abort"
+    assert any(x["kind"] == "log" and x["reset_id"] == r["id"] for x in report["timeline"])
 
 
 def test_c_router_forges_a_reset(clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import difflib
 import json
 import os
 import re
@@ -81,7 +82,8 @@ def capture_parser() -> argparse.ArgumentParser:
         description="Capture a TCP flow on every hop at once over SSH, and show who sent the reset.",
         epilog="Also: capture-all analyze BUNDLE; capture-all watch (armed until a reset); capture-all schema "
         "(report.json's JSON Schema). "
-        "Exit: 0 ok, 2 bad input, 3 partial, 4 nothing captured.",
+        "Exit: 0 ok, 1 internal error, 2 bad input, 3 partial (a host failed; the others' evidence kept), "
+        "4 nothing captured, 130 abandoned (a second Ctrl-C).",
     )
     p.add_argument("--version", action="version", version=f"capture-all {__version__}")
     p.add_argument("-i", "--inventory", required=True, help="inventory TOML file (see inventory.example.toml)")
@@ -656,6 +658,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 COMMAND: list[str] = []  # this process's command line, as given to main()
+SUBCOMMANDS = ("analyze", "watch", "schema")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -671,6 +674,11 @@ def main(argv: list[str] | None = None) -> int:
             import anyio
 
             return anyio.run(_watch, wargs, backend="asyncio")
+        if argv and not argv[0].startswith("-"):
+            # The capture takes no word of its own: a first word is a (mistyped) subcommand.
+            near = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1)
+            hint = f"; did you mean 'capture-all {near[0]}'?" if near else f" (commands: {', '.join(SUBCOMMANDS)})"
+            raise UsageError(f"unknown command {argv[0]!r}{hint}")
         args = capture_parser().parse_args(argv)
         import anyio
 

@@ -1,7 +1,9 @@
-"""Per-host progress: a live table on a terminal, plain timestamped lines otherwise."""
+"""Per-host progress: a live table on a terminal, plain lines stamped in UTC otherwise (a pipe,
+a log file, TERM=dumb: no cursor movement where it cannot work)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import TextIO
@@ -10,7 +12,9 @@ from typing import TextIO
 class Progress:
     def __init__(self, hosts: list[str], stream: TextIO | None = None, live: bool | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty() if live is None else live
+        if live is None:
+            live = self.stream.isatty() and os.environ.get("TERM", "") not in ("dumb", "")
+        self.live = live
         self.hosts = hosts
         self.state = {h: ("waiting", "") for h in hosts}
         self.run_line = ""
@@ -26,7 +30,7 @@ class Progress:
             self._draw()
         elif not (host == "*" and state == "capturing"):
             who = "run" if host == "*" else host
-            stamp = time.strftime("%H:%M:%S")
+            stamp = time.strftime("%H:%M:%SZ", time.gmtime())  # UTC, like every report
             self.stream.write(f"{stamp} [{who}] {state}{': ' + detail if detail else ''}\n")
             self.stream.flush()
 

@@ -42,10 +42,12 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
             "--witness-buffer: at most 64M per CPU",
         ),
         (["analyze", "/nonexistent"], "not a capture-all bundle"),
+        (["anlyze", "x"], "unknown command 'anlyze'; did you mean 'capture-all analyze'?"),
+        (["frobnicate"], "unknown command 'frobnicate' (commands: analyze, watch, schema)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:
-    done = cli(*args, "--out", str(tmp_path / "b")) if args[0] != "analyze" else cli(*args)
+    done = cli(*args, "--out", str(tmp_path / "b")) if args[0].startswith("-") else cli(*args)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("capture-all: "), done.stderr
@@ -141,3 +143,28 @@ def test_every_folder_of_a_bundle_is_private(tmp_path: Path) -> None:
     b.folder("third", "before")
     for p in (tmp_path / "b").rglob("*"):
         assert p.stat().st_mode & 0o077 == 0, p
+
+
+def test_progress_draws_a_table_only_on_a_terminal_that_can_and_stamps_lines_in_utc(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import time
+
+    from orchestrator.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("TERM", "xterm")
+    assert Progress(["a"], Tty()).live is True
+    monkeypatch.setenv("TERM", "dumb")
+    out = Tty()
+    p = Progress(["a"], out)
+    assert p.live is False
+    p("a", "connecting", "10.0.0.1:22")
+    assert "\x1b" not in out.getvalue()
+    stamp, rest = out.getvalue().split(" ", 1)
+    assert rest == "[a] connecting: 10.0.0.1:22\n"
+    assert stamp.endswith("Z") and abs(int(stamp[:2]) - time.gmtime().tm_hour) in (0, 1, 23)

@@ -642,6 +642,50 @@ def _analyze(args: argparse.Namespace) -> int:
     return EXIT_OK if result.first.origin_kind != "unknown" else EXIT_UNATTRIBUTED
 
 
+EXIT_AUDIT_VIOLATED = 9  # audit: an idle-timeout pair out of order
+
+
+def audit_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="capture-all audit",
+        description="Audit the idle-timeout chain along the flow's path without capturing: each host's HAProxy "
+        "config and nginx -T (read-only, over SSH), the inventory's idle_timeout where a value cannot be read; "
+        "whoever reuses idle connections must give up on them before the other side closes them.",
+        epilog="Example: capture-all audit -i inv.toml -f '10.20.2.17->10.20.4.18:443'. "
+        "Exit: 0 every pair in order, 9 a pair violated, 2 bad input, 3 no pair could be checked.",
+    )
+    p.add_argument("-i", "--inventory", required=True, help="inventory TOML file")
+    p.add_argument("-f", "--flow", required=True, help="CLIENT[:PORT]->SERVER:PORT")
+    p.add_argument("--hosts", help="only these hosts (comma-separated names)")
+    p.add_argument("--accept-new-host-keys", action="store_true", help="trust and record keys not yet known")
+    p.set_defaults(witness_buffer=0)
+    return p
+
+
+async def _audit(args: argparse.Namespace) -> int:
+    from orchestrator.audit import audit
+    from orchestrator.inventory import load_inventory
+    from remote.ssh import SshConnector
+
+    _flow, _digest, plan = _plan(args)
+    inv, _ = load_inventory(args.inventory)
+    stated = {h.name: h.idle_timeout for h in inv.hosts}
+    connector = SshConnector()
+    try:
+        result = await audit(plan, connector, stated)
+    finally:
+        await connector.close()
+    print(f"idle-timeout chain of {args.flow} (the reuser's must be shorter):")
+    for pair in result.pairs:
+        print(f"  {pair.text()}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    if not result.pairs:
+        print("  no pair could be checked")
+        return EXIT_PARTIAL
+    return EXIT_OK if all(p.ok for p in result.pairs) else EXIT_AUDIT_VIOLATED
+
+
 def schema_parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="capture-all schema",
@@ -658,7 +702,7 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 COMMAND: list[str] = []  # this process's command line, as given to main()
-SUBCOMMANDS = ("analyze", "watch", "schema")
+SUBCOMMANDS = ("analyze", "watch", "audit", "schema")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -669,6 +713,11 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(analyze_parser().parse_args(argv[1:]))
         if argv[:1] == ["schema"]:
             return _schema(schema_parser().parse_args(argv[1:]))
+        if argv[:1] == ["audit"]:
+            aargs = audit_parser().parse_args(argv[1:])
+            import anyio
+
+            return anyio.run(_audit, aargs, backend="asyncio")
         if argv[:1] == ["watch"]:
             wargs = watch_parser().parse_args(argv[1:])
             import anyio

@@ -90,6 +90,16 @@ class Host(_Strict):
     # Logs whose lines of the capture window come back with the evidence: absolute file paths, or
     # journal:UNIT (journal=UNIT) for a systemd unit's journal.
     logs: list[str] = []
+    # This host's own idle timeout for its kept-alive connections, where it cannot be read from
+    # the host: a client's connection pool ("5s"), an application server's keep-alive ("60s").
+    idle_timeout: str | None = None
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _idle(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d+(\.\d+)?(ms|s|m|h)", v):
+            raise ValueError(f"{v!r} is not a duration like 500ms, 5s, 2m")
+        return v
 
     @field_validator("logs")
     @classmethod

@@ -22,7 +22,15 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from remote.scripts import CAPTURE_SCRIPT, CLEANUP_SCRIPT, FINISH_SCRIPT, JOB_SCRIPT, LOG_TRIGGER_SCRIPT, TRIGGER_SCRIPT
+from remote.scripts import (
+    AUDIT_SCRIPT,
+    CAPTURE_SCRIPT,
+    CLEANUP_SCRIPT,
+    FINISH_SCRIPT,
+    JOB_SCRIPT,
+    LOG_TRIGGER_SCRIPT,
+    TRIGGER_SCRIPT,
+)
 
 # Linux IFNAMSIZ is 16 including the NUL; allow what `ip link` accepts in practice.
 _IFACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,14}$")
@@ -250,6 +258,11 @@ def log_trigger(remote_dir: str, path: str, pattern: str, *, limit_s: int, sudo:
     args = (validate_remote_dir(remote_dir), validate_log_path(path), validate_log_pattern(pattern))
     t = int(limit_s) + 30
     return RemoteCommand("log-trigger", args, _line(LOG_TRIGGER_SCRIPT, args, timeout=t, sudo=sudo), t)
+
+
+def audit(*, sudo: bool) -> RemoteCommand:
+    """The idle-timeout audit's readings of one host (read-only; see remote.scripts)."""
+    return RemoteCommand("audit", (), _line(AUDIT_SCRIPT, (), timeout=30, sudo=sudo), 30)
 
 
 def cleanup(remote_dir: str, *, sudo: bool) -> RemoteCommand:

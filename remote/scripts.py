@@ -795,3 +795,37 @@ echo "@@section cleanup"
 echo "removed=$dir"
 """
 )
+
+# The idle-timeout audit (capture-all audit): read-only. The kernel's keep-alive and conntrack
+# timeouts; the config files of every running HAProxy (its -f arguments; at most 256 KiB each);
+# nginx's whole config (nginx -T; at most 512 KiB) where nginx runs. Nothing is changed, nothing
+# is started but the readers.
+AUDIT_SCRIPT = r"""
+echo "@@section sysctl"
+for k in net/ipv4/tcp_keepalive_time net/netfilter/nf_conntrack_tcp_timeout_established; do
+  if [ -r "/proc/sys/$k" ]; then v=""; read -r v < "/proc/sys/$k"; echo "$k $v"; fi
+done
+echo "@@section haproxy"
+seen=" "
+for d in /proc/[0-9]*; do
+  c=""; read -r c < "$d/comm" 2>/dev/null || continue
+  [ "$c" = haproxy ] || continue
+  set -f; set -- $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null); set +f
+  while [ $# -gt 0 ]; do
+    if [ "$1" = -f ] && [ $# -gt 1 ]; then
+      f=$2
+      case $seen in *" $f "*) ;; *)
+        seen="$seen$f "
+        if [ -f "$f" ] && [ -r "$f" ]; then echo "# capture-all file: $f"; head -c 262144 -- "$f"; echo
+        else echo "# capture-all unreadable: $f"; fi;;
+      esac
+    fi
+    shift
+  done
+done
+echo "@@section nginx"
+running=0
+for d in /proc/[0-9]*; do c=""; read -r c < "$d/comm" 2>/dev/null && [ "$c" = nginx ] && { running=1; break; }; done
+if [ "$running" = 1 ] && command -v nginx >/dev/null 2>&1; then nginx -T 2>&1 | head -c 524288; fi
+echo "@@end"
+"""

@@ -438,3 +438,31 @@ def test_the_logs_come_back_from_the_capture_start_on_bounded_with_what_could_no
     arm.say("rm")
     assert arm.end() == 0, arm.stderr
     assert not d.exists()
+
+
+def test_a_journal_source_returns_its_units_lines_of_the_window(host: dict[str, str], tmp_path: Path) -> None:
+    """journal=UNIT: journalctl for that unit only, from 2 s before the capture's start to its end
+    (a fake journalctl on the PATH records what it was asked and prints two lines)."""
+    fake = tmp_path / "bin" / "journalctl"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path / "jargs"}\n'
+                    'echo "2026-12-02T04:34:39.611000+0000 lb haproxy[7]: 10.0.0.1:5 ..."\n'
+                    'echo "second line"\n')  # fmt: skip
+    fake.chmod(0o755)
+    before = int(time.time())
+    arm, remote_dir = start_capture(host, "tcp port 443", free_port(), logs=("journal=haproxy.service",))
+    arm.say("finish")
+    assert arm.until("@@probe"), arm.lines
+    after = int(time.time())
+    d = Path(remote_dir)
+    assert (d / "log.1.txt").read_text().splitlines()[1] == "second line"
+    args = (tmp_path / "jargs").read_text().split("\n")
+    assert args[args.index("-u") + 1] == "haproxy.service" and "--no-pager" in args
+    since = int(args[args.index("--since") + 1].lstrip("@"))
+    until = int(args[args.index("--until") + 1].lstrip("@"))
+    assert before - 3 <= since <= after - 2 and since < until <= after + 1
+    meta = (d / "log.1.meta").read_text()
+    assert "source=journal=haproxy.service" in meta and "error=" not in meta
+    arm.say("snap")
+    assert arm.until("@@listed") == "@@listed", arm.lines
+    arm.say("rm")
+    assert arm.end() == 0, arm.stderr

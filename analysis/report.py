@@ -1,4 +1,4 @@
-"""Renderings of an ``Analysis``: report.json (schema capture-all/report/2), report.md, terminal.
+"""Renderings of an ``Analysis``: report.json (schema capture-all/report/3), report.md, terminal.
 
 Schema history: /2 made each reset's ``evidence`` a list of records (``kind``, ``text``, the
 numbers) and added ``names`` (the connection's names through address translation), ``isn`` (its

@@ -330,8 +330,13 @@ def write_merged(path: Path, result: Analysis, flow: str) -> dict[str, Any]:
         comment = (f"capture-all {__version__}: every capture of {flow}, one interface per host/interface, "
                    f"times on {whose} clock; each reset has a packet comment (Wireshark: frame.comment)")  # fmt: skip
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            info = merged.write(out, sources, result, f"capture-all {__version__}", comment)
+        try:
+            with os.fdopen(fd, "wb", buffering=0) as out:
+                info = merged.write(out, sources, result, f"capture-all {__version__}", comment)
+        except OSError as exc:  # the disk filled up after all, or went away: the rest stands
+            path.unlink(missing_ok=True)
+            why = f"not written: {exc.strerror or exc} (the captures themselves are in the bundle)"
+            return {"file": None, "packets": 0, "reset_comments": 0, "interfaces": [], "problems": [why]}
     return {
         "file": MERGED,
         "packets": info.packets,

@@ -6,7 +6,10 @@ The analysis package does no IO: this module opens the files and reads the snaps
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import json
+import mmap
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
@@ -296,6 +299,80 @@ MERGED = "merged.pcapng"
 WIRESHARK_FILTER = 'frame.comment contains "R"'
 
 
+class DirectFile:
+    """A new file written front to back past the page cache (O_DIRECT: page-aligned chunks from a
+    buffer of its own, the tail without it), where the filesystem allows; plain writes otherwise.
+    merged.pcapng is as large as the captures and nobody reads it back at once: filling the page
+    cache with it cost this machine more than the merge itself (1.9 GB: 4.96-5.85 s through the
+    cache, 1.06-1.25 s past it, fresh files, measured)."""
+
+    CHUNK = 4 << 20
+
+    def __init__(self, path: Path) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self.direct = hasattr(os, "O_DIRECT")
+        try:
+            self.fd = os.open(path, flags | (os.O_DIRECT if self.direct else 0), 0o600)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.fd, self.direct = os.open(path, flags, 0o600), False  # tmpfs and the like
+        self.buf = mmap.mmap(-1, self.CHUNK)  # page-aligned, as O_DIRECT needs
+        self.fill = 0
+
+    def __enter__(self) -> DirectFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _plain(self) -> None:
+        fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        self.direct = False
+
+    def _out(self, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            done += os.write(self.fd, view[done:])
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        if not self.direct:
+            self._out(view)
+            return len(view)
+        off = 0
+        while off < len(view):
+            take = min(self.CHUNK - self.fill, len(view) - off)
+            self.buf[self.fill : self.fill + take] = view[off : off + take]
+            self.fill, off = self.fill + take, off + take
+            if self.fill == self.CHUNK:
+                self._flush()
+        return len(view)
+
+    def _flush(self) -> None:
+        chunk = memoryview(self.buf)[: self.fill]
+        try:
+            self._out(chunk)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._plain()  # the filesystem took the flag but not the write
+            self._out(chunk)
+        finally:
+            chunk.release()
+        self.fill = 0
+
+    def close(self) -> None:
+        try:
+            if self.fill:
+                if self.direct:
+                    self._plain()  # the tail is not a whole number of blocks
+                self._flush()
+        finally:
+            os.close(self.fd)
+            self.buf.close()
+
+
 def merged_line(root: Path, merged: dict[str, Any]) -> str:
     """The terminal's line about merged.pcapng."""
     if not merged.get("file"):
@@ -329,10 +406,9 @@ def write_merged(path: Path, result: Analysis, flow: str) -> dict[str, Any]:
         whose = f"{ref}'s" if ref else "each host's own"
         comment = (f"capture-all {__version__}: every capture of {flow}, one interface per host/interface, "
                    f"times on {whose} clock; each reset has a packet comment (Wireshark: frame.comment)")  # fmt: skip
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            with os.fdopen(fd, "wb", buffering=0) as out:
-                info = merged.write(out, sources, result, f"capture-all {__version__}", comment)
+            with DirectFile(path) as out:
+                info = merged.write(out, sources, result, f"capture-all {__version__}", comment)  # type: ignore[arg-type]
         except OSError as exc:  # the disk filled up after all, or went away: the rest stands
             path.unlink(missing_ok=True)
             why = f"not written: {exc.strerror or exc} (the captures themselves are in the bundle)"

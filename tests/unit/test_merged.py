@@ -5,6 +5,7 @@ on every reset observation, the bytes unchanged."""
 from __future__ import annotations
 
 import io
+import os
 import random
 import struct
 from collections.abc import Iterator
@@ -209,3 +210,25 @@ def test_the_array_alignment_is_the_clock_functions_own() -> None:
     ts = [T + rng.randrange(-2 * 10**9, 8 * 10**9) for _ in range(5000)] + [T + 10**9, T + 5 * 10**9]
     got = merged._to_reference(fn, np.array(ts, np.int64))
     assert got.tolist() == [fn.to_reference(t) for t in ts]
+
+
+@pytest.mark.parametrize("where", ["tmp", "shm"])
+def test_the_merged_file_holds_exactly_what_was_written_past_the_page_cache_or_not(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the test's disk and on tmpfs (O_DIRECT or plain, whichever the filesystem takes), writes
+    of every size, across buffer ends, and a tail that is no whole block."""
+    from orchestrator.evidence import DirectFile
+
+    monkeypatch.setattr(DirectFile, "CHUNK", 8192)
+    base = tmp_path if where == "tmp" else Path("/dev/shm")
+    path = base / f"capture-all-test-{os.getpid()}-{where}.pcapng"
+    rng = random.Random(5)
+    chunks = [bytes([k % 256]) * rng.choice((0, 1, 7, 4096, 8192, 9000, 30000)) for k in range(40)]
+    try:
+        with DirectFile(path) as out:
+            for c in chunks:
+                assert out.write(c) == len(c)
+        assert path.read_bytes() == b"".join(chunks)
+    finally:
+        path.unlink(missing_ok=True)

@@ -30,10 +30,10 @@ from analysis.scan import HAVE_NUMBA, Chunk, _compiled, scan
 from analysis.verdict import Analysis
 
 _SHB, _IDB, _EPB = 0x0A0D0D0A, 1, 6
-_EPB_FIXED = 32
-WRITE_SLICE = 1 << 20
-SLICE_BYTES = 4 << 20
-ROUND_RECORDS = 1 << 17  # type, length, interface, ts high, ts low, captured, original, trailing length
+_EPB_FIXED = 32  # type, length, interface, ts high, ts low, captured, original, trailing length
+WRITE_SLICE = 1 << 20  # bytes per write()
+SLICE_BYTES = 4 << 20  # output bytes per buffer
+ROUND_RECORDS = 1 << 17  # records per merge round, all streams together
 
 
 @dataclass
@@ -243,7 +243,9 @@ def _describe(a: Analysis, vantage: str) -> tuple[str, int]:
 
 @dataclass
 class _Stream:
-    n: int  # source index
+    vantage: str
+    name: str  # host/interface
+    snaplen: int
     chunks: Iterator[Chunk]
     fn: ClockFn | None
     shift: int  # the vantage's manual offset (VantageInput.clock_offset_ns)
@@ -323,21 +325,19 @@ def _write(out: _Writer, sources: list[Source], a: Analysis, app: str, comment: 
     offsets = {v.name: v.clock_offset_ns for v in a.vantages}
     out.send(_shb(app, comment))
     streams: list[_Stream] = []
-    snaplens = {n: _header(s.fh)[1] for n, s in enumerate(sources)}
-    for n, s in enumerate(sources):
-        head = s.fh.read(4)
-        s.fh.seek(0)
-        link = _header(s.fh)[0]
-        big = head in PCAP_MAGIC and PCAP_MAGIC[head][0] == ">"
+    for s in sources:
+        magic, link, snaplen = _header(s.fh)
+        big = magic in PCAP_MAGIC and PCAP_MAGIC[magic][0] == ">"
         # The compiled walk reads classic pcap in place (each record's header before its bytes);
         # the Python path (pcapng, or no numba) hands over the records' bytes alone.
-        native = head in PCAP_MAGIC and HAVE_NUMBA
+        native = magic in PCAP_MAGIC and HAVE_NUMBA
         mine = sorted((t, text) for (v, i, t), text in notes.items() if v == s.vantage and i == s.iface)
         fn = a.clocks.fn.get(s.vantage) if a.clocks and a.clocks.method.get(s.vantage) != "reference" else None
-        st = _Stream(n, scan(s.fh, ReadStats(), keys=False), fn, offsets.get(s.vantage, 0), native, big,
-                     np.array([t for t, _ in mine], np.int64), [text.encode() for _, text in mine])  # fmt: skip
+        st = _Stream(s.vantage, f"{s.vantage}/{s.iface}", snaplen, scan(s.fh, ReadStats(), keys=False), fn,
+                     offsets.get(s.vantage, 0), native, big, np.array([t for t, _ in mine], np.int64),
+                     [text.encode() for _, text in mine])  # fmt: skip
         if link is not None:  # every capture has its interface, one without packets too
-            _interface(out, st, link, sources, snaplens, a, result)
+            _interface(out, st, link, a, result)
         try:
             if st.advance():
                 streams.append(st)
@@ -358,7 +358,7 @@ def _write(out: _Writer, sources: list[Source], a: Analysis, app: str, comment: 
                 stop = int(np.searchsorted(st.aligned[st.start : j], bound, side="right")) + st.start
             if stop > st.start:
                 parts.append((st, st.start, stop))
-        _write_round(out, parts, sources, snaplens, a, result)
+        _write_round(out, parts, a, result)
         for st, _start, stop in parts:
             st.start = stop
         kept = []
@@ -370,42 +370,38 @@ def _write(out: _Writer, sources: list[Source], a: Analysis, app: str, comment: 
     return result
 
 
-def _header(fh: BinaryIO) -> tuple[int | None, int]:
-    """A classic pcap's link type and snaplen (None, 0 for anything else)."""
+def _header(fh: BinaryIO) -> tuple[bytes, int | None, int]:
+    """A capture's first four bytes, and for classic pcap its link type and snaplen (else None, 0);
+    the handle is left at the start."""
     try:
-        here = fh.tell()
         fh.seek(0)
         head = fh.read(24)
-        fh.seek(here)
+        fh.seek(0)
     except OSError:
-        return None, 0
+        return b"", None, 0
     if len(head) == 24 and head[:4] in PCAP_MAGIC:
         snaplen, link = struct.unpack(PCAP_MAGIC[head[:4]][0] + "II", head[16:24])
-        return int(link) & 0xFFFF, int(snaplen)
-    return None, 0
+        return head[:4], int(link) & 0xFFFF, int(snaplen)
+    return head[:4], None, 0
 
 
-def _interface(out: _Writer, st: _Stream, link: int, sources: list[Source], snaplens: dict[int, int], a: Analysis,
-               result: Merged) -> None:  # fmt: skip
+def _interface(out: _Writer, st: _Stream, link: int, a: Analysis, result: Merged) -> None:
     """The stream's interface block for this link type, written before its first packet."""
     if link in st.ifids:
         return
-    src = sources[st.n]
     st.ifids[link] = len(result.interfaces)
-    text, off = _describe(a, src.vantage)
-    name = f"{src.vantage}/{src.iface}"
-    result.interfaces.append(Interface(name, link, text, off))
-    out.send(_idb(link, snaplens.get(st.n, 0), name, text))
+    text, off = _describe(a, st.vantage)
+    result.interfaces.append(Interface(st.name, link, text, off))
+    out.send(_idb(link, st.snaplen, st.name, text))
 
 
-def _write_round(out: _Writer, parts: list[tuple[_Stream, int, int]], sources: list[Source],
-                 snaplens: dict[int, int], a: Analysis, result: Merged) -> None:  # fmt: skip
+def _write_round(out: _Writer, parts: list[tuple[_Stream, int, int]], a: Analysis, result: Merged) -> None:
     """One round's records from every stream, in aligned time order (ties: source order)."""
     if not parts:
         return
     for st, _s, _e in parts:
         assert st.chunk is not None
-        _interface(out, st, st.chunk.link, sources, snaplens, a, result)
+        _interface(out, st, st.chunk.link, a, result)
     ts = np.concatenate([st.aligned[s:e] for st, s, e in parts if st.aligned is not None])
     order = np.argsort(ts, kind="stable")
     # Each record's comment (if any): its original time among the stream's reset targets, and a RST.

@@ -41,7 +41,7 @@ def iso(ns: int) -> str:
 
 
 def day(ns: int) -> str:
-    return dt.datetime.fromtimestamp(ns // 10**9, dt.timezone.utc).strftime("%Y-%m-%d")
+    return iso(ns)[:10]
 
 
 @dataclass
@@ -76,15 +76,16 @@ def _about(a: Analysis, about: About) -> dict[str, Any]:
         "bundle": about.bundle,
         "manifest_sha256": about.manifest_sha256,
         "captured_utc": about.captured_utc,
-        "capture": None if about.run_ns is None else {
-            "from_ns": about.run_ns[0], "to_ns": about.run_ns[1], "from_utc": iso(about.run_ns[0]),
-            "to_utc": iso(about.run_ns[1]), "duration_s": round((about.run_ns[1] - about.run_ns[0]) / 1e9, 6),
-        },  # fmt: skip
-        "window": None if w is None else {
-            "from_ns": w[0], "to_ns": w[1], "from_utc": iso(w[0]), "to_utc": iso(w[1]),
-            "duration_s": round((w[1] - w[0]) / 1e9, 6),
-        },  # fmt: skip
+        "capture": _span(about.run_ns),
+        "window": _span(w),
     }
+
+
+def _span(span: tuple[int, int] | None) -> dict[str, Any] | None:
+    if span is None:
+        return None
+    lo, hi = span
+    return {"from_ns": lo, "to_ns": hi, "from_utc": iso(lo), "to_utc": iso(hi), "duration_s": round((hi - lo) / 1e9, 6)}
 
 
 def _isos(obj: Any) -> Any:
@@ -95,8 +96,6 @@ def _isos(obj: Any) -> Any:
             out[k] = _isos(v)
             if k == "time_ns" and isinstance(v, int):
                 out["time_utc"] = iso(v)
-            elif k == "time_ns" and v is None and "says" in obj:
-                out["time_utc"] = None
         return out
     if isinstance(obj, list):
         return [_isos(x) for x in obj]
@@ -187,14 +186,11 @@ def timeline(a: Analysis, first: Reset) -> list[tuple[Row, str | None]]:
         for line in v.logs
         if a.log_reset.get(id(line)) in chain_ids
     ]
-    for lr in rows:
-        if isinstance(lr, LogRow):
-            marks[id(lr.line)] = a.log_reset[id(lr.line)]
     rows.sort(key=lambda s: (s.ts_ns, s.vantage))
 
     def mark(s: Row) -> str | None:
         if isinstance(s, LogRow):
-            return marks.get(id(s.line))
+            return a.log_reset.get(id(s.line))
         return marks.get(id(s.event if isinstance(s, KernelRow) else s))
 
     if len(rows) > TIMELINE_MAX:
@@ -233,6 +229,7 @@ def _log(line: LogLine, reset_id: str | None) -> dict[str, Any]:
         "source": line.source,
         "format": line.kind,
         "time_ns": line.time_ns,
+        "time_utc": None if line.time_ns is None else iso(line.time_ns),
         "resolution_ns": line.resolution_ns,
         "meaning": line.meaning,
         "says": line.says,

@@ -382,6 +382,11 @@ def merged_line(root: Path, merged: dict[str, Any]) -> str:
     return line + ("; " + "; ".join(merged["problems"]) if merged.get("problems") else "")
 
 
+def _not_written(why: str) -> dict[str, Any]:
+    problem = f"not written: {why} (the captures themselves are in the bundle)"
+    return {"file": None, "packets": 0, "reset_comments": 0, "interfaces": [], "problems": [problem]}
+
+
 def write_merged(path: Path, result: Analysis, flow: str) -> dict[str, Any]:
     """merged.pcapng from the captures the analysis read (``result.sources``); what it holds, for
     report.json. A capture that cannot be read again is named, never fatal."""
@@ -392,9 +397,7 @@ def write_merged(path: Path, result: Analysis, flow: str) -> dict[str, Any]:
     need = need * 21 // 20 + (64 << 20)  # each packet's block is 16 bytes longer; a margin for the rest
     free = shutil.disk_usage(path.parent).free
     if free < need:
-        why = (f"not written: it needs about {need >> 20} MiB and {path.parent} has {free >> 20} MiB free "
-               "(the captures themselves are in the bundle)")  # fmt: skip
-        return {"file": None, "packets": 0, "reset_comments": 0, "interfaces": [], "problems": [why]}
+        return _not_written(f"it needs about {need >> 20} MiB and {path.parent} has {free >> 20} MiB free")
     with ExitStack() as stack:
         sources = []
         for vantage, iface, src in result.sources:
@@ -411,8 +414,7 @@ def write_merged(path: Path, result: Analysis, flow: str) -> dict[str, Any]:
                 info = merged.write(out, sources, result, f"capture-all {__version__}", comment)  # type: ignore[arg-type]
         except OSError as exc:  # the disk filled up after all, or went away: the rest stands
             path.unlink(missing_ok=True)
-            why = f"not written: {exc.strerror or exc} (the captures themselves are in the bundle)"
-            return {"file": None, "packets": 0, "reset_comments": 0, "interfaces": [], "problems": [why]}
+            return _not_written(str(exc.strerror or exc))
     return {
         "file": MERGED,
         "packets": info.packets,

@@ -232,6 +232,7 @@ def test_haproxys_own_log_line_is_on_the_timeline_and_cited(
     line = mine[0]
     assert line["meaning"] == "upstream_reset" and line["says"].startswith("termination state SD")
     assert line["reset_id"] == r2["id"] and line["resolution_ns"] == 10**6
+    assert line["time_utc"] == iso_utc(line["time_ns"])
     # HAProxy writes the line when it closes the session: within its millisecond of its own reset.
     at_proxy = next(o for o in r2["seen_at"] if o["host"] == "proxy")
     assert abs(line["time_ns"] - at_proxy["time_ns"]) < 50_000_000, (line["time_ns"], at_proxy["time_ns"])

@@ -41,15 +41,19 @@ class SshSettings(_Strict):
     identity_file: str | None = None
     known_hosts: str | None = None
     config_file: str | None = None
-    jump_host: str | None = None  # [user@]host[:port]
+    jump_host: str | None = None  # [user@]host[:port], or a chain of them: "a,ops@b:2222" (ssh -J)
     sudo: bool | None = None
     connect_timeout: float | None = Field(default=None, gt=0, le=300)
 
     @field_validator("jump_host")
     @classmethod
     def _jump(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::\d{1,5})?", v):
-            raise ValueError("must be [user@]host[:port]")
+        hop = r"(?:[A-Za-z0-9._-]+@)?[A-Za-z0-9._-]+(?::\d{1,5})?"
+        if v is not None and not re.fullmatch(rf"{hop}(?:,{hop}){{0,7}}", v):
+            raise ValueError("must be [user@]host[:port], or a chain of up to 8 of them: 'a,ops@b:2222' (ssh -J)")
+        for port in re.findall(r":(\d+)(?:,|$)", v or ""):
+            if not 1 <= int(port) <= 65535:
+                raise ValueError(f"port {port} is not 1-65535")
         return v
 
     def merged(self, override: SshSettings) -> SshSettings:

@@ -90,12 +90,16 @@ def _beyond_the_client(host: Host, legs: list[Leg]) -> list[Leg]:
     ]
 
 
-def _jump(text: str | None) -> JumpHost | None:
-    if not text:
-        return None
-    user, _, rest = text.rpartition("@")
-    host, _, port = rest.partition(":")
-    return JumpHost(host, int(port) if port else 22, user or None)
+def _jumps(text: str | None) -> tuple[JumpHost, ...]:
+    """'[user@]host[:port],...' (ssh -J's chain, first hop first)."""
+    out = []
+    for hop in (text or "").split(","):
+        if not hop:
+            continue
+        user, _, rest = hop.rpartition("@")
+        host, _, port = rest.partition(":")
+        out.append(JumpHost(host, int(port) if port else 22, user or None))
+    return tuple(out)
 
 
 def build_plan(
@@ -131,7 +135,7 @@ def build_plan(
             identity_files=(ssh.identity_file,) if ssh.identity_file else (),
             known_hosts=ssh.known_hosts,
             config_files=(ssh.config_file,) if ssh.config_file else (),
-            jump=_jump(ssh.jump_host),
+            jumps=_jumps(ssh.jump_host),
             connect_timeout=ssh.connect_timeout or 10.0,
             accept_new_host_key=accept_new_host_keys,
         )

@@ -1,8 +1,10 @@
 """The one module that imports asyncssh. Its exceptions become ``remote.errors`` here.
 
-Host keys are verified against known_hosts by default. With ``accept_new_host_key`` a host that
-has *no* entry yet is trusted on first use and its key appended (OpenSSH's ``accept-new``); a host
-whose entry exists but does not match is always refused.
+Host keys are verified against known_hosts by default: the inventory's file, or the ones the user's
+ssh config names for the host (``UserKnownHostsFile``, ``GlobalKnownHostsFile``; OpenSSH's defaults
+where it names none). With ``accept_new_host_key`` a host that has *no* entry yet is trusted on
+first use and its key appended to the first user file (OpenSSH's ``accept-new``); a host whose
+entry exists but does not match is always refused.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from remote.errors import (
     RemoteError,
     TransferError,
 )
+from remote.sshconfig import KnownHosts, known_hosts_for
 from remote.transport import CommandResult, SshTarget
 
 _known_hosts_lock = asyncio.Lock()
@@ -35,20 +38,19 @@ _NOTHING_TRUSTED = asyncssh.import_known_hosts("")
 CAT_TIMEOUT_S = 3600  # one file over an exec channel (no SFTP on the host): at most an hour
 
 
-def _known_hosts_path(target: SshTarget) -> Path:
-    return Path(os.path.expanduser(target.known_hosts or "~/.ssh/known_hosts"))
-
-
 def _known_hosts_name(target: SshTarget) -> str:
     return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
 
 
-def _has_entry(target: SshTarget) -> bool:
-    path = _known_hosts_path(target)
-    if not path.exists():
-        return False
+def _read_known_hosts(files: tuple[Path, ...]) -> Any:
+    present = [str(p) for p in files if p.is_file()]
+    # A missing known_hosts file means "nothing is trusted", never "trust everything".
+    return asyncssh.read_known_hosts(present) if present else _NOTHING_TRUSTED
+
+
+def _has_entry(target: SshTarget, kh: KnownHosts) -> bool:
     try:
-        known = asyncssh.read_known_hosts(str(path))
+        known = _read_known_hosts(kh.files)
     except (OSError, ValueError):
         return False
     trusted, _revoked, *_ = known.match(target.host, "", target.port)
@@ -243,36 +245,39 @@ def _common(target: SshTarget, known_hosts: Any) -> dict[str, Any]:
 
 
 class SshConnector:
-    """Opens one connection per host. Hosts behind the same jump host share one connection to it
-    (each host is a forwarded channel on it): a bastion's sshd sees one login, not one per host,
-    so its MaxStartups (10:30:100 by default) never drops ours."""
+    """Opens one connection per host. Hosts behind the same jump host(s) share one connection to
+    each hop (each host is a forwarded channel on it): a bastion's sshd sees one login, not one per
+    host, so its MaxStartups (10:30:100 by default) never drops ours."""
 
     def __init__(self) -> None:
         self._jumps: dict[tuple[Any, ...], asyncio.Future[asyncssh.SSHClientConnection]] = {}
-        self._known: dict[Path, Any] = {}  # known_hosts files, read once per run, not once per host
+        self._known: dict[tuple[Path, ...], Any] = {}  # known_hosts files, read once per run, not once per host
 
-    def _known_hosts(self, path: Path, host: str) -> Any:
-        if path not in self._known:
+    def _known_hosts(self, kh: KnownHosts, host: str) -> Any:
+        if kh.files not in self._known:
             try:
-                self._known[path] = asyncssh.read_known_hosts(str(path)) if path.exists() else _NOTHING_TRUSTED
+                self._known[kh.files] = _read_known_hosts(kh.files)
             except (OSError, ValueError) as exc:
-                raise ConnectError(host, f"cannot read known_hosts {path}: {exc}") from exc
-        return self._known[path]
+                raise ConnectError(host, f"cannot read known_hosts {kh.describe()}: {exc}") from exc
+        return self._known[kh.files]
 
-    async def _jump(self, target: SshTarget, known: Any) -> asyncssh.SSHClientConnection:
-        j = target.jump
-        assert j is not None
-        key = (j.host, j.port, j.user or target.user, target.identity_files, target.config_files, id(known))
+    async def _hop(self, target: SshTarget, n: int) -> asyncssh.SSHClientConnection:
+        """The connection to jump host ``n`` of the target's chain (0 the first), through the hops
+        before it; its key verified against the known_hosts files the user has for it."""
+        chain = target.jumps[: n + 1]
+        j = chain[-1]
+        key = (chain, target.user, target.identity_files, target.config_files, target.known_hosts)
         fut = self._jumps.get(key)
         if fut is not None and not (fut.done() and fut.result().is_closed()):
-            return await asyncio.shield(fut)  # the hosts behind one jump host share its connection
+            return await asyncio.shield(fut)  # the hosts behind one chain share its connections
         fut = asyncio.get_running_loop().create_future()
         self._jumps[key] = fut
         try:
             with _mapped(target.name, "connect", prefix=f"jump host {j.host}:{j.port}: "):
-                conn = await asyncssh.connect(
-                    j.host, port=j.port, username=j.user or target.user or (), **_common(target, known)
-                )
+                common = _common(target, self._known_hosts(known_hosts_for(target, j.host, j.port), target.name))
+                if n:
+                    common["tunnel"] = await self._hop(target, n - 1)
+                conn = await asyncssh.connect(j.host, port=j.port, username=j.user or target.user or (), **common)
         except BaseException as exc:
             del self._jumps[key]  # the next host tries again; the ones waiting get this error
             if isinstance(exc, asyncio.CancelledError):
@@ -284,36 +289,37 @@ class SshConnector:
         fut.set_result(conn)
         return conn
 
-    async def _open(self, target: SshTarget, known_hosts: Any, jump_known_hosts: Any) -> asyncssh.SSHClientConnection:
+    async def _open(self, target: SshTarget, known_hosts: Any) -> asyncssh.SSHClientConnection:
         common = _common(target, known_hosts)
-        if target.jump is not None:
-            # The jump host's key is always verified, even when the target's is being learnt.
-            common["tunnel"] = await self._jump(target, jump_known_hosts)
+        if target.jumps:
+            # The jump hosts' keys are always verified, even when the target's is being learnt.
+            common["tunnel"] = await self._hop(target, len(target.jumps) - 1)
         return await asyncssh.connect(target.host, port=target.port, username=target.user or (), **common)
 
     async def connect(self, target: SshTarget) -> SshTransport:
-        path = _known_hosts_path(target)
-        # A missing known_hosts file means "nothing is trusted", never "trust everything".
         with _mapped(target.name, "connect"):
-            known = self._known_hosts(path, target.name)
+            kh = known_hosts_for(target)
+            known = self._known_hosts(kh, target.name)
             try:
-                conn = await self._open(target, known, known)
+                conn = await self._open(target, known)
             except asyncssh.HostKeyNotVerifiable as exc:
-                if _has_entry(target):
+                if _has_entry(target, kh):
                     raise HostKeyError(
                         target.name,
-                        f"host key for {_known_hosts_name(target)} does NOT match {path}: "
+                        f"host key for {_known_hosts_name(target)} does NOT match {kh.describe()}: "
                         "refusing (possible man-in-the-middle; fix known_hosts by hand if the key changed)",
                     ) from exc
-                if not target.accept_new_host_key:
+                if not target.accept_new_host_key or kh.record_to is None:
+                    why = (" (your ssh config sets UserKnownHostsFile none: there is nowhere to record it)"
+                           if target.accept_new_host_key else "")  # fmt: skip
                     raise HostKeyError(
                         target.name,
-                        f"unknown host key for {_known_hosts_name(target)} (not in {path}); "
+                        f"unknown host key for {_known_hosts_name(target)} (not in {kh.describe()}){why}; "
                         "verify it and add it with ssh-keyscan, or re-run with --accept-new-host-keys",
                     ) from exc
-                conn = await self._open(target, None, known)
-                await self._remember(target, conn, path)
-                self._known.pop(path, None)  # read again: a reconnect must find the key just learnt
+                conn = await self._open(target, None)
+                await self._remember(target, conn, kh.record_to)
+                self._known.pop(kh.files, None)  # read again: a reconnect must find the key just learnt
         return SshTransport(target.name, conn)
 
     async def close(self) -> None:

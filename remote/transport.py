@@ -29,9 +29,9 @@ class SshTarget:
     port: int = 22
     user: str | None = None
     identity_files: tuple[str, ...] = ()
-    known_hosts: str | None = None  # None: the user's ~/.ssh/known_hosts
+    known_hosts: str | None = None  # None: the known_hosts files of the user's ssh config (OpenSSH's)
     config_files: tuple[str, ...] = ()  # empty: the user's ~/.ssh/config, if any
-    jump: JumpHost | None = None
+    jumps: tuple[JumpHost, ...] = ()  # jump hosts, first to last (ssh -J a,b)
     connect_timeout: float = 10.0
     accept_new_host_key: bool = False
 

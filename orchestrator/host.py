@@ -26,13 +26,13 @@ import hashlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import anyio
 
 from orchestrator.bundle import Bundle, sha256_file
 from orchestrator.flow import ssh_exclusion
 from orchestrator.manifest import CaptureFile, ClockProbeRecord, HostRecord, WindowRecord
+from orchestrator.options import RunOptions, capture_command, finish_wait_s, flow_ports
 from orchestrator.plan import TRANSLATING_ROLES, HostPlan
 from orchestrator.talk import Log, Talk, call
 from remote import commands
@@ -61,55 +61,6 @@ EventSink = Callable[[str, str, str], None]
 TRIGGER_RECONNECTS = 3  # a watch's lost trigger session is re-established this often at most
 
 
-@dataclass
-class WatchOptions:
-    """Watch mode (``capture-all watch``): armed rings and a trigger instead of a fixed window."""
-
-    before: float = 10.0  # seconds kept before the trigger
-    after: float = 3.0  # and after it
-    ring_bytes: int = 100 * 1024 * 1024  # per host, over all its interfaces
-    ring_files: int = 10  # per interface (fewer when the ring is small)
-    max_armed: float = 4 * 3600.0  # this arming's limit, enforced by the host itself
-    logs: tuple[tuple[str, str, str], ...] = ()  # (host, file, extended regex): --trigger-on-log
-
-    def ring(self, interfaces: int, snaplen: int) -> tuple[int, int]:
-        """(files, million bytes each) of one interface's ring: within ring_bytes over all the
-        host's interfaces, each file at least 1 MB (tcpdump -C's unit); a file may pass its size
-        by one packet (``snaplen``), which the bound counts."""
-        per_if = self.ring_bytes // max(1, interfaces)
-        files = max(2, min(self.ring_files, per_if // (1_000_000 + snaplen)))
-        return files, max(1, (per_if // files - snaplen) // 1_000_000)
-
-
-@dataclass
-class RunOptions:
-    duration: float = 30.0
-    grace: int = 10  # the host stops by itself at duration + grace
-    max_packets: int = 1_000_000
-    max_bytes: int = 200 * 1024 * 1024
-    snaplen: int = 262144
-    keep: int = 600  # the host deletes uncollected evidence this long after the capture ended
-    concurrency: int = 100  # SSH handshakes at once
-    reproduce: str | None = None
-    reproduce_on: str | None = None
-    reproduce_timeout: int = 60
-    controller_slack: float = 10.0  # the controller gives up on a command this long after the host's own limit
-    step_timeout: float = 60.0  # the controller waits this long for each step of a session
-    witness_kb: int = 256  # per-CPU buffer of the kernel reset witness; 0 turns it off (--no-witness)
-    holder: str = ""  # who runs this (user@controller:bundle), as a host's lock tells a second run
-    watch: WatchOptions | None = None  # watch mode: duration is then the arming's limit
-
-    @property
-    def limit_s(self) -> int:
-        return int(self.duration + 0.999) + self.grace
-
-    @property
-    def min_free_kb(self) -> int:
-        # Room for the capture cap twice over (in watch mode the window is joined into one file
-        # beside the ring's), plus the snapshots.
-        return (2 * self.max_bytes) // 1024 + 10 * 1024
-
-
 def _stop_reason(fin: Finished) -> str:
     if fin.stop_reason:  # written by the host's size watchdog
         return "max-bytes"
@@ -135,9 +86,9 @@ class HostRun:
         self.trigger_talk: Talk | None = None  # watch mode: the trigger session
         self.extra_talks: list[Talk] = []  # and its log triggers
         # The flow's server ports on this host: its snapshots list their sockets.
-        self.ports = tuple(sorted({leg.server.port for leg in plan.legs if leg.server.port}))
+        self.ports = flow_ports(plan)
         self.conntrack = plan.role in TRANSLATING_ROLES  # a translating box reports its conntrack entries
-        self.wait_s = opts.grace + 5  # finishing waits this long for the capture to stop
+        self.wait_s = finish_wait_s(opts)
         self.record = HostRecord(
             name=plan.name,
             role=plan.role,
@@ -220,14 +171,7 @@ class HostRun:
             self.transport = await self._connect()
         self.record.connected_ns = time.time_ns()
         self.sink(name, "preparing", "preflight")
-        o = self.opts
-        cmd = commands.capture(
-            self.plan.tmpdir, list(self.plan.interfaces), min_free_kb=o.min_free_kb, limit_s=o.limit_s,
-            max_packets=o.max_packets, max_bytes=o.max_bytes, snaplen=o.snaplen, keep_s=o.keep,
-            witness_kb=o.witness_kb, ports=self.ports, wait_s=self.wait_s, conntrack=self.conntrack, sudo=self.sudo,
-            holder=o.holder, ring=o.watch.ring(len(self.plan.interfaces), o.snaplen) if o.watch else None,
-            logs=self.plan.logs,
-        )  # fmt: skip
+        cmd = capture_command(self.plan, self.opts)
         self.talk = await self._talk(cmd)
         ready = await self.talk.until("@@ready", what="preflight")
         self.preflight = pre = parse_preflight(self.talk.parsed())

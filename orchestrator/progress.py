@@ -10,8 +10,10 @@ from typing import TextIO
 
 
 class Progress:
-    def __init__(self, hosts: list[str], stream: TextIO | None = None, live: bool | None = None) -> None:
+    def __init__(self, hosts: list[str], stream: TextIO | None = None, live: bool | None = None,
+                 quiet: bool = False) -> None:  # fmt: skip
         self.stream = stream or sys.stderr
+        self.quiet = quiet  # -q: nothing (warnings and the result are printed elsewhere)
         if live is None:
             live = self.stream.isatty() and os.environ.get("TERM", "") not in ("dumb", "")
         self.live = live
@@ -26,6 +28,8 @@ class Progress:
             self.run_line = f"{state} {detail}".strip()
         else:
             self.state[host] = (state, detail)
+        if self.quiet:
+            return
         if self.live:
             self._draw()
         elif not (host == "*" and state == "capturing"):

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 import anyio
 
 from orchestrator.bundle import Bundle
-from orchestrator.host import EventSink, HostRun, RunOptions, WatchOptions
+from orchestrator.host import EventSink, HostRun
 from orchestrator.manifest import HostRecord, TriggerRecord
+from orchestrator.options import RunOptions, WatchOptions
 from orchestrator.plan import Plan
 from orchestrator.talk import PROBE_SAMPLES, call
 from remote import commands

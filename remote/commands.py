@@ -123,6 +123,25 @@ def _line(script: str, args: tuple[str, ...], *, timeout: float, sudo: bool, pre
     return prefix + " ".join(shlex.quote(a) for a in argv)
 
 
+_SCRIPTS = {
+    "CAPTURE_SCRIPT": CAPTURE_SCRIPT, "JOB_SCRIPT": JOB_SCRIPT, "FINISH_SCRIPT": FINISH_SCRIPT,
+    "TRIGGER_SCRIPT": TRIGGER_SCRIPT, "LOG_TRIGGER_SCRIPT": LOG_TRIGGER_SCRIPT, "AUDIT_SCRIPT": AUDIT_SCRIPT,
+    "CLEANUP_SCRIPT": CLEANUP_SCRIPT,
+}  # fmt: skip
+
+
+def shown(command: RemoteCommand) -> str:
+    """``command.line`` exactly as the SSH server is given it, except that each of our scripts in
+    it is replaced by its name and size (``capture-all plan``: the scripts are in remote/scripts.py)."""
+    line = command.line
+    for name, script in _SCRIPTS.items():
+        for body in (_EXIT_CODES + "\n" + script, script):
+            quoted = shlex.quote(body)
+            if quoted in line:
+                line = line.replace(quoted, f"<{name}: {body.count(chr(10)) + 1} lines of sh>")
+    return line
+
+
 def _ports(ports: tuple[int, ...]) -> str:
     return ",".join(str(_port(p)) for p in ports)
 
@@ -263,6 +282,11 @@ def log_trigger(remote_dir: str, path: str, pattern: str, *, limit_s: int, sudo:
 def audit(*, sudo: bool) -> RemoteCommand:
     """The idle-timeout audit's readings of one host (read-only; see remote.scripts)."""
     return RemoteCommand("audit", (), _line(AUDIT_SCRIPT, (), timeout=30, sudo=sudo), 30)
+
+
+def ip_addresses() -> RemoteCommand:
+    """``capture-all init --probe``: the host's interfaces and addresses (read-only, no sudo)."""
+    return RemoteCommand("ip-addr", (), "timeout 10 ip -j addr", 10, privileged=False)
 
 
 def cleanup(remote_dir: str, *, sudo: bool) -> RemoteCommand:

@@ -829,3 +829,15 @@ for d in /proc/[0-9]*; do c=""; read -r c < "$d/comm" 2>/dev/null && [ "$c" = ng
 if [ "$running" = 1 ] && command -v nginx >/dev/null 2>&1; then nginx -T 2>&1 | head -c 524288; fi
 echo "@@end"
 """
+
+
+def capture_tcpdump() -> str:
+    """The job's capture command for one interface (a fixed window), as JOB_SCRIPT runs it:
+    ``capture-all plan`` shows it with the values put in."""
+    import re
+
+    m = re.search(r'^ *(timeout -s INT -k 5 "\$limit" "\$tcpdump" -i "\$i" .*-c "\$maxpk".*\\\n.*)$', JOB_SCRIPT, re.M)
+    if m is None:  # pragma: no cover - a test reads it
+        raise LookupError("JOB_SCRIPT's capture tcpdump line changed: update capture_tcpdump")
+    text = re.sub(r"\\\n\s*", "", m.group(1))
+    return text.split(" 2>", 1)[0]

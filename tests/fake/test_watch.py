@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.host import WatchOptions
+from orchestrator.options import WatchOptions
 from orchestrator.run import WINDOW_MARGIN_NS
 from remote.errors import ConnectionLost
 from remote.fake import FakeHost

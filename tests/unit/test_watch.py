@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator import incidents
 from orchestrator.cli import main
-from orchestrator.host import WatchOptions
+from orchestrator.options import WatchOptions
 from remote import commands
 from remote.parse import parse_rst_line
 

@@ -76,62 +76,149 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return conv
 
 
-def capture_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="capture-all",
-        description="Capture a TCP flow on every hop at once over SSH, and show who sent the reset.",
-        epilog="Also: capture-all analyze BUNDLE; capture-all watch (armed until a reset); capture-all schema "
-        "(report.json's JSON Schema). "
-        "Exit: 0 ok, 1 internal error, 2 bad input, 3 partial (a host failed; the others' evidence kept), "
-        "4 nothing captured, 130 abandoned (a second Ctrl-C).",
+_COMMANDS = (
+    ("capture", "(the default) capture the flow on every hop at once for --duration, then name the hop"),
+    ("watch", "stay armed on every hop; keep the seconds around the flow's first RST (repeat incidents)"),
+    ("analyze", "analyse a bundle again, offline, or pcaps taken by hand (--pcap HOST=FILE)"),
+    ("plan", "show what a capture would run on each host, its filter and bounds; contacts nobody"),
+    ("init", "write an inventory from your ~/.ssh/config or an Ansible inventory"),
+    ("audit", "check the idle-timeout chain along the flow's path (reads configs, captures nothing)"),
+    ("schema", "print report.json's JSON Schema"),
+)
+SUBCOMMANDS = tuple(name for name, _ in _COMMANDS if name != "capture")
+_EXIT_CAPTURE = (
+    (0, "every host captured and its evidence is in the bundle"),
+    (1, "internal error (a debug log is written into the bundle and named)"),
+    (2, "bad input: inventory, flow or options (one line; nothing contacted)"),
+    (3, "partial: some hosts failed; the others' evidence is in the bundle"),
+    (4, "no host produced evidence"),
+    (130, "abandoned with a second Ctrl-C (each host still stops and cleans up by itself)"),
+)
+
+
+def _parser(prog: str, description: str, examples: tuple[str, ...], exits: tuple[tuple[int, str], ...],
+            extra: str = "") -> _Parser:  # fmt: skip
+    """A parser whose --help ends with examples and every exit status."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    epilog += "\n\nexit status:\n" + "\n".join(f"  {code:>3}  {text}" for code, text in exits)
+    if extra:
+        epilog += "\n\n" + extra
+    fmt = argparse.RawDescriptionHelpFormatter
+    return _Parser(prog=prog, description=description, epilog=epilog, formatter_class=fmt)
+
+
+def _what(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to capture")
+    g.add_argument("-i", "--inventory", required=True, help="inventory TOML file (capture-all init writes one)")
+    g.add_argument("-f", "--flow", required=True, help="CLIENT[:PORT]->SERVER:PORT, e.g. '10.0.3.41->10.0.7.12:5432'")
+    g.add_argument("--hosts", help="comma-separated subset of inventory host names")
+
+
+def _ssh(p: argparse.ArgumentParser, *, concurrency: bool = True) -> None:
+    g = p.add_argument_group("ssh")
+    g.add_argument(
+        "--accept-new-host-keys",
+        action="store_true",
+        help="trust and record keys of hosts not yet in known_hosts (a changed key is always refused)",
     )
-    p.add_argument("--version", action="version", version=f"capture-all {__version__}")
-    p.add_argument("-i", "--inventory", required=True, help="inventory TOML file (see inventory.example.toml)")
-    p.add_argument("-f", "--flow", required=True, help="CLIENT[:PORT]->SERVER:PORT, e.g. '10.0.3.41->10.0.7.12:5432'")
-    p.add_argument("-d", "--duration", type=_positive(float), default=30.0, help="seconds to capture (default 30)")
-    p.add_argument("-o", "--out", type=Path, help="bundle folder (default ./capture-all-<UTC time>)")
-    p.add_argument("--max-packets", type=_positive(int), default=1_000_000, help="per interface (default 1000000)")
-    p.add_argument("--max-bytes", type=_size, default=200 << 20, help="per host, e.g. 50M (default 200M)")
-    p.add_argument("--snaplen", type=_positive(int), default=262144, help="bytes kept per packet (default 262144)")
-    p.add_argument(
+    if concurrency:
+        g.add_argument(
+            "--concurrency", type=_positive(int), default=100, help="SSH handshakes in flight at once (default 100)"
+        )
+
+
+def _capture_options(p: argparse.ArgumentParser) -> None:
+    """The capture's options, shared by ``capture-all`` and ``capture-all plan``."""
+    _what(p)
+    g = p.add_argument_group("bounds (each host enforces them itself, even if this controller dies)")
+    g.add_argument("-d", "--duration", type=_positive(float), default=30.0, help="seconds to capture (default 30)")
+    g.add_argument("--max-packets", type=_positive(int), default=1_000_000, help="per interface (default 1000000)")
+    g.add_argument("--max-bytes", type=_size, default=200 << 20, help="per host, e.g. 50M (default 200M)")
+    g.add_argument("--snaplen", type=_positive(int), default=262144, help="bytes kept per packet (default 262144)")
+    g.add_argument(
         "--grace",
         type=_positive(int),
         default=10,
         help="the host stops its capture by itself at duration+grace seconds (default 10)",
     )
-    p.add_argument(
+    g.add_argument(
         "--keep",
         type=_positive(int),
         default=600,
         help="the host deletes evidence nobody collected this many seconds after it ended (default 600)",
     )
-    p.add_argument(
+    g = p.add_argument_group("reproducing the reset")
+    g.add_argument(
         "--reproduce", metavar="CMD", help="shell command run on the client host once every capture is armed"
     )
-    p.add_argument("--reproduce-on", metavar="HOST", help="run --reproduce there instead of the first client host")
-    p.add_argument("--reproduce-timeout", type=_positive(int), default=60, help="seconds (default 60)")
-    p.add_argument(
+    g.add_argument("--reproduce-on", metavar="HOST", help="run --reproduce there instead of the first client host")
+    g.add_argument("--reproduce-timeout", type=_positive(int), default=60, help="seconds (default 60)")
+    g = p.add_argument_group("kernel reset witness")
+    g.add_argument(
         "--no-witness",
         action="store_true",
         help="do not run the kernel reset witness (an ftrace instance with tcp:tcp_send_reset) on the hosts",
     )
-    p.add_argument(
+    g.add_argument(
         "--witness-buffer",
         type=_size,
         default=256 << 10,
         metavar="SIZE",
         help="the witness's kernel trace buffer per CPU, e.g. 1M (default 256K, at most 64M)",
     )
-    p.add_argument("--hosts", help="comma-separated subset of inventory host names")
-    p.add_argument(
-        "--concurrency", type=_positive(int), default=100, help="SSH handshakes in flight at once (default 100)"
+
+
+def _output(p: argparse.ArgumentParser, default_out: str) -> None:
+    g = p.add_argument_group("output")
+    g.add_argument("-o", "--out", type=Path, help=f"bundle folder (default {default_out})")
+    g.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    talk = g.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="no progress lines: warnings and the result only")
+    talk.add_argument("-v", "--verbose", action="store_true", help="print the plan (capture-all plan) first")
+
+
+def capture_parser() -> argparse.ArgumentParser:
+    commands = "\n".join(f"  {name:<8}  {text}" for name, text in _COMMANDS)
+    p = _parser(
+        "capture-all",
+        "Capture a TCP flow on every hop at once over SSH, and show who sent the reset.\n\n"
+        f"commands (capture-all COMMAND --help):\n{commands}",
+        (
+            "capture-all plan -i inv.toml -f '10.20.2.17->10.20.4.18:443'     # what would run, contacting nobody",
+            "capture-all -i inv.toml -f '10.20.2.17->10.20.4.18:443' -d 60    # capture 60 s on every hop",
+            "capture-all -i inv.toml -f '10.20.2.17->10.20.4.18:443' -d 5 \\\n"
+            "      --reproduce 'curl -sS https://10.20.4.18/'                 # and reproduce it from the client",
+        ),
+        _EXIT_CAPTURE,
+        "Times are printed in UTC. No colour is ever printed (NO_COLOR is respected by default); "
+        "TERM=dumb or a pipe gives plain progress lines.",
     )
-    p.add_argument(
-        "--accept-new-host-keys",
-        action="store_true",
-        help="trust and record keys of hosts not yet in known_hosts (a changed key is always refused)",
+    p.add_argument("--version", action="version", version=f"capture-all {__version__}")
+    _capture_options(p)
+    _ssh(p)
+    _output(p, "./capture-all-<UTC time>")
+    return p
+
+
+def plan_parser() -> argparse.ArgumentParser:
+    p = _parser(
+        "capture-all plan",
+        "Show what `capture-all -i INV -f FLOW` would do, without contacting any host: the legs derived from "
+        "the inventory, and per host how it is reached, the privilege used, the interfaces, the exact BPF "
+        "filter, the commands that would run and the bounds each host enforces itself. Takes the capture's "
+        "options.",
+        (
+            "capture-all plan -i inv.toml -f '10.20.2.17->10.20.4.18:443'",
+            "capture-all plan -i inv.toml -f '10.20.2.17->10.20.4.18:443' -d 120 --hosts lb-1 -v",
+            "capture-all plan -i inv.toml -f '10.20.2.17->10.20.4.18:443' --json | jq '.hosts[].filter'",
+        ),
+        ((0, "the plan is valid (printed)"), (2, "bad input: inventory, flow or options (one line)")),
     )
-    p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    _capture_options(p)
+    _ssh(p, concurrency=False)
+    g = p.add_argument_group("output")
+    g.add_argument("--json", action="store_true", help="the plan as JSON")
+    g.add_argument("-v", "--verbose", action="store_true", help="each host's SSH command line too (long)")
     return p
 
 
@@ -150,45 +237,71 @@ def _seconds(text: str) -> float:
 
 
 def watch_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="capture-all watch",
-        description="Arm every hop with a bounded ring of the flow's packets, wait for the flow's first RST at "
-        "any of them, keep the seconds around it, and show who sent it. Repeats up to --count incidents.",
-        epilog="SIGUSR1 (or Enter on a terminal) triggers by hand; Ctrl-C keeps the last --before seconds and stops. "
-        "Exit: 0 every incident collected from every host, 3 partial, 4 nothing collected, 5 no reset while armed.",
+    p = _parser(
+        "capture-all watch",
+        "Arm every hop with a bounded ring of the flow's packets, wait for the flow's first RST at any of them, "
+        "keep the seconds around it, and show who sent it. Repeats up to --count incidents.",
+        (
+            "capture-all watch -i inv.toml -f '10.20.2.17->10.20.4.18:443'              # one incident, up to 4 h",
+            "capture-all watch -i inv.toml -f '10.20.2.17->10.20.4.18:443' --count 3 --max-armed 8h",
+            "capture-all watch -i inv.toml -f '10.20.2.17->10.20.4.18:443' \\\n"
+            "      --trigger-on-log 'lb-1:/var/log/haproxy.log:SD--'              # or on HAProxy's own word",
+        ),
+        (
+            (0, "every incident collected from every host"),
+            (1, "internal error (a debug log is written into the bundle and named)"),
+            (2, "bad input: inventory, flow or options (one line; nothing contacted)"),
+            (3, "partial: a host failed in some incident; the others' evidence is kept"),
+            (4, "nothing collected"),
+            (5, "no reset while armed (--max-armed reached)"),
+            (130, "abandoned with a second Ctrl-C (each host still stops and cleans up by itself)"),
+        ),
+        "SIGUSR1 (or Enter on a terminal) triggers by hand; Ctrl-C keeps the last --before seconds and stops.",
     )
-    p.add_argument("-i", "--inventory", required=True, help="inventory TOML file (see inventory.example.toml)")
-    p.add_argument("-f", "--flow", required=True, help="CLIENT[:PORT]->SERVER:PORT")
-    p.add_argument("-o", "--out", type=Path, help="folder of incidents (default ./capture-all-watch-<UTC time>)")
-    p.add_argument("--before", type=_seconds, default=10.0, help="seconds kept before the trigger (default 10)")
-    p.add_argument("--after", type=_seconds, default=3.0, help="seconds kept after it (default 3)")
-    p.add_argument("--count", type=_positive(int), default=1, help="incidents to collect, re-arming between them")
-    p.add_argument("--max-armed", type=_seconds, default=4 * 3600.0,
+    _what(p)
+    g = p.add_argument_group("the window kept around each trigger, and the bounds")
+    g.add_argument("--before", type=_seconds, default=10.0, help="seconds kept before the trigger (default 10)")
+    g.add_argument("--after", type=_seconds, default=3.0, help="seconds kept after it (default 3)")
+    g.add_argument("--count", type=_positive(int), default=1, help="incidents to collect, re-arming between them")
+    g.add_argument("--max-armed", type=_seconds, default=4 * 3600.0,
                    help="stop after this long armed in all, e.g. 4h; each host enforces it itself (default 4h)")
-    p.add_argument("--ring-bytes", type=_size, default=100 << 20,
+    g.add_argument("--ring-bytes", type=_size, default=100 << 20,
                    help="each host's ring over all its interfaces, e.g. 50M (default 100M, at least 4M)")
-    p.add_argument("--trigger-on-log", action="append", default=[], metavar="HOST:SOURCE:REGEX",
+    g.add_argument("--snaplen", type=_positive(int), default=262144, help="bytes kept per packet (default 262144)")
+    g.add_argument("--grace", type=_positive(int), default=10, help="seconds past --max-armed before a host stops")
+    g.add_argument("--keep", type=_positive(int), default=600, help="a host deletes uncollected evidence after this")
+    g = p.add_argument_group("triggers")
+    g.add_argument("--trigger-on-log", action="append", default=[], metavar="HOST:SOURCE:REGEX",
                    help="also trigger on the first line on HOST matching REGEX (grep -E); SOURCE a file or "
                    "journal=UNIT, e.g. 'lb-1:/var/log/haproxy.log:SD--' (repeatable)")
-    p.add_argument("--snaplen", type=_positive(int), default=262144, help="bytes kept per packet (default 262144)")
-    p.add_argument("--grace", type=_positive(int), default=10, help="seconds past --max-armed before a host stops")
-    p.add_argument("--keep", type=_positive(int), default=600, help="a host deletes uncollected evidence after this")
-    p.add_argument("--no-witness", action="store_true", help="no kernel reset witness on the hosts")
-    p.add_argument("--witness-buffer", type=_size, default=1 << 20, metavar="SIZE",
+    g = p.add_argument_group("kernel reset witness")
+    g.add_argument("--no-witness", action="store_true", help="no kernel reset witness on the hosts")
+    g.add_argument("--witness-buffer", type=_size, default=1 << 20, metavar="SIZE",
                    help="the witness's buffer per CPU; while armed it keeps the latest events (default 1M)")
-    p.add_argument("--hosts", help="comma-separated subset of inventory host names")
-    p.add_argument("--concurrency", type=_positive(int), default=100, help="SSH handshakes in flight at once")
-    p.add_argument("--accept-new-host-keys", action="store_true", help="trust and record keys of new hosts")
-    p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    _ssh(p)
+    _output(p, "./capture-all-watch-<UTC time>, one bundle per incident")
     return p  # fmt: skip
 
 
 def analyze_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="capture-all analyze",
-        description="Re-run the analysis offline: on a bundle, or on pcaps taken by hand (--pcap HOST=FILE).",
-        epilog="Exit: 0 first reset attributed, 5 no reset in the window, 6 reset(s) not attributable, "
-        "7 nothing captured, 8 bundle modified (unless --allow-modified), 2 bad input.",
+    p = _parser(
+        "capture-all analyze",
+        "Re-run the analysis offline: on a bundle, or on pcaps taken by hand (--pcap HOST=FILE). The bundle is "
+        "evidence: it is verified against its manifest first and never written into.",
+        (
+            "capture-all analyze capture-all-20261201T224032Z",
+            "capture-all analyze BUNDLE -o /tmp/again          # report.html, report.md, merged.pcapng there",
+            "capture-all analyze --pcap lb-1=lb.pcap --pcap api-1=api.pcap -i inv.toml --json",
+        ),
+        (
+            (0, "the first reset is attributed"),
+            (1, "internal error"),
+            (2, "bad input: not a bundle, an unreadable file, bad options (one line)"),
+            (5, "no reset in the window"),
+            (6, "reset(s) seen but not attributable (the report says why)"),
+            (7, "nothing captured"),
+            (8, "the bundle was modified: a file is missing or differs from its manifest (unless --allow-modified)"),
+        ),
     )
     p.add_argument("bundle", type=Path, nargs="?", help="a capture-all bundle folder")
     p.add_argument(
@@ -259,36 +372,22 @@ async def _capture(args: argparse.Namespace) -> int:
     import anyio
 
     from orchestrator.progress import Progress
-    from orchestrator.run import RunOptions, run_capture
+    from orchestrator.run import run_capture
     from remote.ssh import SshConnector  # the CLI is the one place that picks the real transport
 
     flow, digest, plan = _plan(args)
-    if args.reproduce_on and args.reproduce_on not in {h.name for h in plan.hosts}:
-        raise UsageError(f"--reproduce-on: {args.reproduce_on} is not a host of this run")
-    opts = RunOptions(
-        duration=args.duration,
-        grace=args.grace,
-        max_packets=args.max_packets,
-        max_bytes=args.max_bytes,
-        snaplen=args.snaplen,
-        keep=args.keep,
-        concurrency=args.concurrency,
-        reproduce=args.reproduce,
-        reproduce_on=args.reproduce_on,
-        reproduce_timeout=args.reproduce_timeout,
-        witness_kb=0 if args.no_witness else max(4, args.witness_buffer >> 10),
-    )
-    if opts.reproduce is not None:
-        from remote.commands import reproduce
+    opts = _run_options(args, plan)
+    if args.verbose:
+        from orchestrator.dryrun import plan_facts, plan_lines
 
-        reproduce(opts.reproduce, timeout_s=opts.reproduce_timeout)  # validate before contacting anyone
+        print("\n".join(plan_lines(plan_facts(plan, opts, str(args.inventory)))), file=sys.stderr, flush=True)
     now = dt.datetime.now(dt.timezone.utc)
     root = args.out or Path(f"capture-all-{now.strftime('%Y%m%dT%H%M%SZ')}")
     opts.holder = holder_label(root)
     bundle = Bundle.create(root)
     for w in plan.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    progress = Progress([h.name for h in plan.hosts], live=False if args.plain else None)
+    progress = Progress([h.name for h in plan.hosts], live=False if args.plain else None, quiet=args.quiet)
     manifest = _manifest(args, digest, flow.text, plan, opts, now)
     stop, abandon = anyio.Event(), anyio.Event()
     holder: list[RunResult] = []
@@ -314,6 +413,50 @@ async def _capture(args: argparse.Namespace) -> int:
     code, _, lines = _conclude(root, holder[0], flow.text, len(manifest.files))
     print("\n".join(lines))
     return code
+
+
+def _run_options(args: argparse.Namespace, plan: Plan) -> RunOptions:
+    """A capture's options (capture-all and capture-all plan), checked before anyone is contacted."""
+    from orchestrator.run import RunOptions
+
+    if args.reproduce_on and args.reproduce_on not in {h.name for h in plan.hosts}:
+        raise UsageError(f"--reproduce-on: {args.reproduce_on} is not a host of this run")
+    opts = RunOptions(
+        duration=args.duration,
+        grace=args.grace,
+        max_packets=args.max_packets,
+        max_bytes=args.max_bytes,
+        snaplen=args.snaplen,
+        keep=args.keep,
+        concurrency=getattr(args, "concurrency", 100),
+        reproduce=args.reproduce,
+        reproduce_on=args.reproduce_on,
+        reproduce_timeout=args.reproduce_timeout,
+        witness_kb=0 if args.no_witness else max(4, args.witness_buffer >> 10),
+    )
+    if opts.reproduce is not None:
+        from remote.commands import reproduce
+
+        reproduce(opts.reproduce, timeout_s=opts.reproduce_timeout)  # validate before contacting anyone
+    return opts
+
+
+def _plan_command(args: argparse.Namespace) -> int:
+    """``capture-all plan``: the capture's plan, printed; nothing is contacted."""
+    from orchestrator.dryrun import plan_facts, plan_lines
+    from remote.errors import RemoteError
+
+    _flow, _digest, plan = _plan(args)
+    opts = _run_options(args, plan)
+    try:
+        facts = plan_facts(plan, opts, str(args.inventory))
+    except RemoteError as exc:  # the user's ssh config, read for its known_hosts files
+        raise UsageError(exc.message) from None
+    if args.json:
+        print(json.dumps(facts, indent=2))
+    else:
+        print("\n".join(plan_lines(facts, verbose=args.verbose)))
+    return EXIT_OK
 
 
 def _plan(args: argparse.Namespace) -> tuple[Flow, str, Plan]:
@@ -397,7 +540,7 @@ async def _watch(args: argparse.Namespace) -> int:
     end_at = time.monotonic() + args.max_armed
     codes: list[int] = []
     why_end = "--count reached"
-    progress = Progress([h.name for h in plan.hosts], live=False if args.plain else None)
+    progress = Progress([h.name for h in plan.hosts], live=False if args.plain else None, quiet=args.quiet)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, stop, abandon, tg.cancel_scope)
@@ -646,18 +789,25 @@ EXIT_AUDIT_VIOLATED = 9  # audit: an idle-timeout pair out of order
 
 
 def audit_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="capture-all audit",
-        description="Audit the idle-timeout chain along the flow's path without capturing: each host's HAProxy "
-        "config and nginx -T (read-only, over SSH), the inventory's idle_timeout where a value cannot be read; "
-        "whoever reuses idle connections must give up on them before the other side closes them.",
-        epilog="Example: capture-all audit -i inv.toml -f '10.20.2.17->10.20.4.18:443'. "
-        "Exit: 0 every pair in order, 9 a pair violated, 2 bad input, 3 no pair could be checked.",
+    p = _parser(
+        "capture-all audit",
+        "Audit the idle-timeout chain along the flow's path without capturing: each host's HAProxy config and "
+        "nginx -T (read-only, over SSH), the inventory's idle_timeout where a value cannot be read; whoever "
+        "reuses idle connections must give up on them before the other side closes them.",
+        (
+            "capture-all audit -i inv.toml -f '10.20.2.17->10.20.4.18:443'",
+            "capture-all audit -i inv.toml -f '10.20.2.17->10.20.4.18:443' --hosts app-1,lb-1",
+        ),
+        (
+            (0, "every pair in order"),
+            (1, "internal error"),
+            (2, "bad input: inventory, flow or options (one line)"),
+            (3, "no pair could be checked"),
+            (9, "a pair violated: the reuser's idle timeout is not shorter than the other side's"),
+        ),
     )
-    p.add_argument("-i", "--inventory", required=True, help="inventory TOML file")
-    p.add_argument("-f", "--flow", required=True, help="CLIENT[:PORT]->SERVER:PORT")
-    p.add_argument("--hosts", help="only these hosts (comma-separated names)")
-    p.add_argument("--accept-new-host-keys", action="store_true", help="trust and record keys not yet known")
+    _what(p)
+    _ssh(p, concurrency=False)
     p.set_defaults(witness_buffer=0)
     return p
 
@@ -687,10 +837,12 @@ async def _audit(args: argparse.Namespace) -> int:
 
 
 def schema_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
-        prog="capture-all schema",
-        description="Print report.json's JSON Schema (draft 2020-12), as shipped in the package. Its $id is the "
-        "schema string every report.json carries in its \"schema\" field (capture-all/report/N).",
+    return _parser(
+        "capture-all schema",
+        "Print report.json's JSON Schema (draft 2020-12), as shipped in the package. Its $id is the schema "
+        'string every report.json carries in its "schema" field (capture-all/report/N).',
+        ("capture-all schema > report.schema.json", "capture-all schema | jq .properties.first"),
+        ((0, "printed"),),
     )
 
 
@@ -702,7 +854,6 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 COMMAND: list[str] = []  # this process's command line, as given to main()
-SUBCOMMANDS = ("analyze", "watch", "audit", "schema")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -713,6 +864,12 @@ def main(argv: list[str] | None = None) -> int:
             return _analyze(analyze_parser().parse_args(argv[1:]))
         if argv[:1] == ["schema"]:
             return _schema(schema_parser().parse_args(argv[1:]))
+        if argv[:1] == ["plan"]:
+            return _plan_command(plan_parser().parse_args(argv[1:]))
+        if argv[:1] == ["init"]:
+            from orchestrator.init import init_command, init_parser
+
+            return init_command(init_parser().parse_args(argv[1:]))
         if argv[:1] == ["audit"]:
             aargs = audit_parser().parse_args(argv[1:])
             import anyio
@@ -723,7 +880,9 @@ def main(argv: list[str] | None = None) -> int:
             import anyio
 
             return anyio.run(_watch, wargs, backend="asyncio")
-        if argv and not argv[0].startswith("-"):
+        if argv[:1] == ["capture"]:
+            argv = argv[1:]
+        elif argv and not argv[0].startswith("-"):
             # The capture takes no word of its own: a first word is a (mistyped) subcommand.
             near = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1)
             hint = f"; did you mean 'capture-all {near[0]}'?" if near else f" (commands: {', '.join(SUBCOMMANDS)})"

@@ -43,7 +43,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         ),
         (["analyze", "/nonexistent"], "not a capture-all bundle"),
         (["anlyze", "x"], "unknown command 'anlyze'; did you mean 'capture-all analyze'?"),
-        (["frobnicate"], "unknown command 'frobnicate' (commands: analyze, watch, audit, schema)"),
+        (["frobnicate"], "unknown command 'frobnicate' (commands: watch, analyze, plan, init, audit, schema)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:

@@ -95,22 +95,25 @@ def _ssh_config(path: str | None, host: str) -> Any:
 
 
 def _hop(config_path: str | None, hop: str) -> str:
-    """One ProxyJump hop ([user@]alias[:port]) as capture-all's jump_host takes it: the alias's
-    HostName, User and Port from the same config."""
+    """One ProxyJump hop ([user@]alias[:port]) as capture-all's jump_host takes it: the alias kept
+    (the config applies to it at connect time, as for ssh), its User and Port from the config
+    written out (capture-all would otherwise log in to it as the target's user)."""
     user, _, rest = hop.rpartition("@")
     alias, _, port = rest.partition(":")
     cfg = _ssh_config(config_path, alias)
-    host = str(cfg.get("Hostname") or alias)
     user = user or str(cfg.get("User") or "")
     port = port or str(cfg.get("Port") or "")
-    return f"{user + '@' if user else ''}{host}{':' + port if port and port != '22' else ''}"
+    return f"{user + '@' if user else ''}{alias}{':' + port if port and port != '22' else ''}"
 
 
-def from_ssh_config(f: Found, config_path: str | None) -> None:
-    cfg = _ssh_config(config_path, f.name)
+def from_ssh_config(f: Found, name: str, config_path: str | None) -> None:
+    """The Host entry ``name``: its name is the address, as for `ssh name` (the config's HostName,
+    known_hosts files, algorithms apply at connect time); user, port, key and jumps written out."""
+    cfg = _ssh_config(config_path, name)
     hostname = cfg.get("Hostname")
-    f.address = str(hostname or f.name)
-    f.source = f"from ssh config (Host {f.name})" if hostname else "FILL IN: no HostName for it in your ssh config"
+    f.address = name
+    f.source = f"your ssh config's Host {name} (HostName {hostname})" if hostname else (
+        "FILL IN: no HostName for it in your ssh config")  # fmt: skip
     f.user = str(cfg.get("User")) if cfg.get("User") else None
     f.port = int(str(cfg.get("Port"))) if cfg.get("Port") else None
     ids = cfg.get("IdentityFile") or []
@@ -479,7 +482,7 @@ def gather(args: argparse.Namespace) -> list[Found]:
             raise UsageError("init: name the hosts (NAME or NAME=ROLE: Host entries of your ssh config), or --ansible")
         for name, role in wanted:
             f = Found(_name(name), role or "other")
-            from_ssh_config(f, args.ssh_config)
+            from_ssh_config(f, name, args.ssh_config)
             found.append(f)
     names = [f.name for f in found]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -505,8 +508,11 @@ def init_command(args: argparse.Namespace) -> int:
             import anyio
 
             anyio.run(probe, found, args.ssh_config, args.accept_new_host_keys, backend="asyncio")
-            if any(not f.interfaces for f in found):
-                code = EXIT_PARTIAL
+            for f in found:
+                if not f.interfaces:
+                    code = EXIT_PARTIAL
+                    why = next((n for n in f.notes if n.startswith("--probe")), "--probe: not read")
+                    print(f"capture-all: {f.name}: {why}", file=sys.stderr)
         sources = f"Ansible inventory {args.ansible}" if args.ansible else f"ssh config {args.ssh_config or '~/.ssh/config'}"  # noqa: E501
         text = render(found, ssh_config=args.ssh_config, sources=sources + (" and ip -j addr" if args.probe else ""))
     tmp = (args.out or Path(".")).with_name(f".init-{os.getpid()}.toml") if args.out else None

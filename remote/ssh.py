@@ -38,8 +38,9 @@ _NOTHING_TRUSTED = asyncssh.import_known_hosts("")
 CAT_TIMEOUT_S = 3600  # one file over an exec channel (no SFTP on the host): at most an hour
 
 
-def _known_hosts_name(target: SshTarget) -> str:
-    return target.host if target.port == 22 else f"[{target.host}]:{target.port}"
+def _known_hosts_name(target: SshTarget, kh: KnownHosts) -> str:
+    host = kh.host or target.host
+    return host if target.port == 22 else f"[{host}]:{target.port}"
 
 
 def _read_known_hosts(files: tuple[Path, ...]) -> Any:
@@ -53,7 +54,7 @@ def _has_entry(target: SshTarget, kh: KnownHosts) -> bool:
         known = _read_known_hosts(kh.files)
     except (OSError, ValueError):
         return False
-    trusted, _revoked, *_ = known.match(target.host, "", target.port)
+    trusted, _revoked, *_ = known.match(kh.host or target.host, "", target.port)
     return bool(trusted)
 
 
@@ -306,7 +307,7 @@ class SshConnector:
                 if _has_entry(target, kh):
                     raise HostKeyError(
                         target.name,
-                        f"host key for {_known_hosts_name(target)} does NOT match {kh.describe()}: "
+                        f"host key for {_known_hosts_name(target, kh)} does NOT match {kh.describe()}: "
                         "refusing (possible man-in-the-middle; fix known_hosts by hand if the key changed)",
                     ) from exc
                 if not target.accept_new_host_key or kh.record_to is None:
@@ -314,11 +315,11 @@ class SshConnector:
                            if target.accept_new_host_key else "")  # fmt: skip
                     raise HostKeyError(
                         target.name,
-                        f"unknown host key for {_known_hosts_name(target)} (not in {kh.describe()}){why}; "
+                        f"unknown host key for {_known_hosts_name(target, kh)} (not in {kh.describe()}){why}; "
                         "verify it and add it with ssh-keyscan, or re-run with --accept-new-host-keys",
                     ) from exc
                 conn = await self._open(target, None)
-                await self._remember(target, conn, kh.record_to)
+                await self._remember(target, conn, kh)
                 self._known.pop(kh.files, None)  # read again: a reconnect must find the key just learnt
         return SshTransport(target.name, conn)
 
@@ -329,11 +330,12 @@ class SshConnector:
         self._jumps.clear()
 
     @staticmethod
-    async def _remember(target: SshTarget, conn: asyncssh.SSHClientConnection, path: Path) -> None:
+    async def _remember(target: SshTarget, conn: asyncssh.SSHClientConnection, kh: KnownHosts) -> None:
         key = conn.get_server_host_key()
-        if key is None:
+        path = kh.record_to
+        if key is None or path is None:
             return
-        line = f"{_known_hosts_name(target)} {key.export_public_key('openssh').decode().strip()}\n"
+        line = f"{_known_hosts_name(target, kh)} {key.export_public_key('openssh').decode().strip()}\n"
         async with _known_hosts_lock:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

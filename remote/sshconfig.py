@@ -56,6 +56,7 @@ class KnownHosts:
 
     files: tuple[Path, ...]  # every key in them is trusted (missing files hold none)
     record_to: Path | None  # None: the user's config says UserKnownHostsFile none
+    host: str = ""  # the name its key is filed under: HostKeyAlias, else HostName, else the address
 
     def describe(self) -> str:
         return ", ".join(map(str, self.files)) or "no file"
@@ -65,18 +66,21 @@ def known_hosts_for(target: SshTarget, host: str | None = None, port: int | None
     """The inventory's known_hosts alone where it names one; otherwise the files the user's ssh
     config gives for this host (UserKnownHostsFile, then GlobalKnownHostsFile, as OpenSSH reads
     them), OpenSSH's defaults where it gives none. Keys are verified either way: a config that
-    turns checking off (StrictHostKeyChecking no) is not followed."""
+    turns checking off (StrictHostKeyChecking no) is not followed. ``host`` may be a Host alias of
+    the config (its HostName is what the key is filed under)."""
+    name = host or target.host
+    cfg = _ssh_config(target, name, port or target.port) if config_paths(target) else None
+    keyed = str((cfg.get("HostKeyAlias") or cfg.get("Hostname") or name) if cfg is not None else name)
     if target.known_hosts:
         p = Path(os.path.expanduser(target.known_hosts))
-        return KnownHosts((p,), p)
+        return KnownHosts((p,), p, keyed)
     user: list[str] = list(USER_KNOWN_HOSTS)
     glob: list[str] = list(GLOBAL_KNOWN_HOSTS)
-    if config_paths(target):
-        cfg = _ssh_config(target, host or target.host, port or target.port)
+    if cfg is not None:
         given_user, given_global = cfg.get("UserKnownHostsFile"), cfg.get("GlobalKnownHostsFile")
         if given_user is not None:
             user = list(given_user)
         if given_global is not None:
             glob = list(given_global)
     paths = [Path(os.path.expanduser(p)) for p in user + glob]
-    return KnownHosts(tuple(dict.fromkeys(paths)), Path(os.path.expanduser(user[0])) if user else None)
+    return KnownHosts(tuple(dict.fromkeys(paths)), Path(os.path.expanduser(user[0])) if user else None, keyed)

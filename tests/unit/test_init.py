@@ -81,11 +81,12 @@ def test_from_an_ssh_config_with_a_jump_chain(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     inv, _ = load_inventory(tmp_path / "inv.toml")
     lb, app = inv.hosts
+    # The Host name is the address, as for `ssh lb-1`: the config applies at connect time.
     assert (lb.name, lb.role, lb.address, lb.ssh.user, lb.ssh.identity_file) == (
-        "lb-1", "proxy", "198.18.9.18", "ops", "~/.ssh/id_lb")  # fmt: skip
-    # ProxyJump's aliases resolved through the same config, first hop first (ssh -J's order).
-    assert lb.ssh.jump_host == "jumper@198.18.9.1:2200,root@198.18.9.2"
-    assert _jumps(lb.ssh.jump_host) == (JumpHost("198.18.9.1", 2200, "jumper"), JumpHost("198.18.9.2", 22, "root"))
+        "lb-1", "proxy", "lb-1", "ops", "~/.ssh/id_lb")  # fmt: skip
+    # ProxyJump's hops first to last (ssh -J's order), each with its own User and Port from the config.
+    assert lb.ssh.jump_host == "jumper@bastion:2200,root@198.18.9.2"
+    assert _jumps(lb.ssh.jump_host) == (JumpHost("bastion", 2200, "jumper"), JumpHost("198.18.9.2", 22, "root"))
     assert inv.ssh.config_file == str(tmp_path / "ssh_config")
     assert app.address == "app-9" and app.interfaces == ["any"]
     text = (tmp_path / "inv.toml").read_text()
@@ -153,7 +154,10 @@ def test_known_hosts_files_come_from_the_users_ssh_config(tmp_path: Path) -> Non
     (tmp_path / "ssh_config").write_text(SSH_CONFIG)
     kh = known_hosts_for(_target(tmp_path, "198.18.9.18"))
     assert kh.files == (Path("/etc/capture/known_lb"), Path("/etc/capture/global"))
-    assert kh.record_to == Path("/etc/capture/known_lb")
+    assert kh.record_to == Path("/etc/capture/known_lb") and kh.host == "198.18.9.18"
+    # By its Host alias: the same files (Match host is the HostName), the key filed under the HostName.
+    alias = known_hosts_for(_target(tmp_path, "lb-1"))
+    assert alias.files == kh.files and alias.host == "198.18.9.18"
     # No file named: OpenSSH's defaults, user files first (a new key is recorded in the first).
     other = known_hosts_for(_target(tmp_path, "198.18.9.77"))
     assert other.files[0] == Path("~/.ssh/known_hosts").expanduser()

@@ -276,8 +276,10 @@ CAUSE_RULES: tuple[tuple[Cause, Callable[[Facts], Evidence | None]], ...] = (
     (Cause.PEER_RESTART, restart_on_syn),
     (Cause.REFUSED, refused),
     (Cause.PEER_RESTART, peer_restart),
-    (Cause.PROXY_POLICY, proxy_policy),
+    # Before the proxy's own policy: data after a silence on a connection the proxy had already
+    # closed (its keep-alive timeout) is the idle reuse, whoever the host is.
     (Cause.IDLE_REUSE, idle_reuse),
+    (Cause.PROXY_POLICY, proxy_policy),
     (Cause.UNREAD_DATA_CLOSE, unread_data_close),
 )
 
@@ -340,6 +342,8 @@ def decide(w: World, r: Reset) -> None:
                 break
         else:
             r.evidence.append(_no_pattern(f))
+        idle = idle_reuse(f)  # a kernel reason may name the idle reuse the rules above missed
+        r.idle_ns = int(idle.data["idle_ns"]) if idle is not None else None
     _kernel_cause(r)
 
 

@@ -51,6 +51,9 @@ class Reset:
     kernel_received: list[tuple[str, KernelEvent]] = field(default_factory=list)
     witness_absent: str | None = None  # host whose running witness logged no send event for it
     owners: dict[str, str] = field(default_factory=dict)  # host -> process owning its end (snapshots)
+    # The silence before the data this reset answers, where the packets show a reuse after one
+    # (the idle-reuse pattern, whichever rule named the cause): the idle-timeout chain's link.
+    idle_ns: int | None = None
 
     @property
     def first_seen(self) -> Seen:

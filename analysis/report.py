@@ -1,4 +1,4 @@
-"""Renderings of an ``Analysis``: report.json (schema capture-all/report/3), report.md, terminal.
+"""Renderings of an ``Analysis``: report.json (schema capture-all/report/4), report.md, terminal.
 
 Schema history: /2 made each reset's ``evidence`` a list of records (``kind``, ``text``, the
 numbers) and added ``names`` (the connection's names through address translation), ``isn`` (its
@@ -23,7 +23,7 @@ from analysis.model import Seen, VantageData
 from analysis.verdict import Analysis
 from analysis.witness import KernelEvent
 
-SCHEMA = "capture-all/report/3"
+SCHEMA = "capture-all/report/4"
 TIMELINE_BEFORE_NS = 3 * 10**9
 TIMELINE_AFTER_NS = 1 * 10**9
 TIMELINE_MAX = 40
@@ -333,6 +333,7 @@ def _to_json(a: Analysis, flow: str, tool: str, about: About | None) -> dict[str
         "caveats": a.caveats,
         "timeline": [_row(s, m) for s, m in timeline(a, a.first)] if a.first else [],
         "log_lines": [_log(line, a.log_reset.get(id(line))) for v in a.vantages for line in v.logs],
+        "idle_chain": a.idle_chain,
     }
 
 
@@ -511,6 +512,13 @@ def markdown(a: Analysis, flow: str, about: dict[str, Any] | None = None) -> str
                 + [f"- owner at {h}: {o}" for h, o in r.owners.items()]
                 + [""]
             )
+    if a.idle_chain is not None:
+        out += ["## Idle-timeout chain (read on the hosts during the capture)", ""]
+        out += [f"- {p['text']}" for p in a.idle_chain["pairs"]] or ["- no pair could be checked"]
+        out += [f"- note: {n}" for n in a.idle_chain["notes"]]
+        out += [f"- explains {x['reset_id']} (reused after {x['idle_ns'] / 1e9:.1f} s idle)"
+                for x in a.idle_chain["explains"]]  # fmt: skip
+        out.append("")
     if a.first is not None:
         out += [
             f"## Timeline around {a.first.id} ({'aligned clock' if _aligned(a) else 'each host’s own clock'}, UTC, "

@@ -243,9 +243,35 @@ class Merged(_M):
     problems: list[str]
 
 
+class TimeoutValue(_M):
+    host: str
+    what: str = Field(description="e.g. client-side keep-alive (HAProxy), conntrack established timeout")
+    ms: float
+    source: str = Field(description="where it was read: a config file and line, a sysctl, the inventory")
+
+
+class TimeoutPair(_M):
+    reuser: TimeoutValue = Field(description="the side that keeps idle connections and reuses them")
+    closer: TimeoutValue = Field(description="the side that may give up on them when idle")
+    ok: bool = Field(description="the reuser's is the shorter")
+    text: str
+
+
+class Explained(_M):
+    reset_id: str
+    pair: int = Field(description="index into pairs")
+    idle_ns: int = Field(description="the silence before the reuse, on this connection")
+
+
+class IdleChain(_M):
+    pairs: list[TimeoutPair]
+    notes: list[str]
+    explains: list[Explained] = Field(description="idle-reuse resets whose silence falls in a violated pair's window")
+
+
 class Report(_M):
     model_config = ConfigDict(extra="forbid", title="capture-all report.json")
-    schema_: Literal["capture-all/report/3"] = Field(alias="schema")
+    schema_: Literal["capture-all/report/4"] = Field(alias="schema")
     generated_by: str
     about: About | None
     flow: str
@@ -260,6 +286,9 @@ class Report(_M):
     log_lines: list[LogLine] = Field(description="every log line of the window the hosts returned, parsed")
     integrity: Integrity | None = None
     merged: Merged | None = None
+    idle_chain: IdleChain | None = Field(
+        default=None, description="the idle-timeout chain read on the hosts during the capture (null: not read)"
+    )
 
 
 def dump(report: dict[str, Any]) -> str:

@@ -128,3 +128,102 @@ def pairs(chain: list[tuple[Timeout | None, Timeout | None]]) -> list[Pair]:
         if reuse is not None and close is not None:
             out.append(Pair(reuse, close, reuse.ms < close.ms))
     return out
+
+
+ROLE_ORDER = {"client": 0, "proxy": 2, "backend": 3}
+TRANSLATING = ("router", "nat", "firewall")
+_UNITS = {"ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+@dataclass
+class HopInput:
+    """One host as the chain needs it: its role, the inventory's idle_timeout, and what the
+    host's read-only readings said (sections ``sysctl``, ``haproxy``, ``nginx``; empty where it
+    was not read)."""
+
+    name: str
+    role: str
+    stated: str | None = None
+    sections: dict[str, str] | None = None
+    unread: str | None = None  # why it could not be read
+
+
+@dataclass
+class Chain:
+    pairs: list[Pair]
+    timeouts: list[Timeout]
+    notes: list[str]
+
+
+def _sysctl(text: str, key: str) -> float | None:
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if k == key and v.strip().isdigit():
+            return float(v.strip()) * 1000
+    return None
+
+
+def chain(hops: list[HopInput], port: int) -> Chain:
+    """The idle-timeout chain along the path (client, proxies, backends), hop by hop: each hop's
+    reuser side must give up before the next hop's closer side; and the client's pool before any
+    NAT, firewall or router on the path forgets the connection (its conntrack established
+    timeout)."""
+    notes: list[str] = []
+    timeouts: list[Timeout] = []
+    links: list[tuple[Timeout | None, Timeout | None]] = []
+    client_pool: Timeout | None = None
+    for h in sorted((h for h in hops if h.role in ROLE_ORDER), key=lambda h: ROLE_ORDER[h.role]):
+        if h.unread:
+            notes.append(f"{h.name}: not read ({h.unread})")
+        sections = h.sections or {}
+        ms = duration_ms(h.stated, _UNITS, "s") if h.stated else None
+        inv = Timeout(h.name, "idle timeout", ms, f"inventory idle_timeout {h.stated}") if ms is not None else None
+        reuse: Timeout | None = None
+        close: Timeout | None = None
+        if h.role == "client":
+            reuse = Timeout(h.name, "connection pool idle timeout", inv.ms, inv.source) if inv else None
+            if reuse is None:
+                notes.append(f"{h.name}: no idle_timeout in the inventory: its pool's timeout cannot be read")
+            client_pool = client_pool or reuse
+        elif h.role == "proxy":
+            hap, ngx = sections.get("haproxy", ""), sections.get("nginx", "")
+            if hap.strip():
+                ka = haproxy_keepalive(hap, port)
+                if ka:
+                    close = Timeout(h.name, "client-side keep-alive (HAProxy)", ka[0], ka[1])
+                else:
+                    notes.append(f"{h.name}: HAProxy's config has no frontend binding port {port}")
+            elif ngx.strip():
+                t = nginx_timeouts(ngx)
+                close = Timeout(h.name, "client-side keep-alive (nginx)", *t["keepalive_timeout"])
+                reuse = Timeout(h.name, "upstream keep-alive (nginx)", *t["upstream keepalive_timeout"])
+            elif not h.unread:
+                notes.append(f"{h.name}: no running HAProxy or nginx found")
+        else:  # backend
+            close = Timeout(h.name, "keep-alive idle timeout", inv.ms, inv.source) if inv else None
+            if close is None:
+                notes.append(f"{h.name}: no idle_timeout in the inventory: the application's is not read")
+        timeouts += [t for t in (reuse, close) if t is not None]
+        links.append((reuse, close))
+    found = pairs(links)
+    for h in hops:
+        if h.role not in TRANSLATING:
+            continue
+        key = "net/netfilter/nf_conntrack_tcp_timeout_established"
+        ms = _sysctl((h.sections or {}).get("sysctl", ""), key)
+        if ms is None:
+            if not h.unread:
+                notes.append(f"{h.name}: no conntrack established timeout (no nf_conntrack loaded there)")
+            continue
+        ct = Timeout(h.name, "conntrack established timeout", ms, f"sysctl {key.replace('/', '.')}")
+        timeouts.append(ct)
+        if client_pool is not None:
+            found.append(Pair(client_pool, ct, client_pool.ms < ct.ms))
+    return Chain(found, timeouts, notes)
+
+
+def explains(pair: Pair, idle_ns: int) -> bool:
+    """An idle reuse after ``idle_ns`` of silence falls in the pair's violating window: the
+    closer had given up on the connection (silence at least its timeout) while the reuser still
+    kept it (silence below the reuser's)."""
+    return not pair.ok and pair.closer.ms * 1e6 <= idle_ns < pair.reuser.ms * 1e6

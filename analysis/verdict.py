@@ -9,6 +9,7 @@ incarnations of a reused 4-tuple). This module runs them in order and words the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from analysis import causes, logcite, origin
 from analysis.causes import fmt_s
@@ -35,6 +36,7 @@ class Analysis:
     # opened them, for the merged capture; the analysis itself does no IO.
     sources: list[tuple[str, str, str]] = field(default_factory=list)
     log_reset: dict[int, str] = field(default_factory=dict)  # id(LogLine) -> the reset it speaks of
+    idle_chain: dict[str, Any] | None = None  # analysis.idlechain.link: set where the hosts' timeouts were read
 
 
 def analyze(vantages: list[VantageData]) -> Analysis:

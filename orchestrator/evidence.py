@@ -198,6 +198,35 @@ def _about(analyzed_by: list[str] | None, **kw: Any) -> About:
     return About(tool=f"capture-all {__version__}", generated_utc=now, analyzed_by=analyzed_by, **kw)
 
 
+def idle_chain(root: Path, manifest: dict[str, Any], result: Analysis) -> dict[str, Any] | None:
+    """The idle-timeout chain from the readings the proxies and translating hosts returned during
+    the capture (``timeouts.txt``) and the inventory's idle_timeouts; None where none was read."""
+    from analysis.idlechain import link
+    from analysis.timeouts import HopInput, chain
+    from orchestrator.errors import FlowError
+    from orchestrator.flow import parse_flow
+    from remote.parse import parse_sections
+
+    hosts = manifest["hosts"]
+    if not any(h.get("timeouts") for h in hosts):
+        return None
+    hops = []
+    for h in hosts:
+        rel = h.get("timeouts")
+        try:
+            text = (root / rel).read_text(errors="replace") if rel else ""
+        except OSError as exc:
+            hops.append(HopInput(h["name"], h.get("role", "other"), h.get("idle_timeout"), None, exc.strerror))
+            continue
+        body = {k: v.body for k, v in parse_sections(text).sections.items()}
+        hops.append(HopInput(h["name"], h.get("role", "other"), h.get("idle_timeout"), body))
+    try:
+        port = parse_flow(manifest.get("flow", "")).server.port or 0
+    except FlowError:  # a flow the manifest mangled: the chain is a bonus, never the analysis's end
+        port = 0
+    return link(result.resets, chain(hops, port))
+
+
 def analyze_bundle(root: Path, analyzed_by: list[str] | None = None) -> tuple[Analysis, dict[str, Any]]:
     """Raises UsageError for a bundle that is not one (one line naming the field). ``analyzed_by``:
     the command line of a re-analysis (None: the capture's own)."""
@@ -231,6 +260,7 @@ def analyze_bundle(root: Path, analyzed_by: list[str] | None = None) -> tuple[An
                 )
             )
         result = analyze(_extract(inputs))
+    result.idle_chain = idle_chain(root, manifest, result)
     caps = [(h["name"], c["interface"], root / c["path"]) for h in manifest["hosts"] for c in h.get("captures", [])]
     result.sources = [(name, iface, str(path.resolve())) for name, iface, path in caps if path.is_file()]
     about = _about(analyzed_by, command=list(manifest.get("command") or []), bundle=str(root.resolve()),

@@ -96,6 +96,7 @@ class HostRun:
             interfaces=list(plan.interfaces),
             addresses=list(plan.addresses),
             notes=list(plan.notes),
+            idle_timeout=plan.idle_timeout,
         )
 
     @property
@@ -474,8 +475,16 @@ class HostRun:
         self._witness(fin.witness)
         self.sink(name, "pulling", f"{len(fin.files) + len(fin.witness.files)} file(s)")
         inline = parse_inline(talk.parsed(), fin.files + fin.witness.files + fin.logs)
+        lost: list[RemoteError] = []
         with anyio.fail_after(commands.TRANSFER_S):
-            await self._pull_all(fin, inline)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._read_timeouts)  # never raises: a failure is a note
+                try:
+                    await self._pull_all(fin, inline)
+                except RemoteError as exc:
+                    lost.append(exc)  # raised as itself below, not inside an exception group
+        if lost:
+            raise lost[0]
         talk.steps["pulls"] = time.time_ns() - talk.started
         missing = [i for i in self.plan.interfaces if f"{i}.pcap" not in {f.name for f in fin.files}]
         bad = {i: c for i, c in fin.exit_codes.items() if c not in (0, 124, None)}
@@ -488,6 +497,22 @@ class HostRun:
             self.record.error_kind = "capture"
             self.record.failed_phase = "finish"
             self.sink(name, "failed" if self.record.status == "failed" else "partial", problem)
+
+    async def _read_timeouts(self) -> None:
+        """A proxy's or translating box's idle timeouts (its HAProxy config, nginx -T, the
+        conntrack and keep-alive sysctls: read-only), read while its files come back: the
+        report's idle-timeout chain. A failure is a note."""
+        if self.plan.role not in ("proxy", *TRANSLATING_ROLES) or self.transport is None:
+            return
+        try:
+            result, _ = await call(self.transport, commands.audit(sudo=self.sudo), self.log,
+                                   slack=self.opts.controller_slack, sudo=self.sudo, check=False)  # fmt: skip
+        except RemoteError as exc:
+            self.record.notes.append(f"idle timeouts not read: {exc.message}")
+            return
+        rel = f"{self.plan.name}/timeouts.txt"
+        self.bundle.write(rel, result.stdout)
+        self.record.timeouts = rel
 
     async def _pull(self, f: RemoteFile, local_rel: str, inline: dict[str, bytes]) -> None:
         """One file into the bundle: from the finish output if it came inline and its digest is

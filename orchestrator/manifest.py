@@ -89,6 +89,8 @@ class HostRecord(BaseModel):
     witness: WitnessRecord = WitnessRecord()
     window: WindowRecord | None = None
     logs: list[str] = []  # the window's log lines and what was read (log.N.txt, log.N.meta)
+    idle_timeout: str | None = None  # the inventory's, for the idle-timeout chain
+    timeouts: str | None = None  # its idle-timeout readings (proxies, NAT/firewall/router hosts)
     notes: list[str] = []
 
 

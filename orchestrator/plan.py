@@ -26,6 +26,7 @@ class HostPlan:
     notes: tuple[str, ...] = ()
     addresses: tuple[str, ...] = ()
     logs: tuple[str, ...] = ()  # files and journal=UNIT: their lines of the window come back
+    idle_timeout: str | None = None  # the inventory's (a client pool's, an application's keep-alive)
 
     def bpf(self, exclusion: str | None) -> str:
         return combine(list(self.legs), exclusion)
@@ -151,6 +152,7 @@ def build_plan(
                 notes=notes,
                 addresses=tuple(dict.fromkeys([str(a) for a in h.addresses] + [str(e.ip) for e in h.listen])),
                 logs=tuple(h.logs),
+                idle_timeout=h.idle_timeout,
             )
         )
     return Plan(flow, tuple(legs), tuple(plans), inventory_sha256, tuple(warnings))

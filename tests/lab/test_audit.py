@@ -1,8 +1,10 @@
 """capture-all audit against the lab's real HAProxy, over SSH: the client pool's idle timeout
-(inventory) set against HAProxy's client-side keep-alive read from its running config."""
+(inventory) set against HAProxy's client-side keep-alive read from its running config; and the
+same chain in a capture's report, linked to the idle-reuse reset it explains."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import pytest
 
 from orchestrator.cli import main
 from tests.lab.labnet import CLIENT_IP, PROXY_FRONT, Lab
+from tests.lab.test_capture import run_cli
+from tests.lab.test_scenarios import CLIENTS, fact, first, origin
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -43,3 +47,37 @@ def test_a_pool_that_outlives_the_proxys_keep_alive_is_named_with_both_values(
     code, out = run(capsys, "-i", str(with_client_idle(clean_lab, tmp_path, "1s")), "-f", flow)
     assert code == 0, out
     assert "client connection pool idle timeout 1 s (inventory idle_timeout 1s) < proxy" in out and "in order" in out
+
+
+def test_an_idle_reuse_reset_is_linked_to_the_pair_it_violates(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The client's pool keeps idle connections 5 s (inventory); HAProxy gives up on an idle
+    client connection after 2 s. The client reuses one after 3 s: the proxy's stack resets it, and
+    the capture's report links that reset to the pair out of order, with both values."""
+    inv = with_client_idle(clean_lab, tmp_path, "5s")
+    out = tmp_path / "b"
+    code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", f"{CLIENT_IP}->{PROXY_FRONT}:8080", "-d", "4",
+                              "-o", str(out), "--hosts", "client,proxy",
+                              "--reproduce", f"{CLIENTS} reuse {PROXY_FRONT} 8080 3")  # fmt: skip
+    assert code == 0, stdout
+    report = json.loads((out / "report.json").read_text())
+    r = first(report)
+    assert origin(r) == ("host", "proxy") and r["cause"] == "idle_reuse", r
+    # The packets' own pattern, not only the kernel's reason: HAProxy had closed it with a FIN.
+    assert fact(r, "cause")["cause"] == "idle_reuse" and fact(r, "cause")["fin"] is True
+    chain = report["idle_chain"]
+    assert [x["reset_id"] for x in chain["explains"]] == [r["id"]], chain
+    pair = chain["pairs"][chain["explains"][0]["pair"]]
+    assert pair["ok"] is False
+    assert pair["reuser"] == {"host": "client", "what": "connection pool idle timeout", "ms": 5000.0,
+                              "source": "inventory idle_timeout 5s"}  # fmt: skip
+    cfg = clean_lab.root / "haproxy.cfg"
+    assert (pair["closer"]["host"], pair["closer"]["ms"]) == ("proxy", 2000.0)
+    assert pair["closer"]["source"].startswith(f"{cfg}:") and "(timeout http-request 2s)" in pair["closer"]["source"]
+    linked = fact(r, "idle_chain")
+    assert 3_000_000_000 <= linked["idle_ns"] < 5_000_000_000
+    assert "The idle-timeout chain is out of order here: client's connection pool idle timeout is 5 s" in stdout
+    assert "## Idle-timeout chain" in (out / "report.md").read_text()
+    # The readings came back with the proxy's evidence (and only the proxy's: the client has none to read).
+    assert (out / "proxy" / "timeouts.txt").is_file() and not (out / "client" / "timeouts.txt").exists()

@@ -79,7 +79,7 @@ def test_reports_say_what_they_are_of(clean_lab: Lab, tmp_path: Path, capsys: py
     about = report["about"]
     digest = hashlib.sha256((tmp_path / "b/manifest.json").read_bytes()).hexdigest()
     manifest = json.loads((tmp_path / "b/manifest.json").read_text())
-    assert report["schema"] == "capture-all/report/3"
+    assert report["schema"] == "capture-all/report/4"
     assert about["manifest_sha256"] == digest and about["bundle"] == str((tmp_path / "b").resolve())
     assert about["command"] == manifest["command"] and about["command"][:3] == ["capture-all", "--plain", "-i"]
     assert "--flow" in about["command"] and flow in about["command"] and about["analyzed_by"] is None

@@ -22,7 +22,7 @@ from tests.unit.test_merged import inputs
 def test_the_shipped_schema_is_the_models_own_and_names_its_version() -> None:
     assert schema.shipped() == schema.text(), "regenerate analysis/report.schema.json from analysis/schema.py"
     data = json.loads(schema.shipped())
-    assert data["$id"] == report.SCHEMA == "capture-all/report/3"
+    assert data["$id"] == report.SCHEMA == "capture-all/report/4"
     assert data["properties"]["schema"] == {"const": report.SCHEMA, "title": "Schema", "type": "string"}
     assert data["additionalProperties"] is False
 

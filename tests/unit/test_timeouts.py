@@ -59,3 +59,45 @@ def test_the_chain_names_each_pair_out_of_order() -> None:
     assert found[0].text().startswith("app connection pool idle timeout 90 s (inventory) >= lb client-side")
     fixed = pairs([(Timeout("app", "pool", 30_000, "i"), None), (None, lb_close)])
     assert [p.ok for p in fixed] == [True]
+
+
+def _hops(conntrack_s: int | None = 3600) -> list:  # type: ignore[type-arg]
+    from analysis.timeouts import HopInput
+
+    sysctl = f"net/netfilter/nf_conntrack_tcp_timeout_established {conntrack_s}\n" if conntrack_s else ""
+    hap = "frontend fe\n  bind :443\n  timeout http-keep-alive 2s\n"
+    return [
+        HopInput("app", "client", "5s"),
+        HopInput("fw", "firewall", None, {"sysctl": sysctl}),
+        HopInput("lb", "proxy", None, {"haproxy": "# capture-all file: /etc/haproxy/haproxy.cfg\n" + hap}),
+        HopInput("api", "backend", "60s"),
+    ]
+
+
+def test_chain_pairs_hops_in_path_order_and_the_pool_against_conntrack() -> None:
+    from analysis.timeouts import chain
+
+    c = chain(_hops(conntrack_s=4), 443)
+    texts = [p.text() for p in c.pairs]
+    want = ("app connection pool idle timeout 5 s (inventory idle_timeout 5s) >= lb client-side keep-alive (HAProxy) "
+            "2 s (/etc/haproxy/haproxy.cfg:3 (timeout http-keep-alive 2s))")
+    assert texts[0].startswith(want)
+    # The firewall forgets an idle connection after 4 s: the pool's 5 s outlives it too.
+    ct = c.pairs[-1]
+    assert (ct.closer.host, ct.closer.what, ct.closer.ms, ct.ok) == ("fw", "conntrack established timeout", 4000, False)
+    assert ct.closer.source == "sysctl net.netfilter.nf_conntrack_tcp_timeout_established"
+    assert "lb: " not in " ".join(c.notes)  # lb's value was read
+    # No nf_conntrack there: a note, no pair.
+    quiet = chain(_hops(conntrack_s=None), 443)
+    assert len(quiet.pairs) == 1 and "fw: no conntrack established timeout" in " ".join(quiet.notes)
+
+
+def test_a_reuse_is_explained_only_inside_the_violating_window() -> None:
+    from analysis.timeouts import Pair, Timeout, explains
+
+    bad = Pair(Timeout("a", "pool", 5000, "inv"), Timeout("b", "keep-alive", 2000, "cfg"), ok=False)
+    assert explains(bad, 3_000_000_000) and explains(bad, 2_000_000_000)
+    assert not explains(bad, 1_999_999_999)  # the closer still held it: something else reset it
+    assert not explains(bad, 5_000_000_000)  # the pool itself would have dropped it by then
+    good = Pair(Timeout("a", "pool", 1000, "inv"), Timeout("b", "keep-alive", 2000, "cfg"), ok=True)
+    assert not explains(good, 1_500_000_000)

@@ -37,6 +37,24 @@ def _matches(line: LogLine, r: Reset) -> bool:
     return ip in {e[0] for e in ends} and line.time_ns - near <= r.time_ns <= line.time_ns + near
 
 
+def _idle_context(line: LogLine, r: Reset) -> None:
+    """An idle reuse, and the proxy's line for the last request on that connection: it ended
+    normally, then the connection idled until the reuse the proxy reset. Cited as agreeing."""
+    if str(r.cause) != "idle_reuse" or r.origin_host != line.host or line.kind != "haproxy":
+        return
+    if not line.says.startswith("termination state --") or line.time_ns is None or line.time_ns > r.time_ns:
+        return
+    ep = f"{line.client[0]}:{line.client[1]}" if line.client else "?"
+    before = (r.time_ns - line.time_ns) / 1e9
+    r.evidence.append(ev(
+        Fact.LOG_AGREES,
+        f"HAProxy on {line.host} logged \"{line.says}\" for {ep}, {before:.1f} s before {r.id}: the last request on "
+        f"this connection ended normally and it then sat idle: it agrees with the packets (an idle reuse, "
+        f"{line.host} sent {r.id}).",
+        host=line.host, source=line.source, meaning="normal_end", line=line.text[:300], time_ns=line.time_ns,
+    ))  # fmt: skip
+
+
 def cite(w: World, resets: list[Reset], vantages: list[VantageData]) -> dict[int, str]:
     """Evidence on each reset a line speaks of; returns id(line) -> the reset's id."""
     matched: dict[int, str] = {}
@@ -48,9 +66,10 @@ def cite(w: World, resets: list[Reset], vantages: list[VantageData]) -> dict[int
                 continue
             r = min(found, key=lambda x: abs(x.time_ns - (line.time_ns or 0)))
             matched[id(line)] = r.id
-            if line.meaning is None:
-                continue
             first = firsts.get(r.chain, r)
+            if line.meaning is None:
+                _idle_context(line, first)
+                continue
             who = first.origin_host
             client = w.owner.get(line.client[0]) if line.client else None
             if line.meaning in PROXY_SIDE:

@@ -79,5 +79,13 @@ def test_an_idle_reuse_reset_is_linked_to_the_pair_it_violates(
     assert 3_000_000_000 <= linked["idle_ns"] < 5_000_000_000
     assert "The idle-timeout chain is out of order here: client's connection pool idle timeout is 5 s" in stdout
     assert "## Idle-timeout chain" in (out / "report.md").read_text()
+    # HAProxy's own line for the first request on that connection: matched to it, on the timeline
+    # (aligned clock, before the reset), cited as agreeing: it ended normally, then idled.
+    port = r["tuple"]["dport"] if r["tuple"]["src"] == PROXY_FRONT else r["tuple"]["sport"]
+    lines = [x for x in report["log_lines"] if x["client"] == {"ip": CLIENT_IP, "port": port}]
+    assert [(x["format"], x["reset_id"]) for x in lines] == [("haproxy", r["id"])], lines
+    assert lines[0]["time_ns"] < r["time_ns"] and lines[0]["says"].startswith("termination state --")
+    assert any(x["kind"] == "log" and x["reset_id"] == r["id"] for x in report["timeline"])
+    assert fact(r, "log_agrees")["meaning"] == "normal_end"
     # The readings came back with the proxy's evidence (and only the proxy's: the client has none to read).
     assert (out / "proxy" / "timeouts.txt").is_file() and not (out / "client" / "timeouts.txt").exists()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.errors import UsageError
 from orchestrator.flow import Endpoint, Flow, Leg, combine
-from orchestrator.inventory import Host, Inventory
+from orchestrator.inventory import Host, Inventory, SshSettings
 from remote.transport import JumpHost, SshTarget
 
 # Roles that forward other boxes' packets: which legs cross them is topology the inventory does
@@ -91,6 +91,19 @@ def _beyond_the_client(host: Host, legs: list[Leg]) -> list[Leg]:
     ]
 
 
+def _config_port(name: str, address: str, ssh: SshSettings) -> int | None:
+    """No port in the inventory: the one the user's ssh config gives (as `ssh ADDRESS` would)."""
+    from remote.errors import RemoteError
+    from remote.sshconfig import config_port
+
+    files = (ssh.config_file,) if ssh.config_file else ()
+    probe = SshTarget(name=name, host=address, user=ssh.user, config_files=files)
+    try:
+        return config_port(probe)
+    except RemoteError as exc:
+        raise UsageError(exc.message) from None
+
+
 def _jumps(text: str | None) -> tuple[JumpHost, ...]:
     """'[user@]host[:port],...' (ssh -J's chain, first hop first)."""
     out = []
@@ -131,7 +144,7 @@ def build_plan(
         target = SshTarget(
             name=h.name,
             host=h.address,
-            port=ssh.port or 22,
+            port=ssh.port or _config_port(h.name, h.address, ssh) or 22,
             user=ssh.user,
             identity_files=(ssh.identity_file,) if ssh.identity_file else (),
             known_hosts=ssh.known_hosts,

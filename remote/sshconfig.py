@@ -84,3 +84,13 @@ def known_hosts_for(target: SshTarget, host: str | None = None, port: int | None
             glob = list(given_global)
     paths = [Path(os.path.expanduser(p)) for p in user + glob]
     return KnownHosts(tuple(dict.fromkeys(paths)), Path(os.path.expanduser(user[0])) if user else None, keyed)
+
+
+def config_port(target: SshTarget) -> int | None:
+    """The Port the user's ssh config gives this host (an alias's, a Host pattern's), or None:
+    an inventory that gives no port connects where `ssh HOST` would. Reads nothing where there
+    is no config file."""
+    if not config_paths(target):
+        return None
+    port = _ssh_config(target, target.host, 0).get("Port")
+    return int(str(port)) if port else None

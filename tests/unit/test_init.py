@@ -185,3 +185,18 @@ def test_jump_host_takes_a_chain(value: str, ok: bool) -> None:
     else:
         with pytest.raises(ValidationError):
             SshSettings(jump_host=value)
+
+
+def test_an_alias_without_a_port_in_the_inventory_connects_where_ssh_would(tmp_path: Path) -> None:
+    from orchestrator.flow import parse_flow
+    from orchestrator.plan import build_plan
+
+    (tmp_path / "ssh_config").write_text(SSH_CONFIG)
+    (tmp_path / "inv.toml").write_text(
+        f'[ssh]\nconfig_file = "{tmp_path / "ssh_config"}"\n\n'
+        '[[hosts]]\nname = "b"\nrole = "proxy"\naddress = "bastion"\ninterfaces = ["eth0"]\n\n'
+        '[[hosts]]\nname = "c"\nrole = "client"\naddress = "bastion"\ninterfaces = ["eth0"]\nssh = { port = 22 }\n'
+    )
+    inv, _ = load_inventory(tmp_path / "inv.toml")
+    plan = build_plan(parse_flow("198.18.9.3->198.18.9.1:443"), inv)
+    assert [h.target.port for h in plan.hosts] == [2200, 22]  # the config's Port; the inventory's wins

@@ -334,16 +334,18 @@ def decide(w: World, r: Reset) -> None:
         return
     f = facts(w, r)
     if f is not None:
+        # The idle-reuse pattern's silence is kept whichever rule names the cause: a kernel reason
+        # may name the idle reuse the packets' rules did not.
+        idle = idle_reuse(f)
+        r.idle_ns = int(idle.data["idle_ns"]) if idle is not None else None
         for cause, rule in CAUSE_RULES:
-            found = rule(f)
+            found = idle if rule is idle_reuse else rule(f)
             if found is not None:
                 r.cause = cause
                 r.evidence.append(found)
                 break
         else:
             r.evidence.append(_no_pattern(f))
-        idle = idle_reuse(f)  # a kernel reason may name the idle reuse the rules above missed
-        r.idle_ns = int(idle.data["idle_ns"]) if idle is not None else None
     _kernel_cause(r)
 
 

@@ -82,10 +82,10 @@ class Found:
 
 def _ssh_config(path: str | None, host: str) -> Any:
     from remote.errors import RemoteError
-    from remote.sshconfig import read_config
+    from remote.sshconfig import config_paths, read_config
+    from remote.transport import SshTarget
 
-    default = os.path.expanduser("~/.ssh/config")
-    files = [os.path.expanduser(path)] if path else [default] if os.access(default, os.R_OK) else []
+    files = config_paths(SshTarget(name=host, host=host, config_files=(path,) if path else ()))
     if path and not os.access(files[0], os.R_OK):
         raise UsageError(f"--ssh-config {path}: cannot read it")
     try:

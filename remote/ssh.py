@@ -275,7 +275,7 @@ class SshConnector:
         self._jumps[key] = fut
         try:
             with _mapped(target.name, "connect", prefix=f"jump host {j.host}:{j.port}: "):
-                common = _common(target, self._known_hosts(known_hosts_for(target, j.host, j.port), target.name))
+                common = _common(target, self._known_hosts(known_hosts_for(target, j.host), target.name))
                 if n:
                     common["tunnel"] = await self._hop(target, n - 1)
                 conn = await asyncssh.connect(j.host, port=j.port, username=j.user or target.user or (), **common)

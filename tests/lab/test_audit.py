@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.cli import main
-from tests.lab.labnet import CLIENT_IP, PROXY_FRONT, Lab
+from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, Lab, sh
 from tests.lab.test_capture import run_cli
 from tests.lab.test_scenarios import CLIENTS, fact, first, origin
 
@@ -49,6 +50,17 @@ def test_a_pool_that_outlives_the_proxys_keep_alive_is_named_with_both_values(
     assert "client connection pool idle timeout 1 s (inventory idle_timeout 1s) < proxy" in out and "in order" in out
 
 
+def quiet_backend_leg(limit_s: float = 10.0) -> None:
+    """Until HAProxy holds no connection to the backend: the server connections earlier tests left
+    in its pool end when the backend's 5 s keep-alive closes them, and HAProxy answers that FIN with
+    a reset of its own (a real one, the proxy's, on the backend leg). This test's first reset must be
+    its own idle reuse."""
+    deadline = time.monotonic() + limit_s
+    while sh("ss", "-Htn", "dst", BACKEND_IP, ns="proxy").strip():
+        assert time.monotonic() < deadline, sh("ss", "-tn", "dst", BACKEND_IP, ns="proxy")
+        time.sleep(0.2)
+
+
 def test_an_idle_reuse_reset_is_linked_to_the_pair_it_violates(
     clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -57,6 +69,7 @@ def test_an_idle_reuse_reset_is_linked_to_the_pair_it_violates(
     the capture's report links that reset to the pair out of order, with both values."""
     inv = with_client_idle(clean_lab, tmp_path, "5s")
     out = tmp_path / "b"
+    quiet_backend_leg()
     code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", f"{CLIENT_IP}->{PROXY_FRONT}:8080", "-d", "4",
                               "-o", str(out), "--hosts", "client,proxy",
                               "--reproduce", f"{CLIENTS} reuse {PROXY_FRONT} 8080 3")  # fmt: skip

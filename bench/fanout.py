@@ -2,6 +2,7 @@
 `date` on all of them against capture-all arming all of them, side by side, alternating.
 
     scripts/bench-fanout [--hosts 100] [--runs 3] [--duration 2] [--no-witness] [--login-files] [--keep]
+                         [--baseline DIR]
 
 Runs inside tests/lab/enter (a private network, mount and PID namespace: nothing leaks, every
 sshd dies with it). Each host: its own namespace with a management veth on one bridge
@@ -21,6 +22,9 @@ Per repetition, printed as medians:
   (wall time minus the duration) and the controller's CPU seconds per host (the process's rusage);
   and where the time to arming goes: the first and the last host connected, the last host ready
   (preflight done, waiting at the start barrier);
+- with ``--baseline DIR`` (a checkout of capture-all at another commit, e.g. ``git worktree add
+  /tmp/base HEAD~1``), that version's capture-all too, in the same repetitions, alternating with
+  this one: the ratio of the two medians is the change's effect on this machine at this hour;
 - with the witness, the kernel alone: N ftrace instances set up with the witness's writes and
   removed, all at once, by sh without SSH (the lab's hosts share one kernel, which does that work
   one instance at a time under its tracing locks; on a fleet each host does its own at once).
@@ -118,11 +122,13 @@ async def _bare(n: int, root: Path) -> None:
     print(json.dumps([time.time_ns(), (max(stamps) - min(stamps)) / 1e6]))
 
 
-def capture_all(n: int, inv: Path, out: Path, duration: float, witness: bool) -> dict[str, float]:
+def capture_all(n: int, inv: Path, out: Path, duration: float, witness: bool, code: Path = REPO) -> dict[str, float]:
+    """One capture-all run; ``code``: the checkout whose capture-all runs (``-m`` from there: its
+    own packages come first on the path)."""
     argv = [sys.executable, "-m", "orchestrator.cli", "--plain", "-i", str(inv), "-f", FLOW, "-d", str(duration),
             "-o", str(out), *([] if witness else ["--no-witness"])]  # fmt: skip
     start_ns = time.time_ns()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=code)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = (time.time_ns() - start_ns) / 1e9
     m = json.loads((out / "manifest.json").read_text())
@@ -214,11 +220,15 @@ def main() -> None:
     )
     ap.add_argument("--login-files", action="store_true", help="keep the machine's own ~/.bashrc for root")
     ap.add_argument("--keep", action="store_true", help="keep the hosts' keys, inventory and bundles (else removed)")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="a checkout of capture-all at another commit, run alternately with this one")  # fmt: skip
     ap.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # the bare side, in its own process
     args = ap.parse_args()
     if args.bare:
         asyncio.run(_bare(args.hosts, args.bare))
         return
+    if args.baseline and not (args.baseline / "orchestrator" / "cli.py").is_file():
+        raise SystemExit(f"--baseline {args.baseline}: not a checkout of capture-all (no orchestrator/cli.py)")
     if not in_lab():
         raise SystemExit("bench/fanout.py runs inside tests/lab/enter (scripts/bench-fanout does that)")
     root = Path(tempfile.mkdtemp(prefix="capture-all-fanout-"))
@@ -228,16 +238,22 @@ def main() -> None:
     print(f"{args.hosts} sshd hosts up in {time.monotonic() - t:.1f} s")
     time.sleep(1.0)
     baseline = len(processes())  # the idle hosts, and this process
-    bares, ours, kernel = [], [], []
+    bares, ours, kernel, base = [], [], [], []
     try:
         for k in range(args.runs):  # alternating: the machine's drift hits both alike
             bares.append(bare(args.hosts, root))
             settle(baseline)
             if not args.no_witness:
                 kernel.append(kernel_only(args.hosts))
-            ours.append(capture_all(args.hosts, inv, root / f"run-{k}", args.duration, not args.no_witness))
-            settle(baseline)
+            # The baseline first on odd repetitions, second on even ones: neither always follows bare.
+            order = ["ours"] if not args.baseline else ["ours", "base"] if k % 2 == 0 else ["base", "ours"]
+            for who in order:
+                code = args.baseline.resolve() if who == "base" else REPO
+                got = capture_all(args.hosts, inv, root / f"{who}-{k}", args.duration, not args.no_witness, code)
+                (base if who == "base" else ours).append(got)
+                settle(baseline)
             print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); capture-all {ours[-1]}"
+                  + (f"; baseline {base[-1]}" if base else "")
                   + (f"; kernel only: set up {kernel[-1][0]:.2f} s, removed {kernel[-1][1]:.2f} s" if kernel else ""))
     finally:
         if args.keep:
@@ -258,6 +274,14 @@ def main() -> None:
     print(f"  capture-all, to arming: first host connected {o['first_connected_s']:.2f} s, last "
           f"{o['last_connected_s']:.2f} s, last ready {o['last_ready_s']:.2f} s, "
           f"last armed {o['last_armed_s']:.2f} s")  # fmt: skip
+    if base:
+        b = {key: med(r[key] for r in base) for key in base[0]}
+        print(f"  baseline ({args.baseline}): last host armed {b['last_armed_s']:.2f} s, start skew "
+              f"{b['skew_ms']:.0f} ms, overhead {b['overhead_s']:.2f} s, "
+              f"controller CPU {b['cpu_ms_per_host']:.0f} ms/host, armed {b['armed_hosts']:.0f}/{args.hosts}")
+        print(f"  this / baseline: last host armed {o['last_armed_s'] / b['last_armed_s']:.2f}x, overhead "
+              f"{o['overhead_s'] / b['overhead_s']:.2f}x, start skew {o['skew_ms'] / b['skew_ms']:.2f}x, "
+              f"controller CPU {o['cpu_ms_per_host'] / b['cpu_ms_per_host']:.2f}x")
     if kernel:
         k_up, k_rm = med(u for u, _ in kernel), med(r for _, r in kernel)
         print(f"  the kernel alone, {args.hosts} witness instances at once in the lab's one kernel (sh, no SSH): "

@@ -85,9 +85,10 @@ nap() {
 }
 # Waiting for the capture: "listen" until every interface's tcpdump listens (0) or the job
 # stopped first (1); "done" until the job marked the directory done (0). At most LIMIT
-# centiseconds (then 1). Where the host has bash, one bash process polls every 20 ms with builtins
-# only (`read -t` on a fifo nobody writes is its sleep): the start is seen within 20 ms at no
-# process per poll. Elsewhere, the naps above. Uses dir (and the fifo $dir/nap).
+# centiseconds (then 1). Where the host has bash, one bash process sleeps on the fifo $dir/nap
+# (`read -t`), which the job writes a line to whenever one of these changes (a capture listens,
+# the captures stopped, done): it looks as soon as there is something to see and otherwise every
+# half second, with builtins only. Elsewhere, the naps above. Uses dir.
 cap_fns='
 cap_state() {
   if [ "$1" = done ]; then [ -f "$dir/done" ] && return 0; return 2; fi
@@ -110,7 +111,7 @@ await_cap() {
       while :; do
         cap_state "$mode" "$@"; r=$?; [ "$r" = 2 ] || exit "$r"
         [ "$k" -ge "$limit" ] && exit 1
-        read -r -t 0.02 -u 9 _; k=$((k + 2))
+        read -r -t 0.5 -u 9 _ || k=$((k + 50))
       done' capture-all-wait "$@"
     return
   fi
@@ -399,9 +400,9 @@ finish() {
     for i; do
       p=""; [ -f "$dir/$i.pid" ] && read -r p < "$dir/$i.pid"
       # Only signal a PID that is still our own `timeout` for this directory (PIDs get reused).
-      if [ -n "$p" ] && tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF -- "$dir/"; then
-        kill -INT "$p" 2>/dev/null
-      fi
+      # `read` drops the NULs between its arguments: "-w" and the file's path run together.
+      c=""; [ -n "$p" ] && { IFS= read -r c < "/proc/$p/cmdline"; } 2>/dev/null
+      case $c in *"$dir/"*) kill -INT "$p" 2>/dev/null;; esac
     done
   fi
   await_cap done $((wait_s * 100))
@@ -457,7 +458,8 @@ finish() {
   [ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
   rm -rf -- "$dir"
   [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
-  lockname "${dir%/*}"; unlock
+  [ -n "${lock:-}" ] || lockname "${dir%/*}"  # the capture session's preflight named it already
+  unlock
   echo "@@section cleanup"
   echo "removed=$dir"
   if [ -n "$wi" ]; then
@@ -550,10 +552,13 @@ if ! ln -sn -- "$dir" "$lock" 2>/dev/null; then
     exit $E_BUSY
   fi
 fi
-mkfifo "$dir/go" "$dir/nap" && { [ "$ring" = 0 ] || mkfifo "$dir/trig"; } ||
+# go, nap, each interface's tcpdump stderr (read by the job, see there), and a watch's trig: one mkfifo.
+fifos() { d=$1; shift; for i; do set -- "$@" "$d/$i.errp"; shift; done; [ "$ring" = 0 ] || set -- "$@" "$d/trig"
+  mkfifo "$d/go" "$d/nap" "$@"; }
+fifos "$dir" "$@" ||
   { rm -rf -- "$dir"; echo "@@fail no_tmpdir cannot create a fifo in $dir"; exit $E_NO_DIR; }
 setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" "$gowait" \
-  "$tcpdump" "$owner" "$ring" "$@" < /dev/null > /dev/null 2>&1 &
+  "$tcpdump" "$owner" "$ring" "$lock" "$@" < /dev/null > /dev/null 2>&1 &
 # Opening the fifo waits for the job to open its end: ready means the job listens. This session
 # then holds the write end until the capture listens: if it ends first (the controller went away,
 # or said anything but go), the job reads EOF and removes the directory.
@@ -607,7 +612,8 @@ finish "$@"
 """
 )
 
-# The detached capture job. Args: dir limit maxpk maxbytes snaplen keep go_wait_s tcpdump owner ring iface...
+# The detached capture job. Args: dir limit maxpk maxbytes snaplen keep go_wait_s tcpdump owner ring
+# lock (the session's lock path) iface...
 # It waits (at most go_wait_s) for the capture session's "go FILTER" on the fifo, captures every
 # interface under its own `timeout` of duration + grace, with a size watchdog, then stops the
 # witness, marks the directory done, and reaps it if nobody collected it within `keep` seconds.
@@ -622,12 +628,14 @@ JOB_SCRIPT = (
     + r"""
 dir=$1 limit=$2 maxpk=$3 maxbytes=$4 snaplen=$5 keep=$6 gowait=$7 tcpdump=$8 owner=$9
 shift 9
-ring=$1; shift
+ring=$1 lock=$2; shift 2
 echo $$ > "$dir/job.pid"
 said=$(timeout "$gowait" head -n 1 -- "$dir/go" 2>/dev/null) || said=""
-lockname "${dir%/*}"
 case $said in "go "*) filter=${said#go } ;; *) rm -rf -- "$dir"; unlock; exit 0 ;; esac
-pids=""; tpids=""
+pids=""; tpids=""; rpids=""
+# A line into the fifo nap wakes whoever waits on this host (the capture session, see await_cap):
+# a capture listens, the captures stopped, done. Read-write: a write never blocks, waiter or not.
+exec 7<> "$dir/nap"
 if [ "$ring" != 0 ]; then
   exec 8<> "$dir/trig"
   # Read from a file of ours (-F): the filter is never an argument, and our tcpdumps all name our dir.
@@ -635,13 +643,19 @@ if [ "$ring" != 0 ]; then
     > "$dir/trigger.filter"
 fi
 for i; do
+  # tcpdump's stderr (its fifo) is read by a subshell of ours, to its end: each line into
+  # $i.tcpdump.err, and a wake-up on nap once it says it listens. No process polls for that.
+  { while IFS= read -r l; do
+      printf '%s\n' "$l"; case $l in *"listening on"*) echo "up $i" >&7;; esac
+    done > "$dir/$i.tcpdump.err"; } < "$dir/$i.errp" &
+  rpids="$rpids $!"
   if [ "$ring" = 0 ]; then
     timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -c "$maxpk" -Z "$owner" \
-      --immediate-mode --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" 2> "$dir/$i.tcpdump.err" < /dev/null &
+      --immediate-mode --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" 2> "$dir/$i.errp" < /dev/null &
   else
     timeout -s INT -k 5 "$limit" "$tcpdump" -i "$i" -nn -U -s "$snaplen" -C "${ring#*,}" -W "${ring%,*}" \
       -Z "$owner" --immediate-mode --time-stamp-precision=nano -w "$dir/$i.pcap" "$filter" \
-      2> "$dir/$i.tcpdump.err" < /dev/null &
+      2> "$dir/$i.errp" < /dev/null &
   fi
   echo "$!" > "$dir/$i.pid"
   pids="$pids $!"
@@ -674,7 +688,9 @@ for i; do p=""; read -r p < "$dir/$i.pid"; wait "$p"; echo "$?" > "$dir/$i.rc"; 
 kill "$wd" 2>/dev/null
 for p in $tpids; do kill -INT "$p" 2>/dev/null; done
 [ -n "$tpids" ] && { wait; echo end >&8; exec 8>&-; }  # the trigger's reader ends too
+for p in $rpids; do wait "$p"; done  # tcpdump's last words (its counts) are in its .err file
 : > "$dir/stopping"
+echo stopping >&7
 wi=""; wname=""
 if tracefs; then winame $$; [ -d "$wname" ] && wi=$wname; fi
 if [ -n "$wi" ]; then
@@ -688,6 +704,7 @@ fi
 # Written whole, then renamed: whoever sees "done" reads its time (a redirection would create it empty
 # first, and a finish could read it in between).
 date +%s%N > "$dir/done.part" && mv -f -- "$dir/done.part" "$dir/done"
+echo done >&7
 # The instance goes after "done": the kernel takes tens of milliseconds to remove one, and the
 # collection need not wait for that.
 [ -n "$wi" ] && wremove "$wi"

@@ -105,6 +105,8 @@ class Manifest(BaseModel):
     flow: str
     legs: list[str]
     options: dict[str, Any]
+    # How far apart the captures started (each host's clock at its start, on the controller's clock
+    # by its start probe; the controller's hearing of it where a host has no probe).
     start_skew_ms: float | None = None
     trigger: TriggerRecord | None = None
     hosts: list[HostRecord]

@@ -98,8 +98,7 @@ async def run_capture(
             # and every host's arm (witness, "before" snapshot) are over.
             await listening.event.wait()
             armed = [r for r in staged if r.ok and r.armed is not None]
-            times = [r.record.armed_ns for r in armed if r.record.armed_ns]
-            result.start_skew_ms = (max(times) - min(times)) / 1e6 if times else None
+            result.start_skew_ms = start_skew_ms(armed)  # refined once every start probe is in
             if armed and opts.watch is not None:
                 tg.start_soon(_watch, armed, len(runs), opts.watch, opts, sink, result, stop_early, manual)
             elif armed:
@@ -232,9 +231,23 @@ async def _watch(armed: list[HostRun], total: int, w: WatchOptions, opts: RunOpt
         tg.cancel_scope.cancel()
 
 
+def start_skew_ms(armed: list[HostRun]) -> float | None:
+    """How far apart the captures started: each host's own clock when its capture listened, put on
+    the controller's clock by that host's start probe, where every host has one; else when the
+    controller heard of it (later, and bunched wherever the controller was busy reading: it may look
+    closer than the starts were)."""
+    probed = [(r.record.remote_armed_ns, r.start_probe) for r in armed if r.ok]
+    if probed and all(t and p is not None for t, p in probed):
+        times = [t - p.offset_ns for t, p in probed if t and p is not None]
+    else:
+        times = [r.record.armed_ns for r in armed if r.ok and r.record.armed_ns]
+    return (max(times) - min(times)) / 1e6 if times else None
+
+
 async def _all_armed(armed: list[HostRun], total: int, result: RunResult, sink: EventSink) -> None:
     for r in armed:
         await r.arm_done.wait()
+    result.start_skew_ms = start_skew_ms(armed)
     ok = sum(r.ok for r in armed)
     sink("*", "armed", f"{ok}/{total} hosts capturing, start skew {result.start_skew_ms or 0:.0f} ms")
 

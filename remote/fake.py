@@ -66,12 +66,13 @@ def capture_dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
         return "", 0
     host.filters.append(said[3:])
     pids = "".join(f"pid {i} {5000 + n}\n" for n, i in enumerate(ifaces))
-    said = yield f"@@section arm\njob_pid=4242\n{pids}@@section probe\nnow_ns={time.time_ns()}\n@@probe ns\n"
+    now = time.time_ns() + host.clock_offset_ns  # the host's own clock
+    said = yield f"@@section arm\njob_pid=4242\n{pids}@@section probe\nnow_ns={now}\n@@probe ns\n"
     said = yield from probe(host, said)
     said = yield "@@section tcpdump\npath=/usr/sbin/tcpdump\n" + snapshot() + "@@armed\n"
     probed = False
     while said == "probe":  # the end's clock probe while the capture runs
-        said = yield f"@@section probe\nnow_ns={time.time_ns()}\n@@probe ns\n"
+        said = yield f"@@section probe\nnow_ns={time.time_ns() + host.clock_offset_ns}\n@@probe ns\n"
         said = yield from probe(host, said)
         said = yield "@@armed\n"
         probed = True

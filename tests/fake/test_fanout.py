@@ -102,6 +102,20 @@ async def test_all_hosts_captured_pulled_and_cleaned(tmp_path: Path) -> None:
     assert (tmp_path / "b/proxy/before/nstat.txt").exists() and (tmp_path / "b/proxy/after/nstat.txt").exists()
 
 
+async def test_start_skew_is_measured_on_the_hosts_clocks_put_on_the_controllers(tmp_path: Path) -> None:
+    """The captures start together; the hosts' clocks are 5 s ahead and 3 s behind. The skew is
+    that of the starts (each host's clock at its start, less its probe's offset), not 8 s, and
+    not the controller's hearing of them."""
+    fakes = hosts(
+        proxy=FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA", clock_offset_ns=5 * 10**9),
+        backend=FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA", clock_offset_ns=-3 * 10**9),
+    )
+    result, recs = await go(tmp_path, fakes)
+    starts = {n: r.remote_armed_ns for n, r in recs.items()}
+    assert starts["proxy"] - starts["backend"] > 7 * 10**9  # each host's own clock
+    assert result.start_skew_ms is not None and result.start_skew_ms < 500, result.start_skew_ms
+
+
 async def test_no_host_hears_go_before_every_host_is_ready(tmp_path: Path) -> None:
     """The start barrier: the slowest host's @@ready comes before anyone's "go"."""
     events: list[tuple[str, str]] = []

@@ -28,12 +28,12 @@ args = sys.argv[1:]
 with open(os.environ["FAKE_ARGS"], "ab") as f:
     f.write(b"\\0".join(a.encode() for a in args) + b"\\n\\0\\n")
 open(args[args.index("-w") + 1], "wb").write(bytes.fromhex("{PCAP.hex()}"))
-sys.stderr.write("tcpdump: listening on " + args[args.index("-i") + 1] + ", link-type EN10MB (Ethernet)\\n")
-sys.stderr.flush()
 def stop(*_):
     sys.stderr.write("0 packets captured\\n0 packets received by filter\\n0 packets dropped by kernel\\n")
     sys.exit(0)
-signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGINT, stop)  # before it says it listens, as tcpdump does
+sys.stderr.write("tcpdump: listening on " + args[args.index("-i") + 1] + ", link-type EN10MB (Ethernet)\\n")
+sys.stderr.flush()
 while True:
     time.sleep(0.05)
 """

@@ -29,8 +29,12 @@ with open(os.environ["FAKE_ARGS"], "ab") as f:
     f.write(b"\\0".join(a.encode() for a in args) + b"\\n\\0\\n")
 open(args[args.index("-w") + 1], "wb").write(bytes.fromhex("{PCAP.hex()}"))
 def stop(*_):
+    # timeout sends the INT twice (to its child, then to its process group): tcpdump's C handler
+    # prints and exits; Python's exit would restore the default handler, and the second one kill it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.stderr.write("0 packets captured\\n0 packets received by filter\\n0 packets dropped by kernel\\n")
-    sys.exit(0)
+    sys.stderr.flush()
+    os._exit(0)
 signal.signal(signal.SIGINT, stop)  # before it says it listens, as tcpdump does
 sys.stderr.write("tcpdump: listening on " + args[args.index("-i") + 1] + ", link-type EN10MB (Ethernet)\\n")
 sys.stderr.flush()

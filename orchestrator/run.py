@@ -8,7 +8,8 @@
                                                   its witness and "before" snapshot too
     wait      the end's clock probe, from 1.5 s    until the window ends, or Ctrl-C (stop early)
               before the window's end
-    finish    all at once, after the window       the bundle keeps whatever every host produced
+    finish    each host once the window and its   the bundle keeps whatever every host produced
+              own arm are over
 
 What each step does on a host is ``orchestrator.host``. A host's failure becomes its record's
 status/error; nothing a host does can cancel another.
@@ -17,7 +18,7 @@ status/error; nothing a host does can cancel another.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
@@ -91,23 +92,45 @@ async def run_capture(
         if not staged:
             return result
         listening = _Countdown(len(staged))
+        over = anyio.Event()  # the window (or the watch's wait) is over
+
+        async def through(r: HostRun) -> None:
+            # Each host finishes once the window is over and its own arm (witness, "before"
+            # snapshot) is: a host whose witness the kernel set up late holds up no other's finish.
+            await r.arm(listening.done, listening.event)
+            await over.wait()
+            if r.ok and r.armed is not None:
+                await r.finish()
+            else:
+                await r.cleanup()
+
+        async def then_collect(window: Callable[[], Awaitable[None]], n: int) -> None:
+            try:
+                await window()
+            finally:
+                over.set()
+                sink("*", "collecting", f"stopping {n} capture(s), snapshots, pulling files")
+
         async with anyio.create_task_group() as tg:
             for r in staged:  # the barrier: every ready host hears "go" now
-                tg.start_soon(r.arm, listening.done, listening.event)
-            # The window opens once every capture listens; the task group ends once the window
-            # and every host's arm (witness, "before" snapshot) are over.
+                tg.start_soon(through, r)
+            # The window opens once every capture listens.
             await listening.event.wait()
             armed = [r for r in staged if r.ok and r.armed is not None]
             result.start_skew_ms = start_skew_ms(armed)  # refined once every start probe is in
             if armed and opts.watch is not None:
-                tg.start_soon(_watch, armed, len(runs), opts.watch, opts, sink, result, stop_early, manual)
+                w = opts.watch
+                tg.start_soon(then_collect, lambda: _watch(armed, len(runs), w, opts, sink, result, stop_early, manual),
+                              len(armed))  # fmt: skip
             elif armed:
-                tg.start_soon(_window, runs, armed, opts, bundle, sink, result, stop_early)
-        await _each(HostRun.cleanup, [r for r in runs if not r.ok])
-        armed = [r for r in staged if r.ok and r.armed is not None]
-        if armed:
-            sink("*", "collecting", f"stopping {len(armed)} capture(s), snapshots, pulling files")
-            await _each(HostRun.finish, armed)
+                tg.start_soon(then_collect, lambda: _window(runs, armed, opts, bundle, sink, result, stop_early),
+                              len(armed))  # fmt: skip
+            else:
+                over.set()
+        # Every start probe is in now (the "armed" line may have come before a late witness's).
+        result.start_skew_ms = start_skew_ms(staged)
+        await _each(HostRun.cleanup, [r for r in runs if r not in staged])
+        if any(r.armed is not None for r in staged):
             sink("*", "collected", f"{sum(r.status == 'ok' for r in result.records)}/{len(runs)} hosts ok")
     finally:
         with anyio.CancelScope(shield=True):
@@ -236,11 +259,12 @@ def start_skew_ms(armed: list[HostRun]) -> float | None:
     the controller's clock by that host's start probe, where every host has one; else when the
     controller heard of it (later, and bunched wherever the controller was busy reading: it may look
     closer than the starts were)."""
-    probed = [(r.record.remote_armed_ns, r.start_probe) for r in armed if r.ok]
+    started = [r for r in armed if r.armed is not None]
+    probed = [(r.record.remote_armed_ns, r.start_probe) for r in started]
     if probed and all(t and p is not None for t, p in probed):
         times = [t - p.offset_ns for t, p in probed if t and p is not None]
     else:
-        times = [r.record.armed_ns for r in armed if r.ok and r.record.armed_ns]
+        times = [r.record.armed_ns for r in started if r.record.armed_ns]
     return (max(times) - min(times)) / 1e6 if times else None
 
 

@@ -463,8 +463,9 @@ finish() {
   echo "@@section cleanup"
   echo "removed=$dir"
   if [ -n "$wi" ]; then
-    # The job removes its instance once the capture ended; the kernel takes a moment.
-    n=0; while [ -d "$wi" ] && [ "$n" -lt 30 ]; do sleep 0.1; n=$((n + 1)); done
+    # The job removes its instance once the capture ended; the kernel takes a moment (tens of ms:
+    # waited for up to a second; after that "pending": the job goes on, bounded, by itself).
+    n=0; while [ -d "$wi" ] && [ "$n" -lt 10 ]; do sleep 0.1; n=$((n + 1)); done
     if [ ! -d "$wi" ]; then echo "instance_removed=1"
     elif [ -n "$jobpid" ] && [ -d "/proc/$jobpid" ]; then echo "instance_removed=pending"
     else echo "instance_removed=0"; fi

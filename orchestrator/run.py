@@ -109,7 +109,7 @@ async def run_capture(
                 await window()
             finally:
                 over.set()
-                sink("*", "collecting", f"stopping {n} capture(s), snapshots, pulling files")
+            sink("*", "collecting", f"stopping {n} capture(s), snapshots, pulling files")  # not on an abandon
 
         async with anyio.create_task_group() as tg:
             for r in staged:  # the barrier: every ready host hears "go" now

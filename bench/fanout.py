@@ -255,7 +255,8 @@ def main() -> None:
             settle(baseline)
             if not args.no_witness:
                 kernel.append(kernel_only(args.hosts))
-            # The baseline first on odd repetitions, second on even ones: neither always follows bare.
+            # This version first in repetitions 1, 3, ..., the baseline first in 2, 4, ...: neither
+            # always follows bare.
             order = ["ours"] if not args.baseline else ["ours", "base"] if k % 2 == 0 else ["base", "ours"]
             for who in order:
                 code = args.baseline.resolve() if who == "base" else REPO
@@ -278,19 +279,19 @@ def main() -> None:
     print(f"\nmedians over {args.runs} runs, {args.hosts} hosts, {args.duration:g} s captures, {witness} the witness, "
           f"{logins}:")
     print(f"  bare asyncssh connect + date: last answer {b_last:.2f} s, clock spread {b_skew:.0f} ms")
-    print(f"  capture-all: last host armed {o['last_armed_s']:.2f} s ({o['last_armed_s'] / b_last:.1f}x bare), "
-          f"start skew {o['skew_ms']:.0f} ms (hosts' clocks: {o['start_spread_ms']:.0f} ms), "
-          f"overhead {o['overhead_s']:.2f} s, "
-          f"controller CPU {o['cpu_ms_per_host']:.0f} ms/host, armed {o['armed_hosts']:.0f}/{args.hosts}")
+    def summary(label: str, r: dict[str, float]) -> str:
+        return (f"  {label}: last host armed {r['last_armed_s']:.2f} s ({r['last_armed_s'] / b_last:.1f}x bare), "
+                f"start skew {r['skew_ms']:.0f} ms (hosts' clocks: {r['start_spread_ms']:.0f} ms), "
+                f"overhead {r['overhead_s']:.2f} s, "
+                f"controller CPU {r['cpu_ms_per_host']:.0f} ms/host, armed {r['armed_hosts']:.0f}/{args.hosts}")
+
+    print(summary("capture-all", o))
     print(f"  capture-all, to arming: first host connected {o['first_connected_s']:.2f} s, last "
           f"{o['last_connected_s']:.2f} s, last ready {o['last_ready_s']:.2f} s, "
           f"last armed {o['last_armed_s']:.2f} s")  # fmt: skip
     if base:
         b = {key: med(r[key] for r in base) for key in base[0]}
-        print(f"  baseline ({args.baseline}): last host armed {b['last_armed_s']:.2f} s, start skew "
-              f"{b['skew_ms']:.0f} ms (hosts' clocks: {b['start_spread_ms']:.0f} ms), "
-              f"overhead {b['overhead_s']:.2f} s, "
-              f"controller CPU {b['cpu_ms_per_host']:.0f} ms/host, armed {b['armed_hosts']:.0f}/{args.hosts}")
+        print(summary(f"baseline ({args.baseline})", b))
         print(f"  this / baseline: last host armed {o['last_armed_s'] / b['last_armed_s']:.2f}x, overhead "
               f"{o['overhead_s'] / b['overhead_s']:.2f}x, start spread (hosts' clocks) "
               f"{o['start_spread_ms'] / b['start_spread_ms']:.2f}x, "

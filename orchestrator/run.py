@@ -117,7 +117,6 @@ async def run_capture(
             # The window opens once every capture listens.
             await listening.event.wait()
             armed = [r for r in staged if r.ok and r.armed is not None]
-            result.start_skew_ms = start_skew_ms(armed)  # refined once every start probe is in
             if armed and opts.watch is not None:
                 w = opts.watch
                 tg.start_soon(then_collect, lambda: _watch(armed, len(runs), w, opts, sink, result, stop_early, manual),

@@ -6,14 +6,17 @@ original time is recoverable); every packet of every capture, its timestamp the 
 interleaved in aligned time order; a packet comment on every reset observation ("R1 first: ...",
 "R2 propagated from R1"), which Wireshark finds with ``frame.comment``.
 
-The merge reads the captures chunk by chunk (``analysis.scan``: memory stays flat whatever their
-size) and takes, in each round, every chunk's records up to the earliest chunk end, sorted by
-aligned time; the packet blocks are written by a compiled loop straight from the memory-mapped
-captures. No IO but the handles it is given.
+The merge reads the captures chunk by chunk (``analysis.scan`` without looking into the packets:
+memory stays flat whatever their size) and takes, in each round, every chunk's records up to the
+earliest chunk end, sorted by aligned time; one compiled loop writes the round's packet blocks
+straight from the memory-mapped captures into buffers that a thread of its own writes out (in
+whole blocks past the page cache where the handle can). No IO but the handles it is given.
 """
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import struct
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,7 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from analysis.clock import ClockFn
-from analysis.decode import RST
+from analysis.decode import RST, decode
 from analysis.evidence import ChainRole, Origin
 from analysis.pcap import PCAP_MAGIC, ReadStats
 from analysis.scan import HAVE_NUMBA, Chunk, _compiled, scan
@@ -33,6 +36,7 @@ _SHB, _IDB, _EPB = 0x0A0D0D0A, 1, 6
 _EPB_FIXED = 32  # type, length, interface, ts high, ts low, captured, original, trailing length
 WRITE_SLICE = 1 << 20  # bytes per write()
 SLICE_BYTES = 4 << 20  # output bytes per buffer
+BUFFERS = 4  # buffers filled while others are written (two stalled the merge on the disk's hiccups)
 ROUND_RECORDS = 1 << 17  # records per merge round, all streams together
 
 
@@ -105,16 +109,24 @@ def _to_reference(fn: ClockFn | None, t: np.ndarray) -> np.ndarray:
     return aligned
 
 
-# A record's bytes are copied with LLVM's memcpy: numba's slice assignment costs ~8x as much per
-# packet (222 ns against 27 ns for ~330 bytes, measured), and the copy is most of the merge.
+def _memmove(dst: int, src: int, n: int) -> None:
+    """n bytes from address src to address dst, in Python (_memcpy without numba; a test runs
+    _emit as Python with it)."""
+    ctypes.memmove(int(dst), int(src), int(n))
+
+
+# A record's bytes are copied with LLVM's memcpy between raw addresses: numba's slice assignment
+# costs ~8x as much per packet (222 ns against 27 ns for ~330 bytes, measured), and addresses let
+# one compiled call take records from every capture of a round (each its own buffer).
+_memcpy: Any = _memmove
 if HAVE_NUMBA:
     from llvmlite import ir  # type: ignore[import-untyped]
     from numba.core import cgutils, types
     from numba.extending import intrinsic
 
     @intrinsic
-    def _memcpy(typingctx: Any, dst: Any, src: Any, n: Any) -> Any:
-        sig = types.void(types.uintp, types.uintp, types.intp)
+    def _memcpy_llvm(typingctx: Any, dst: Any, src: Any, n: Any) -> Any:
+        sig = types.void(types.intp, types.intp, types.intp)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             d, s, k = args
@@ -124,15 +136,7 @@ if HAVE_NUMBA:
 
         return sig, codegen
 
-    @_compiled
-    def _copy(out: Any, q: int, b: Any, s: int, n: int) -> None:
-        """out[q:q + n] = b[s:s + n] (the caller keeps both in bounds)."""
-        _memcpy(out.ctypes.data + q, b.ctypes.data + s, n)  # type: ignore[call-arg]
-
-else:  # pragma: no cover - without numba
-
-    def _copy(out: Any, q: int, b: Any, s: int, n: int) -> None:
-        out[q : q + n] = b[s : s + n]
+    _memcpy = _memcpy_llvm
 
 
 @_compiled
@@ -145,53 +149,65 @@ def _put32(out: Any, q: int, w: Any) -> None:
 
 
 @_compiled
-def _epbs(b: Any, big: bool, native: bool, out: Any, pos: Any, off: Any, incl: Any, ts: Any, ifid: int,
-          cidx: Any, coff: Any, clen: Any, cbuf: Any) -> None:  # fmt: skip
-    """Write one enhanced packet block per record at out[pos[i]]: the record's bytes at b[off[i]]
-    (``native``: its pcap header's original length, 12 bytes before, is read; else the captured
-    length is used), then its comment (``cidx[i]`` >= 0: cbuf[coff[c]:coff[c] + clen[c]])."""
-    for i in range(pos.shape[0]):
-        p, n, t = pos[i], incl[i], ts[i]
-        orig = np.int64(n)
-        if native:
-            o = off[i] - 4
-            if big:
-                orig = np.int64((np.int64(b[o]) << 24) | (np.int64(b[o + 1]) << 16) | (np.int64(b[o + 2]) << 8)
-                                | np.int64(b[o + 3]))  # fmt: skip
-            else:
-                orig = np.int64((np.int64(b[o + 3]) << 24) | (np.int64(b[o + 2]) << 16) | (np.int64(b[o + 1]) << 8)
-                                | np.int64(b[o]))  # fmt: skip
-        pad = (4 - n % 4) % 4
+def _emit(order: Any, j: int, ts: Any, off: Any, incl: Any, which: Any, bases: Any, big: Any, native: Any,
+          ifid: Any, cidx: Any, coff: Any, clen: Any, cbuf: Any, out: Any, limit: int) -> tuple[int, int]:  # fmt: skip
+    """Enhanced packet blocks from out[0] on for records order[j], order[j + 1], ... until the
+    output reaches ``limit`` bytes or the order ends; returns (the next j, bytes written). Record
+    i is ``incl[i]`` bytes at address ``bases[which[i]] + off[i]`` (a capture ``native[k]``: a
+    mapped classic pcap, whose original length sits in the 4 bytes before, big-endian where
+    ``big[k]``; else the captured length stands for it), then its comment where ``cidx[i]`` >= 0
+    (cbuf[coff[c]:coff[c] + clen[c]]). ``out`` has room for one record past ``limit``."""
+    q = 0
+    dst = out.ctypes.data
+    src_c = cbuf.ctypes.data
+    while j < order.shape[0] and q < limit:
+        i = order[j]
+        j += 1
+        k = which[i]
+        n = incl[i]
+        t = ts[i]
         c = cidx[i]
+        pad = (4 - n % 4) % 4
+        m = 0
         copt = 0
         if c >= 0:
-            copt = 4 + clen[c] + (4 - clen[c] % 4) % 4 + 4
+            m = clen[c]
+            copt = 4 + m + (4 - m % 4) % 4 + 4
         total = 32 + n + pad + copt
-        _put32(out, p, 6)
-        _put32(out, p + 4, total)
-        _put32(out, p + 8, ifid)
-        _put32(out, p + 12, t >> 32)
-        _put32(out, p + 16, t & 0xFFFFFFFF)
-        _put32(out, p + 20, n)
-        _put32(out, p + 24, orig)
-        q = p + 28
-        _copy(out, q, b, off[i], n)
+        _put32(out, q, 6)
+        _put32(out, q + 4, total)
+        _put32(out, q + 8, ifid[k])
+        _put32(out, q + 12, t >> 32)
+        _put32(out, q + 16, t & 0xFFFFFFFF)
+        _put32(out, q + 20, n)
+        src = bases[k] + off[i]
+        if native[k]:
+            _memcpy(dst + q + 24, src - 4, 4)
+            if big[k]:
+                b0, b1 = out[q + 24], out[q + 25]
+                out[q + 24], out[q + 25] = out[q + 27], out[q + 26]
+                out[q + 26], out[q + 27] = b1, b0
+        else:
+            _put32(out, q + 24, n)
+        q += 28
+        _memcpy(dst + q, src, n)
         q += n
-        for k in range(pad):
-            out[q + k] = 0
+        for x in range(pad):
+            out[q + x] = 0
         q += pad
         if c >= 0:
-            m = clen[c]
             _put32(out, q, 1 | (m << 16))  # opt_comment, its length
             q += 4
-            _copy(out, q, cbuf, coff[c], m)
+            _memcpy(dst + q, src_c + coff[c], m)
             q += m
-            for k in range((4 - m % 4) % 4):
-                out[q + k] = 0
+            for x in range((4 - m % 4) % 4):
+                out[q + x] = 0
             q += (4 - m % 4) % 4
             _put32(out, q, 0)  # opt_endofopt
             q += 4
         _put32(out, q, total)
+        q += 4
+    return j, q
 
 
 def comments(a: Analysis) -> dict[tuple[str, str, int], str]:
@@ -268,62 +284,107 @@ class _Stream:
         return False
 
 
+def _aligned(n: int) -> np.ndarray:
+    """n bytes of page-aligned memory (as O_DIRECT wants it)."""
+    mm = mmap.mmap(-1, max(n, mmap.PAGESIZE))
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(mm, np.uint8)
+
+
 class _Writer:
-    """Writes in a thread of its own while the next round is built (the compiled loop and the
-    file write both release the GIL), from two buffers reused round after round (a fresh buffer
-    each round would fault in every page again)."""
+    """Buffers the output and writes it in a thread of its own while the next part is built (the
+    compiled loop and the file write both release the GIL), from two buffers reused turn by turn (a
+    fresh buffer each time would fault in every page again). The output is built in place
+    (``reserve``, ``commit``) and written once a buffer holds SLICE_BYTES. A handle with ``block``
+    > 0 (orchestrator.evidence.DirectFile past the page cache) is given whole blocks from aligned
+    memory through ``write_blocks``: the part of a buffer past its last whole block moves to the
+    front of the next one, and only the end of the file goes through ``write``."""
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
+        self.block = int(getattr(out, "block", 0))
         self.pool = ThreadPoolExecutor(max_workers=1)
-        self.bufs = [np.empty(0, np.uint8), np.empty(0, np.uint8)]
-        self.pending: list[Future[Any] | None] = [None, None]
+        self.bufs = [_aligned(0) for _ in range(BUFFERS)]
+        self.pending: list[Future[Any] | None] = [None] * BUFFERS
         self.turn = 0
+        self.fill = 0
 
-    def buffer(self, n: int) -> np.ndarray:
-        k = self.turn
-        if self.pending[k] is not None:
-            self.pending[k].result()  # type: ignore[union-attr]
+    def _free(self, k: int) -> None:
+        f = self.pending[k]
+        if f is not None:
             self.pending[k] = None
-        if len(self.bufs[k]) < n:
-            self.bufs[k] = np.empty(max(n, 2 * len(self.bufs[k])), np.uint8)
-        return self.bufs[k][:n]
+            f.result()  # its write's error, if any, is raised here
 
-    def send(self, data: np.ndarray | bytes) -> None:
-        """Write ``data`` (the buffer just filled, or bytes) after everything sent before."""
-        view = data.data if isinstance(data, np.ndarray) else data
-        k = self.turn
-        self.pending[k] = self.pool.submit(self._write, view)  # one thread: in the order sent
-        self.turn = 1 - k
+    def reserve(self, n: int) -> np.ndarray:
+        """Room for n bytes at the end of what is buffered; ``commit`` says how many were used."""
+        k, need = self.turn, self.fill + n
+        if len(self.bufs[k]) < need:
+            grown = _aligned(max(need, 2 * len(self.bufs[k])))
+            grown[: self.fill] = self.bufs[k][: self.fill]
+            self.bufs[k] = grown
+        return self.bufs[k][self.fill : need]
 
-    def _write(self, view: Any) -> None:
+    def commit(self, used: int) -> None:
+        self.fill += used
+        if self.fill >= SLICE_BYTES:
+            self.flush()
+
+    def put(self, data: bytes) -> None:
+        self.reserve(len(data))[:] = np.frombuffer(data, np.uint8)
+        self.commit(len(data))
+
+    def flush(self, last: bool = False) -> None:
+        """Send the buffer to be written (``last``: all of it, the end of the file) and go on in
+        the other one."""
+        k, o = self.turn, (self.turn + 1) % len(self.bufs)
+        buf = self.bufs[k]
+        n = self.fill if last or not self.block else self.fill - self.fill % self.block
+        tail = self.fill - n
+        self._free(o)
+        if len(self.bufs[o]) < tail:
+            self.bufs[o] = _aligned(max(tail, len(self.bufs[k])))
+        self.bufs[o][:tail] = buf[n : self.fill]
+        self.pending[k] = self.pool.submit(self._write, buf[:n], last)  # one thread: in the order sent
+        self.turn, self.fill = o, tail
+
+    def _write(self, view: np.ndarray, last: bool) -> None:
+        if self.block and not last:
+            self.out.write_blocks(view)  # type: ignore[attr-defined]
+            return
         # In slices: one 25 MB write() took this machine's ext4 about 6x as long per byte as 1 MiB
         # writes did (measured: 1.9 GB in 5.7 s against 0.96 s).
-        mv = memoryview(view)
+        mv = memoryview(view)  # type: ignore[arg-type]
         for i in range(0, len(mv), WRITE_SLICE):
             self.out.write(mv[i : i + WRITE_SLICE])
 
-    def close(self) -> None:
-        for f in self.pending:
-            if f is not None:
-                f.result()
-        self.pool.shutdown()
+    def close(self, ok: bool) -> None:
+        try:
+            if ok:
+                self.flush(last=True)
+            for k in range(len(self.bufs)):
+                self._free(k)
+        finally:
+            self.pool.shutdown()
 
 
 def write(out: BinaryIO, sources: list[Source], a: Analysis, app: str, comment: str) -> Merged:
     """Write merged.pcapng to ``out``; what could not be read is in ``problems``."""
     w = _Writer(out)
+    ok = False
     try:
-        return _write(w, sources, a, app, comment)
+        result = _write(w, sources, a, app, comment)
+        ok = True
     finally:
-        w.close()
+        w.close(ok)
+    return result
 
 
 def _write(out: _Writer, sources: list[Source], a: Analysis, app: str, comment: str) -> Merged:
     result = Merged()
     notes = comments(a)
     offsets = {v.name: v.clock_offset_ns for v in a.vantages}
-    out.send(_shb(app, comment))
+    out.put(_shb(app, comment))
     streams: list[_Stream] = []
     for s in sources:
         magic, link, snaplen = _header(s.fh)
@@ -333,7 +394,7 @@ def _write(out: _Writer, sources: list[Source], a: Analysis, app: str, comment: 
         native = magic in PCAP_MAGIC and HAVE_NUMBA
         mine = sorted((t, text) for (v, i, t), text in notes.items() if v == s.vantage and i == s.iface)
         fn = a.clocks.fn.get(s.vantage) if a.clocks and a.clocks.method.get(s.vantage) != "reference" else None
-        st = _Stream(s.vantage, f"{s.vantage}/{s.iface}", snaplen, scan(s.fh, ReadStats(), keys=False), fn,
+        st = _Stream(s.vantage, f"{s.vantage}/{s.iface}", snaplen, scan(s.fh, ReadStats(), keys=False, tcp=False), fn,
                      offsets.get(s.vantage, 0), native, big, np.array([t for t, _ in mine], np.int64),
                      [text.encode() for _, text in mine])  # fmt: skip
         if link is not None:  # every capture has its interface, one without packets too
@@ -392,7 +453,17 @@ def _interface(out: _Writer, st: _Stream, link: int, a: Analysis, result: Merged
     st.ifids[link] = len(result.interfaces)
     text, off = _describe(a, st.vantage)
     result.interfaces.append(Interface(st.name, link, text, off))
-    out.send(_idb(link, st.snaplen, st.name, text))
+    out.put(_idb(link, st.snaplen, st.name, text))
+
+
+def _is_rst(chunk: Chunk, i: int) -> bool:
+    """Whether record i of the chunk is a TCP reset (the merge's scan does not look into packets:
+    the few records at a reset's time are decoded here)."""
+    f = int(chunk.flags[i])
+    if f == -2:
+        seg = decode(chunk.record(i))
+        f = -1 if seg is None else seg.flags
+    return f >= 0 and bool(f & RST)
 
 
 def _write_round(out: _Writer, parts: list[tuple[_Stream, int, int]], a: Analysis, result: Merged) -> None:
@@ -414,45 +485,30 @@ def _write_round(out: _Writer, parts: list[tuple[_Stream, int, int]], a: Analysi
             raw = st.chunk.ts[s:e]
             hit = np.searchsorted(st.targets, raw)
             hit_ok = (hit < len(st.targets)) & (st.targets[np.minimum(hit, len(st.targets) - 1)] == raw)
-            hit_ok &= (st.chunk.flags[s:e] >= 0) & ((st.chunk.flags[s:e] & RST) != 0)
             for i in np.nonzero(hit_ok)[0]:
-                cidx_all[base + i] = len(texts)
-                texts.append(st.texts[int(hit[i])])
+                if _is_rst(st.chunk, s + int(i)):
+                    cidx_all[base + i] = len(texts)
+                    texts.append(st.texts[int(hit[i])])
         base += e - s
     clen = np.array([len(t) for t in texts], np.int64)
     coff = np.concatenate([[0], np.cumsum(clen)[:-1]]).astype(np.int64) if texts else np.zeros(0, np.int64)
-    cbuf = np.frombuffer(b"".join(texts), np.uint8) if texts else np.zeros(0, np.uint8)
-    incl_all = np.concatenate([st.chunk.length[s:e] for st, s, e in parts if st.chunk is not None]).astype(np.int64)
-    copt = np.zeros(len(ts), np.int64)
-    if texts:
-        m = clen[np.maximum(cidx_all, 0)]
-        copt = np.where(cidx_all >= 0, 4 + m + (-m % 4) + 4, 0)
-    size = _EPB_FIXED + incl_all + (-incl_all % 4) + copt
-    offs_all = np.concatenate([st.chunk.off[s:e] for st, s, e in parts if st.chunk is not None]).astype(np.int64)
-    which = np.concatenate([np.full(e - s, k, np.int64) for k, (_st, s, e) in enumerate(parts)])
-    sorted_size = size[order]
-    ends = np.cumsum(sorted_size)
-    # The sorted records in slices of at most SLICE_BYTES of output (a hundred hosts' chunks in one
-    # round would otherwise be one buffer of gigabytes); each slice is one buffer, one write.
-    start = 0
-    while start < len(order):
-        before = int(ends[start - 1]) if start else 0
-        stop = max(start + 1, int(np.searchsorted(ends, before + SLICE_BYTES, side="right")))
-        idx = order[start:stop]
-        pos = ends[start:stop] - sorted_size[start:stop] - before  # where each goes in this slice
-        buf = out.buffer(int(ends[stop - 1]) - before)
-        w = which[idx]
-        group = np.argsort(w, kind="stable")
-        bounds = np.searchsorted(w[group], np.arange(len(parts) + 1))
-        for k, (st, _s, _e) in enumerate(parts):
-            if bounds[k] == bounds[k + 1]:
-                continue
-            assert st.chunk is not None
-            mine = group[bounds[k] : bounds[k + 1]]
-            rows = idx[mine]
-            _epbs(st.chunk.buf, st.big, st.native, buf, pos[mine], offs_all[rows], incl_all[rows], ts[rows],
-                  st.ifids[st.chunk.link], cidx_all[rows], coff, clen, cbuf)  # fmt: skip
-        out.send(buf)
-        start = stop
+    cbuf = np.frombuffer(b"".join(texts), np.uint8) if texts else np.zeros(1, np.uint8)
+    incl = np.concatenate([st.chunk.length[s:e] for st, s, e in parts if st.chunk is not None]).astype(np.int64)
+    off = np.concatenate([st.chunk.off[s:e] for st, s, e in parts if st.chunk is not None]).astype(np.int64)
+    which = np.repeat(np.arange(len(parts), dtype=np.int64), [e - s for _st, s, e in parts])
+    chunks = [st.chunk for st, _s, _e in parts if st.chunk is not None]
+    bases = np.array([c.buf.ctypes.data for c in chunks], np.int64)  # the chunks stay referenced meanwhile
+    big = np.array([st.big for st, _s, _e in parts], np.bool_)
+    native = np.array([st.native for st, _s, _e in parts], np.bool_)
+    ifid = np.array([st.ifids[c.link] for (st, _s, _e), c in zip(parts, chunks, strict=True)], np.int64)
+    room = 48 + int(incl.max()) + (int(clen.max()) + 12 if texts else 0)  # one record, its comment
+    # In slices of about SLICE_BYTES of output (a hundred hosts' chunks in one round would
+    # otherwise be one buffer of gigabytes); each slice is one buffer, one write.
+    j = 0
+    while j < len(order):
+        buf = out.reserve(SLICE_BYTES + room)
+        j, used = _emit(order, j, ts, off, incl, which, bases, big, native, ifid, cidx_all, coff, clen, cbuf, buf,
+                        max(1, SLICE_BYTES - out.fill))  # fmt: skip
+        out.commit(used)
     result.packets += len(ts)
     result.comments += len(texts)

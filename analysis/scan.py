@@ -234,10 +234,11 @@ def _tcp(b: Any, d: int, end: int, link: int, want_key: bool) -> tuple[int, np.u
 
 
 @_compiled
-def _walk(b: Any, pos: int, end: int, big: bool, mult: int, link: int, want_key: bool, ts: Any, flags: Any,
-          keys: Any, plen: Any, offs: Any, lens: Any, sink: Any) -> tuple[int, int, int]:  # fmt: skip
+def _walk(b: Any, pos: int, end: int, big: bool, mult: int, link: int, want_tcp: bool, want_key: bool, ts: Any,
+          flags: Any, keys: Any, plen: Any, offs: Any, lens: Any, sink: Any) -> tuple[int, int, int]:  # fmt: skip
     """Records from ``pos`` while they fit before ``end``: (records, next position, 1 if a
-    header was impossible).
+    header was impossible). Without ``want_tcp`` the packets are not looked into (flags -2,
+    payload length and key 0).
 
     Each record's position comes from the header before it, a chain of dependent loads the CPU
     cannot run ahead of: walked alone, every record waits for a full memory latency. So the
@@ -260,8 +261,12 @@ def _walk(b: Any, pos: int, end: int, big: bool, mult: int, link: int, want_key:
         if d + incl > end:
             break
         ts[n] = sec * 1_000_000_000 + frac * mult
-        f, k, p = _tcp(b, d, d + incl, link, want_key)
-        flags[n], keys[n], plen[n], offs[n], lens[n] = f, k, p, d, incl
+        if want_tcp:
+            f, k, p = _tcp(b, d, d + incl, link, want_key)
+            flags[n], keys[n], plen[n] = f, k, p
+        else:
+            flags[n], keys[n], plen[n] = -2, 0, 0
+        offs[n], lens[n] = d, incl
         n += 1
         pos = d + incl
     sink[0] = touched
@@ -292,14 +297,17 @@ def seq_keys(chunk: Chunk, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 
 # ---- drivers ---------------------------------------------------------------------------------
-def scan(fh: BinaryIO, stats: ReadStats, *, use_numba: bool | None = None, keys: bool = True) -> Iterator[Chunk]:
+def scan(fh: BinaryIO, stats: ReadStats, *, use_numba: bool | None = None, keys: bool = True,
+         tcp: bool = True) -> Iterator[Chunk]:  # fmt: skip
     """Yield column chunks for every record of a seekable capture file (``keys=False``: the
-    connection hashes are left at 0, which is cheaper). Raises NotACapture on another kind."""
+    connection hashes are left at 0, which is cheaper; ``tcp=False``: the records' times and
+    places only, flags -2 for classic pcap, as if each needed the full decoder). Raises
+    NotACapture on another kind."""
     start = fh.tell()
     head = fh.read(4)
     fast = HAVE_NUMBA if use_numba is None else (use_numba and HAVE_NUMBA)
     if head in PCAP_MAGIC and fast:
-        yield from _scan_pcap(fh, head, stats, keys)
+        yield from _scan_pcap(fh, head, stats, tcp, keys and tcp)
     elif head in PCAP_MAGIC or head == PCAPNG_SHB:
         fh.seek(start)
         yield from _scan_python(fh, stats)
@@ -344,7 +352,7 @@ def _scan_python(fh: BinaryIO, stats: ReadStats) -> Iterator[Chunk]:
         yield flush()
 
 
-def _scan_pcap(fh: BinaryIO, magic: bytes, stats: ReadStats, want_key: bool) -> Iterator[Chunk]:
+def _scan_pcap(fh: BinaryIO, magic: bytes, stats: ReadStats, want_tcp: bool, want_key: bool) -> Iterator[Chunk]:
     head = pcap_header(fh, magic, stats)
     if head is None:
         return
@@ -355,12 +363,12 @@ def _scan_pcap(fh: BinaryIO, magic: bytes, stats: ReadStats, want_key: bool) -> 
         size = fh.seek(0, io.SEEK_END)
         fh.seek(here)
     except (AttributeError, OSError, io.UnsupportedOperation):
-        yield from _stream(fh, stats, want_key, endian == ">", mult, link)
+        yield from _stream(fh, stats, want_tcp, want_key, endian == ">", mult, link)
         return
-    yield from _mapped(fd, fh.tell(), size, stats, want_key, endian == ">", mult, link)
+    yield from _mapped(fd, fh.tell(), size, stats, want_tcp, want_key, endian == ">", mult, link)
 
 
-def _mapped(fd: int, pos: int, size: int, stats: ReadStats, want_key: bool, big: bool, mult: int,
+def _mapped(fd: int, pos: int, size: int, stats: ReadStats, want_tcp: bool, want_key: bool, big: bool, mult: int,
             link: int) -> Iterator[Chunk]:  # fmt: skip
     """Walk a file through a read-only memory map, window by window, releasing the pages behind
     the cursor (MADV_DONTNEED) so memory stays flat. Chunk arrays are views valid until the next
@@ -371,10 +379,10 @@ def _mapped(fd: int, pos: int, size: int, stats: ReadStats, want_key: bool, big:
     released = 0
     while pos < size:
         end = min(size, pos + CHUNK)
-        n, new_pos, err = _walk(buf, pos, end, big, mult, link, want_key, *cols)
+        n, new_pos, err = _walk(buf, pos, end, big, mult, link, want_tcp, want_key, *cols)
         if n == 0 and not err and end < size:  # one record larger than a window
             end = min(size, pos + _MAX_RECORD + 16)
-            n, new_pos, err = _walk(buf, pos, end, big, mult, link, want_key, *cols)
+            n, new_pos, err = _walk(buf, pos, end, big, mult, link, want_tcp, want_key, *cols)
         if n:
             stats.records += n
             yield Chunk(buf, link, *(c[:n] for c in cols[:6]))
@@ -393,7 +401,8 @@ def _mapped(fd: int, pos: int, size: int, stats: ReadStats, want_key: bool, big:
             released = page
 
 
-def _stream(fh: BinaryIO, stats: ReadStats, want_key: bool, big: bool, mult: int, link: int) -> Iterator[Chunk]:
+def _stream(fh: BinaryIO, stats: ReadStats, want_tcp: bool, want_key: bool, big: bool, mult: int,
+            link: int) -> Iterator[Chunk]:  # fmt: skip
     """The same walk over a handle without a file behind it: one reused buffer, readinto."""
     cols = _columns(CHUNK // 40 + 1)
     buf = np.empty(CHUNK + _MAX_RECORD + 16, dtype=np.uint8)
@@ -404,7 +413,7 @@ def _stream(fh: BinaryIO, stats: ReadStats, want_key: bool, big: bool, mult: int
             got = fh.readinto(view[filled : filled + CHUNK])  # type: ignore[attr-defined]
             eof = not got
             filled += got or 0
-        n, pos, err = _walk(buf, 0, filled, big, mult, link, want_key, *cols)
+        n, pos, err = _walk(buf, 0, filled, big, mult, link, want_tcp, want_key, *cols)
         if n:
             stats.records += n
             yield Chunk(buf, link, *(c[:n] for c in cols[:6]))

@@ -331,7 +331,8 @@ WIRESHARK_FILTER = 'frame.comment contains "R"'
 
 class DirectFile:
     """A new file written front to back past the page cache (O_DIRECT: page-aligned chunks from a
-    buffer of its own, the tail without it), where the filesystem allows; plain writes otherwise.
+    buffer of its own, or whole blocks straight from the caller's aligned memory through
+    ``write_blocks``; the tail without it), where the filesystem allows; plain writes otherwise.
     merged.pcapng is as large as the captures and nobody reads it back at once: filling the page
     cache with it cost this machine more than the merge itself (1.9 GB: 4.96-5.85 s through the
     cache, 1.06-1.25 s past it, fresh files, measured)."""
@@ -360,6 +361,25 @@ class DirectFile:
         fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
         self.direct = False
 
+    @property
+    def block(self) -> int:
+        """The size that ``write_blocks`` takes multiples of (0: plain writes)."""
+        return mmap.PAGESIZE if self.direct and not self.fill else 0
+
+    def write_blocks(self, data: Any) -> None:
+        """Whole blocks from page-aligned memory, written as they are (no copy), after everything
+        before (which was whole blocks too)."""
+        self._out_direct(memoryview(data).cast("B"))
+
+    def _out_direct(self, view: memoryview) -> None:
+        try:
+            self._out(view)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self._plain()  # the filesystem took the flag but not the write
+            self._out(view)
+
     def _out(self, view: memoryview) -> None:
         done = 0
         while done < len(view):
@@ -382,12 +402,7 @@ class DirectFile:
     def _flush(self) -> None:
         chunk = memoryview(self.buf)[: self.fill]
         try:
-            self._out(chunk)
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:
-                raise
-            self._plain()  # the filesystem took the flag but not the write
-            self._out(chunk)
+            self._out_direct(chunk)
         finally:
             chunk.release()
         self.fill = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +57,24 @@ def test_compiled_and_python_walks_agree(linktype: int, wrap: str | None) -> Non
     for k in fast:
         assert np.array_equal(fast[k], slow[k]), k
     assert (fast["flags"] >= 0).sum() > 50
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="numba is part of the test extras; the Python walk always decodes")
+def test_the_walk_without_looking_into_packets_finds_the_same_records(tmp_path: Path) -> None:
+    """tcp=False (merged.pcapng's scan): every record's time, place and length as the full walk
+    has them, from a file (mapped) and from a stream; flags -2, nothing decoded."""
+    path = tmp_path / "m.pcap"
+    path.write_bytes(pcap(mixed()))
+    for open_ in (lambda: path.open("rb"), lambda: io.BytesIO(path.read_bytes())):
+        with open_() as fh:
+            full = [(c.ts.copy(), c.off.copy(), c.length.copy()) for c in scan(fh, ReadStats())]
+        with open_() as fh:
+            lean = [(c.ts.copy(), c.off.copy(), c.length.copy(), c.flags.copy(), c.plen.copy())
+                    for c in scan(fh, ReadStats(), tcp=False)]  # fmt: skip
+        assert len(full) == len(lean) > 0
+        for (ts, off, n), (ts2, off2, n2, flags, plen) in zip(full, lean, strict=True):
+            assert np.array_equal(ts, ts2) and np.array_equal(off, off2) and np.array_equal(n, n2)
+            assert (flags == -2).all() and (plen == 0).all()
 
 
 def test_connection_hash_is_direction_free_and_matches_the_scanner() -> None:

@@ -17,6 +17,10 @@ must not pay for them). The hosts' keys, inventory and bundles are removed unles
 Per repetition, printed as medians:
 - bare asyncssh: connect, run `date +%s%N` on every host at once: time to the last answer, and the
   spread of the hosts' clocks when they answered (its "start skew");
+- bare asyncssh + tcpdump: connect, run one command on every host at once that starts tcpdump as
+  capture-all's job does (its options, under `timeout`, stopping by itself after 3 s): time to the
+  last host's "listening on", the smallest arming there is (a capture's start costs the host CPU,
+  and the lab's hosts share two cores);
 - capture-all (its defaults, `-d DURATION`): time from the process start to the last host
   armed (manifest `armed_ns`: its capture listens), its start skew (manifest), the spread of the
   captures' starts by the hosts' own clocks (computed here from the manifest's `remote_armed_ns`
@@ -101,24 +105,41 @@ def build(n: int, root: Path, login_files: bool = False) -> Path:
     return inv
 
 
-def bare(n: int, root: Path) -> tuple[float, float]:
+def bare(n: int, root: Path, capture: bool = False) -> tuple[float, float]:
     """(seconds from its process's start to the last host's answer, spread of the hosts' clocks
-    in their answers, ms)."""
+    in their answers, ms). ``capture``: each host's one command starts tcpdump as capture-all's
+    job does and answers once it listens (the clock: when it started it)."""
     start_ns = time.time_ns()
-    out = subprocess.run([sys.executable, "-m", "bench.fanout", "--bare", str(root), "--hosts", str(n)],
-                         capture_output=True, text=True, check=True, cwd=REPO).stdout  # fmt: skip
+    argv = [sys.executable, "-m", "bench.fanout", "--bare", str(root), "--hosts", str(n),
+            *(["--bare-capture"] if capture else [])]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=REPO).stdout
     last_ns, spread_ms = json.loads(out)
     return (last_ns - start_ns) / 1e9, spread_ms
 
 
-async def _bare(n: int, root: Path) -> None:
+# The smallest arming there is: one command that starts a capture the way capture-all's job does
+# (the same tcpdump options, under `timeout`, stopping by itself) and says when it listens.
+BARE_CAPTURE = (
+    "date +%s%N; exec timeout -s INT -k 5 3 tcpdump -i eth1 -nn -U -s 262144 -c 1000000 --immediate-mode "
+    "--time-stamp-precision=nano -w /dev/null 'tcp and host 198.18.250.2 and port 80' 2>&1"
+)
+
+
+async def _bare(n: int, root: Path, capture: bool = False) -> None:
     import asyncssh
 
     async def one(i: int) -> int:
         opts = {"username": "root", "client_keys": [str(root / "id")], "known_hosts": str(root / "known_hosts"),
                 "config": [str(root / "ssh_config")]}  # fmt: skip
         async with asyncssh.connect(address(i), **opts) as c:
-            return int((await c.run("date +%s%N", check=True)).stdout)
+            if not capture:
+                return int((await c.run("date +%s%N", check=True)).stdout)
+            async with c.create_process(BARE_CAPTURE) as p:
+                stamp = int(await p.stdout.readline())
+                while "listening on" not in (line := await p.stdout.readline()):
+                    if not line:
+                        raise SystemExit(f"h{i}: tcpdump never listened")
+                return stamp
 
     stamps = await asyncio.gather(*(one(i) for i in range(n)))
     print(json.dumps([time.time_ns(), (max(stamps) - min(stamps)) / 1e6]))
@@ -233,9 +254,10 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help="a checkout of capture-all at another commit, run alternately with this one")  # fmt: skip
     ap.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # the bare side, in its own process
+    ap.add_argument("--bare-capture", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.bare:
-        asyncio.run(_bare(args.hosts, args.bare))
+        asyncio.run(_bare(args.hosts, args.bare, args.bare_capture))
         return
     if args.baseline and not (args.baseline / "orchestrator" / "cli.py").is_file():
         raise SystemExit(f"--baseline {args.baseline}: not a checkout of capture-all (no orchestrator/cli.py)")
@@ -248,10 +270,12 @@ def main() -> None:
     print(f"{args.hosts} sshd hosts up in {time.monotonic() - t:.1f} s")
     time.sleep(1.0)
     baseline = len(processes())  # the idle hosts, and this process
-    bares, ours, kernel, base = [], [], [], []
+    bares, captures, ours, kernel, base = [], [], [], [], []
     try:
         for k in range(args.runs):  # alternating: the machine's drift hits both alike
             bares.append(bare(args.hosts, root))
+            settle(baseline)
+            captures.append(bare(args.hosts, root, capture=True))
             settle(baseline)
             if not args.no_witness:
                 kernel.append(kernel_only(args.hosts))
@@ -263,7 +287,8 @@ def main() -> None:
                 got = capture_all(args.hosts, inv, root / f"{who}-{k}", args.duration, not args.no_witness, code)
                 (base if who == "base" else ours).append(got)
                 settle(baseline)
-            print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); capture-all {ours[-1]}"
+            print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); bare + tcpdump "
+                  f"{captures[-1][0]:.2f} s (skew {captures[-1][1]:.0f} ms); capture-all {ours[-1]}"
                   + (f"; baseline {base[-1]}" if base else "")
                   + (f"; kernel only: set up {kernel[-1][0]:.2f} s, removed {kernel[-1][1]:.2f} s" if kernel else ""))
     finally:
@@ -278,9 +303,14 @@ def main() -> None:
     logins = "the machine's login files" if args.login_files else "empty login files"
     print(f"\nmedians over {args.runs} runs, {args.hosts} hosts, {args.duration:g} s captures, {witness} the witness, "
           f"{logins}:")
+    c_last, c_skew = med(b for b, _ in captures), med(s for _, s in captures)
     print(f"  bare asyncssh connect + date: last answer {b_last:.2f} s, clock spread {b_skew:.0f} ms")
+    print(f"  bare asyncssh connect + one command starting tcpdump: last listening {c_last:.2f} s, "
+          f"spread of the starts {c_skew:.0f} ms")
+
     def summary(label: str, r: dict[str, float]) -> str:
-        return (f"  {label}: last host armed {r['last_armed_s']:.2f} s ({r['last_armed_s'] / b_last:.1f}x bare), "
+        return (f"  {label}: last host armed {r['last_armed_s']:.2f} s ({r['last_armed_s'] / b_last:.1f}x bare, "
+                f"{r['last_armed_s'] / c_last:.1f}x bare + tcpdump), "
                 f"start skew {r['skew_ms']:.0f} ms (hosts' clocks: {r['start_spread_ms']:.0f} ms), "
                 f"overhead {r['overhead_s']:.2f} s, "
                 f"controller CPU {r['cpu_ms_per_host']:.0f} ms/host, armed {r['armed_hosts']:.0f}/{args.hosts}")

@@ -24,7 +24,7 @@ _SSH_PLACEHOLDER = "not (host <controller> and host <host> and port <ssh port> a
 def snapshot_commands() -> list[str]:
     """The snapshot's commands and files, as SNAPSHOT has them (before and after the capture)."""
     out = []
-    for m in re.finditer(r"\bsnap(file)? \w+ (.+?)(?:;;)?$", SNAPSHOT, re.M):
+    for m in re.finditer(r"\bsnap(files?)? \w+ (.+?)(?:;;)?$", SNAPSHOT, re.M):
         what = m.group(2).strip()
         out.append(f"read {what}" if m.group(1) else what)
     return list(dict.fromkeys(out))

@@ -19,8 +19,9 @@ SNAPSHOT_SECTIONS = (
     "ip_link",  # bundles before 0.2 (ip -j addr has the links' index, name and MAC too)
     "ip_s_link",
     "ss_tanpi",  # connections and listeners, with their processes (bundles before 0.2: ss_tnpi, ss_tlnp)
-    "ss_s",
-    "nstat",
+    "ss_s",  # older bundles: ss -s (now sockstat)
+    "sockstat",  # /proc/net/sockstat and sockstat6
+    "nstat",  # /proc/net/snmp, netstat and snmp6 (older bundles: nstat -asz)
     "conntrack_count",
     "conntrack_max",
     "port_range",

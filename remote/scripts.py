@@ -135,6 +135,13 @@ snapfile() {
   echo "@@section $1"
   if [ -r "$2" ]; then catf "$2"; echo "@@rc 0"; else echo "cannot read $2"; echo "@@rc 1"; fi
 }
+# snapfiles: a section ($1) of every one of the files after it that can be read, one after the other.
+snapfiles() {
+  echo "@@section $1"; shift; r=1
+  for f; do [ -r "$f" ] && { catf "$f"; r=0; }; done
+  [ "$r" = 0 ] || echo "cannot read $*"
+  echo "@@rc $r"
+}
 # snapshot [after]: "after" leaves out what does not change (addresses, kernel, limits).
 snapshot() {
   snap clock_ns date +%s%N
@@ -155,8 +162,10 @@ snapshot() {
       *) echo "@@section ss_tanpi"; printf '%s\n' "$socks"; echo "@@rc $rc";;
     esac
   fi
-  snap ss_s ss -s
-  snap nstat nstat -asz
+  # The kernel's socket and SNMP counters as it prints them (what `ss -s` and `nstat -asz` read and
+  # print again): read by the shell, no process, on a host where a hundred others arm at once.
+  snapfiles sockstat /proc/net/sockstat /proc/net/sockstat6
+  snapfiles nstat /proc/net/snmp /proc/net/netstat /proc/net/snmp6
   snapfile conntrack_count /proc/sys/net/netfilter/nf_conntrack_count
   if [ "${1:-}" != after ]; then
     snapfile conntrack_max /proc/sys/net/netfilter/nf_conntrack_max

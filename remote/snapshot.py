@@ -36,12 +36,29 @@ def parse_listeners(ss_tlnp: str) -> dict[int, set[int]]:
     return {port: {pid for _, pid in procs} for port, procs in parse_listener_names(ss_tlnp).items()}
 
 
+def _is_int(word: str) -> bool:
+    return word.lstrip("-").isdigit()
+
+
 def parse_nstat(text: str) -> dict[str, int]:
-    """``nstat -asz`` -> {counter: absolute value}."""
+    """The kernel's counters -> {counter: absolute value}, named as ``nstat`` names them
+    (``TcpOutRsts``, ``TcpExtTCPAbortOnData``, ``Ip6InReceives``), from what the snapshot reads:
+    /proc/net/snmp and netstat (a line of names, then one of values, each after its ``Prefix:``)
+    and snmp6 (a name and a value a line); or from ``nstat -asz`` (older bundles)."""
     out: dict[str, int] = {}
+    names: tuple[str, list[str]] | None = None
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and not line.startswith("#") and parts[1].isdigit():
+        if not parts or line.startswith("#"):
+            continue
+        if parts[0].endswith(":"):
+            prefix = parts[0][:-1]
+            if names is not None and names[0] == prefix and all(_is_int(p) for p in parts[1:]):
+                out.update({prefix + n: int(v) for n, v in zip(names[1], parts[1:], strict=False)})
+                names = None
+            else:
+                names = (prefix, parts[1:])
+        elif len(parts) >= 2 and _is_int(parts[1]):
             out[parts[0]] = int(parts[1])
     return out
 

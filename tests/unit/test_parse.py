@@ -17,7 +17,7 @@ from remote.parse import (
     parse_tcpdump_stats,
     snapshot_files,
 )
-from remote.snapshot import host_addresses, parse_conntrack
+from remote.snapshot import host_addresses, parse_conntrack, parse_nstat
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "remote"
 
@@ -52,8 +52,11 @@ def test_capture_session_up_to_armed() -> None:
     parsed = parse_sections(after_probe)
     assert parsed.failure is None
     files = snapshot_files(parsed)
-    assert set(files) == {f"{s}.txt" for s in SNAPSHOT_SECTIONS} - {"conntrack_flow.txt", "ip_link.txt"}
-    assert "TcpExtListenOverflows" in files["nstat.txt"]
+    assert set(files) == {f"{s}.txt" for s in SNAPSHOT_SECTIONS} - {"conntrack_flow.txt", "ip_link.txt", "ss_s.txt"}
+    counters = parse_nstat(files["nstat.txt"])
+    assert {"TcpExtListenOverflows", "TcpOutRsts", "TcpEstabResets", "Ip6InReceives"} <= set(counters)
+    assert counters["TcpMaxConn"] == -1 and counters["IpDefaultTTL"] == 64
+    assert files["sockstat.txt"].startswith("sockets: used ")
     ips, macs = host_addresses(files["ip_addr.txt"])
     assert {"198.18.2.10", "198.18.3.1", "198.19.0.13", "127.0.0.1"} <= ips
     assert len(macs) == 3  # mgmt, eth1, eth2 (loopback's all-zero MAC is not one)
@@ -189,3 +192,26 @@ def test_conntrack_entries_name_both_sides_of_a_translation() -> None:
     assert dnat == (("10.20.2.17", 51644, "10.20.4.18", 443), ("10.20.0.2", 51644, "10.30.7.55", 8443))
     assert plain[0] == plain[1]
     assert parse_conntrack("no conntrack tool and no /proc/net/nf_conntrack\n") == []
+
+
+def test_counters_read_from_the_kernel_are_nstat_s_own() -> None:
+    """The snapshot reads /proc/net/snmp, netstat and snmp6 itself (no process); parsed, they are
+    the counters `nstat -asz` prints from the same files on this machine: every name nstat prints,
+    and its value between ours read just before and just after it (the counters only grow); nstat's
+    own output (older bundles) still parses."""
+    import json
+    import subprocess
+
+    def ours() -> dict[str, int]:
+        files = [Path(f"/proc/net/{f}") for f in ("snmp", "netstat", "snmp6")]
+        return parse_nstat("".join(f.read_text() for f in files if f.exists()))
+
+    before = ours()
+    out = subprocess.run(["nstat", "-asz", "--json"], capture_output=True, text=True, check=True).stdout
+    plain = subprocess.run(["nstat", "-asz"], capture_output=True, text=True, check=True).stdout
+    after = ours()
+    theirs = {k: v for table in json.loads(out).values() for k, v in table.items() if not k.startswith("Sctp")}
+    assert len(theirs) > 100 and set(theirs) <= set(before)
+    gauges = {"TcpCurrEstab"}  # goes up and down
+    assert [k for k in theirs if k not in gauges and not before[k] <= theirs[k] <= after[k]] == []
+    assert set(parse_nstat(plain)) == set(theirs) | {k for k in parse_nstat(plain) if k.startswith("Sctp")}

@@ -173,8 +173,8 @@ def _emit(order: Any, j: int, ts: Any, off: Any, incl: Any, which: Any, bases: A
         if c >= 0:
             m = clen[c]
             copt = 4 + m + (4 - m % 4) % 4 + 4
-        total = 32 + n + pad + copt
-        _put32(out, q, 6)
+        total = _EPB_FIXED + n + pad + copt
+        _put32(out, q, _EPB)
         _put32(out, q + 4, total)
         _put32(out, q + 8, ifid[k])
         _put32(out, q + 12, t >> 32)
@@ -294,8 +294,8 @@ def _aligned(n: int) -> np.ndarray:
 
 class _Writer:
     """Buffers the output and writes it in a thread of its own while the next part is built (the
-    compiled loop and the file write both release the GIL), from two buffers reused turn by turn (a
-    fresh buffer each time would fault in every page again). The output is built in place
+    compiled loop and the file write both release the GIL), from BUFFERS buffers reused turn by turn
+    (a fresh buffer each time would fault in every page again). The output is built in place
     (``reserve``, ``commit``) and written once a buffer holds SLICE_BYTES. A handle with ``block``
     > 0 (orchestrator.evidence.DirectFile past the page cache) is given whole blocks from aligned
     memory through ``write_blocks``: the part of a buffer past its last whole block moves to the
@@ -336,7 +336,7 @@ class _Writer:
 
     def flush(self, last: bool = False) -> None:
         """Send the buffer to be written (``last``: all of it, the end of the file) and go on in
-        the other one."""
+        the next one."""
         k, o = self.turn, (self.turn + 1) % len(self.bufs)
         buf = self.bufs[k]
         n = self.fill if last or not self.block else self.fill - self.fill % self.block
@@ -470,38 +470,37 @@ def _write_round(out: _Writer, parts: list[tuple[_Stream, int, int]], a: Analysi
     """One round's records from every stream, in aligned time order (ties: source order)."""
     if not parts:
         return
-    for st, _s, _e in parts:
-        assert st.chunk is not None
-        _interface(out, st, st.chunk.link, a, result)
+    chunks = [st.chunk for st, _s, _e in parts if st.chunk is not None]
+    assert len(chunks) == len(parts)  # a stream in a round holds a chunk
+    for (st, _s, _e), c in zip(parts, chunks, strict=True):
+        _interface(out, st, c.link, a, result)
     ts = np.concatenate([st.aligned[s:e] for st, s, e in parts if st.aligned is not None])
     order = np.argsort(ts, kind="stable")
     # Each record's comment (if any): its original time among the stream's reset targets, and a RST.
     cidx_all = np.full(len(ts), -1, np.int64)
     texts: list[bytes] = []
     base = 0
-    for st, s, e in parts:
-        assert st.chunk is not None
+    for (st, s, e), c in zip(parts, chunks, strict=True):
         if len(st.targets):
-            raw = st.chunk.ts[s:e]
+            raw = c.ts[s:e]
             hit = np.searchsorted(st.targets, raw)
             hit_ok = (hit < len(st.targets)) & (st.targets[np.minimum(hit, len(st.targets) - 1)] == raw)
             for i in np.nonzero(hit_ok)[0]:
-                if _is_rst(st.chunk, s + int(i)):
+                if _is_rst(c, s + int(i)):
                     cidx_all[base + i] = len(texts)
                     texts.append(st.texts[int(hit[i])])
         base += e - s
     clen = np.array([len(t) for t in texts], np.int64)
     coff = np.concatenate([[0], np.cumsum(clen)[:-1]]).astype(np.int64) if texts else np.zeros(0, np.int64)
     cbuf = np.frombuffer(b"".join(texts), np.uint8) if texts else np.zeros(1, np.uint8)
-    incl = np.concatenate([st.chunk.length[s:e] for st, s, e in parts if st.chunk is not None]).astype(np.int64)
-    off = np.concatenate([st.chunk.off[s:e] for st, s, e in parts if st.chunk is not None]).astype(np.int64)
+    incl = np.concatenate([c.length[s:e] for (_st, s, e), c in zip(parts, chunks, strict=True)]).astype(np.int64)
+    off = np.concatenate([c.off[s:e] for (_st, s, e), c in zip(parts, chunks, strict=True)]).astype(np.int64)
     which = np.repeat(np.arange(len(parts), dtype=np.int64), [e - s for _st, s, e in parts])
-    chunks = [st.chunk for st, _s, _e in parts if st.chunk is not None]
     bases = np.array([c.buf.ctypes.data for c in chunks], np.int64)  # the chunks stay referenced meanwhile
     big = np.array([st.big for st, _s, _e in parts], np.bool_)
     native = np.array([st.native for st, _s, _e in parts], np.bool_)
     ifid = np.array([st.ifids[c.link] for (st, _s, _e), c in zip(parts, chunks, strict=True)], np.int64)
-    room = 48 + int(incl.max()) + (int(clen.max()) + 12 if texts else 0)  # one record, its comment
+    room = _EPB_FIXED + 3 + int(incl.max()) + (int(clen.max()) + 11 if texts else 0)  # one record, padded, commented
     # In slices of about SLICE_BYTES of output (a hundred hosts' chunks in one round would
     # otherwise be one buffer of gigabytes); each slice is one buffer, one write.
     j = 0

@@ -85,10 +85,11 @@ nap() {
 }
 # Waiting for the capture: "listen" until every interface's tcpdump listens (0) or the job
 # stopped first (1); "done" until the job marked the directory done (0). At most LIMIT
-# centiseconds (then 1). Where the host has bash, one bash process sleeps on the fifo $dir/nap
-# (`read -t`), which the job writes a line to whenever one of these changes (a capture listens,
-# the captures stopped, done): it looks as soon as there is something to see and otherwise every
-# half second, with builtins only. Elsewhere, the naps above. Uses dir.
+# centiseconds (then 1). Where the host has bash, bash sleeps on the fifo $dir/nap (`read -t`;
+# the session's own shell where that is bash, else one bash process), which the job writes a line
+# to whenever one of these changes (a capture listens, the captures stopped, done): it looks as
+# soon as there is something to see and otherwise every half second, with builtins only.
+# Elsewhere, the naps above. Uses dir.
 cap_fns='
 cap_state() {
   if [ "$1" = done ]; then [ -f "$dir/done" ] && return 0; return 2; fi
@@ -104,6 +105,18 @@ cap_state() {
 }'
 eval "$cap_fns"
 await_cap() {
+  if [ -n "${BASH_VERSION:-}" ] && [ -p "$dir/nap" ]; then
+    # This shell is bash (the session's, see remote.commands): it waits itself, no process.
+    cw_mode=$1 cw_limit=$2; shift 2; cw_k=0
+    exec 9<> "$dir/nap" || return 1
+    while :; do
+      cap_state "$cw_mode" "$@"; cw_r=$?; [ "$cw_r" = 2 ] || break
+      [ "$cw_k" -ge "$cw_limit" ] && { cw_r=1; break; }
+      read -t 0.5 -u 9 _ || cw_k=$((cw_k + 50))
+    done
+    exec 9<&-
+    return "$cw_r"
+  fi
   if command -v bash >/dev/null 2>&1 && [ -p "$dir/nap" ]; then
     dir=$dir bash --norc --noprofile -c "$cap_fns"'
       exec 9<> "$dir/nap" || exit 1
@@ -136,15 +149,21 @@ snapfile() {
   if [ -r "$2" ]; then catf "$2"; echo "@@rc 0"; else echo "cannot read $2"; echo "@@rc 1"; fi
 }
 # snapfiles: a section ($1) of every one of the files after it that can be read, one after the other.
+# One `cat` for them all where there is one: the shell's `read` takes a byte per system call, and
+# /proc/net/netstat alone is 4 KB (a `cat` costs a process, the loop 4 ms on a busy host).
 snapfiles() {
-  echo "@@section $1"; shift; r=1
-  for f; do [ -r "$f" ] && { catf "$f"; r=0; }; done
-  [ "$r" = 0 ] || echo "cannot read $*"
+  echo "@@section $1"; shift; r=1; all=$*
+  for f; do shift; [ -r "$f" ] && { set -- "$@" "$f"; r=0; }; done
+  if [ "$r" = 1 ]; then echo "cannot read $all"
+  elif command -v cat >/dev/null 2>&1; then cat -- "$@" 2>/dev/null
+  else for f; do catf "$f"; done; fi
   echo "@@rc $r"
 }
 # snapshot [after]: "after" leaves out what does not change (addresses, kernel, limits).
 snapshot() {
-  snap clock_ns date +%s%N
+  if [ -n "${BASH_VERSION:-}" ] && [ -n "${EPOCHREALTIME:-}" ]; then
+    e=$EPOCHREALTIME; echo "@@section clock_ns"; echo "${e%%[!0-9]*}${e#*[!0-9]}000"; echo "@@rc 0"
+  else snap clock_ns date +%s%N; fi
   if [ "${1:-}" != after ]; then
     snapfile uname /proc/sys/kernel/osrelease
     snap ip_addr ip -j addr
@@ -163,7 +182,7 @@ snapshot() {
     esac
   fi
   # The kernel's socket and SNMP counters as it prints them (what `ss -s` and `nstat -asz` read and
-  # print again): read by the shell, no process, on a host where a hundred others arm at once.
+  # print again): two processes fewer than running those, one `cat` for the larger files.
   snapfiles sockstat /proc/net/sockstat /proc/net/sockstat6
   snapfiles nstat /proc/net/snmp /proc/net/netstat /proc/net/snmp6
   snapfile conntrack_count /proc/sys/net/netfilter/nf_conntrack_count
@@ -183,7 +202,12 @@ PROBE = r"""
 # It first says the host's time now (section "probe": in the capture session that is the moment
 # its capture listens, "armed").
 probe() {
-  if command -v bash >/dev/null 2>&1; then
+  if [ -n "${BASH_VERSION:-}" ] && [ -n "${EPOCHREALTIME:-}" ]; then
+    # This shell is bash 5 (the session's, see remote.commands): no process at all. Its clock reads
+    # 1700000000.123456 (or with the locale's separator); the digits alone are microseconds.
+    e=$EPOCHREALTIME; echo "@@section probe"; echo "now_ns=${e%%[!0-9]*}${e#*[!0-9]}000"; echo "@@probe us"
+    while IFS= read -r l && [ "$l" = t ]; do e=$EPOCHREALTIME; echo "${e%%[!0-9]*}${e#*[!0-9]}"; done
+  elif command -v bash >/dev/null 2>&1; then
     bash --norc --noprofile -c 'if [ -n "${EPOCHREALTIME:-}" ]; then
       echo "@@section probe"; echo "now_ns=${EPOCHREALTIME//[!0-9]/}000"; echo "@@probe us"
       while IFS= read -r l && [ "$l" = t ]; do echo "${EPOCHREALTIME//[!0-9]/}"; done

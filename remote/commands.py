@@ -116,23 +116,8 @@ INLINE_KB = 4096
 GO_WAIT_S = 120
 
 
-# A session that waits and answers clock probes runs in bash where the host has bash 5: its waits
-# (`read -t`) and its clock ($EPOCHREALTIME) are then builtins, where sh needs a process for each
-# (a bash of its own, or `date`). Elsewhere sh; an older bash hands the script to sh itself. The
-# script is an argument (never spliced in); bash without rc files (Debian's bash reads ~/.bashrc
-# under SSH otherwise), nor BASH_ENV.
-BASH_OR_SH = (
-    'unset BASH_ENV; command -v bash >/dev/null 2>&1 && exec bash --norc --noprofile -c "$0" capture-all "$@"; '
-    'exec sh -c "$0" capture-all "$@"'
-)
-_OLD_BASH = 'case ${BASH_VERSION:-} in [1-4].*) exec sh -c "$BASH_EXECUTION_STRING" capture-all "$@";; esac\n'
-
-
-def _line(script: str, args: tuple[str, ...], *, timeout: float, sudo: bool, prefix: str = "",
-          bash: bool = False) -> str:  # fmt: skip
-    body = _EXIT_CODES + "\n" + script
-    shell = ["sh", "-c", BASH_OR_SH, _OLD_BASH + body] if bash else ["sh", "-c", body, "capture-all"]
-    argv = ["timeout", "-k", "5", str(int(timeout)), *shell, *args]
+def _line(script: str, args: tuple[str, ...], *, timeout: float, sudo: bool, prefix: str = "") -> str:
+    argv = ["timeout", "-k", "5", str(int(timeout)), "sh", "-c", _EXIT_CODES + "\n" + script, "capture-all", *args]
     if sudo:
         argv = ["sudo", "-n", "--", *argv]
     return prefix + " ".join(shlex.quote(a) for a in argv)
@@ -150,7 +135,7 @@ def shown(command: RemoteCommand) -> str:
     it is replaced by its name and size (``capture-all plan``: the scripts are in remote/scripts.py)."""
     line = command.line
     for name, script in _SCRIPTS.items():
-        for body in (_OLD_BASH + _EXIT_CODES + "\n" + script, _EXIT_CODES + "\n" + script, script):
+        for body in (_EXIT_CODES + "\n" + script, script):
             quoted = shlex.quote(body)
             if quoted in line:
                 line = line.replace(quoted, f"<{name}: {body.count(chr(10)) + 1} lines of sh>")
@@ -218,7 +203,7 @@ def capture(
     prefix = 'echo "@@ssh $SSH_CONNECTION"; '
     # The session lives as long as the run: it waits for "go", then for "finish", then for "rm".
     timeout = go_wait_s + limit_s + wait_s + TRANSFER_S + 120
-    line = _line(CAPTURE_SCRIPT, args, timeout=timeout, sudo=sudo, prefix=prefix, bash=True)
+    line = _line(CAPTURE_SCRIPT, args, timeout=timeout, sudo=sudo, prefix=prefix)
     return RemoteCommand("capture", args, line, timeout, interfaces=tuple(interfaces))
 
 
@@ -242,7 +227,7 @@ def finish(
     args = (validate_remote_dir(remote_dir), str(int(wait_s)), _ports(ports), "1" if conntrack else "0",
             str(int(inline_kb)), wfrom, wto, *map(validate_interface, interfaces))  # fmt: skip
     timeout = wait_s + 60 + TRANSFER_S
-    line = _line(FINISH_SCRIPT, args, timeout=timeout, sudo=sudo, bash=True)
+    line = _line(FINISH_SCRIPT, args, timeout=timeout, sudo=sudo)
     return RemoteCommand("finish", args, line, timeout, interfaces=tuple(interfaces))
 
 

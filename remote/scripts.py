@@ -85,11 +85,10 @@ nap() {
 }
 # Waiting for the capture: "listen" until every interface's tcpdump listens (0) or the job
 # stopped first (1); "done" until the job marked the directory done (0). At most LIMIT
-# centiseconds (then 1). Where the host has bash, bash sleeps on the fifo $dir/nap (`read -t`;
-# the session's own shell where that is bash, else one bash process), which the job writes a line
-# to whenever one of these changes (a capture listens, the captures stopped, done): it looks as
-# soon as there is something to see and otherwise every half second, with builtins only.
-# Elsewhere, the naps above. Uses dir.
+# centiseconds (then 1). Where the host has bash, one bash process sleeps on the fifo $dir/nap
+# (`read -t`), which the job writes a line to whenever one of these changes (a capture listens,
+# the captures stopped, done): it looks as soon as there is something to see and otherwise every
+# half second, with builtins only. Elsewhere, the naps above. Uses dir.
 cap_fns='
 cap_state() {
   if [ "$1" = done ]; then [ -f "$dir/done" ] && return 0; return 2; fi
@@ -105,18 +104,6 @@ cap_state() {
 }'
 eval "$cap_fns"
 await_cap() {
-  if [ -n "${BASH_VERSION:-}" ] && [ -p "$dir/nap" ]; then
-    # This shell is bash (the session's, see remote.commands): it waits itself, no process.
-    cw_mode=$1 cw_limit=$2; shift 2; cw_k=0
-    exec 9<> "$dir/nap" || return 1
-    while :; do
-      cap_state "$cw_mode" "$@"; cw_r=$?; [ "$cw_r" = 2 ] || break
-      [ "$cw_k" -ge "$cw_limit" ] && { cw_r=1; break; }
-      read -t 0.5 -u 9 _ || cw_k=$((cw_k + 50))
-    done
-    exec 9<&-
-    return "$cw_r"
-  fi
   if command -v bash >/dev/null 2>&1 && [ -p "$dir/nap" ]; then
     dir=$dir bash --norc --noprofile -c "$cap_fns"'
       exec 9<> "$dir/nap" || exit 1
@@ -161,9 +148,7 @@ snapfiles() {
 }
 # snapshot [after]: "after" leaves out what does not change (addresses, kernel, limits).
 snapshot() {
-  if [ -n "${BASH_VERSION:-}" ] && [ -n "${EPOCHREALTIME:-}" ]; then
-    e=$EPOCHREALTIME; echo "@@section clock_ns"; echo "${e%%[!0-9]*}${e#*[!0-9]}000"; echo "@@rc 0"
-  else snap clock_ns date +%s%N; fi
+  snap clock_ns date +%s%N
   if [ "${1:-}" != after ]; then
     snapfile uname /proc/sys/kernel/osrelease
     snap ip_addr ip -j addr
@@ -202,12 +187,7 @@ PROBE = r"""
 # It first says the host's time now (section "probe": in the capture session that is the moment
 # its capture listens, "armed").
 probe() {
-  if [ -n "${BASH_VERSION:-}" ] && [ -n "${EPOCHREALTIME:-}" ]; then
-    # This shell is bash 5 (the session's, see remote.commands): no process at all. Its clock reads
-    # 1700000000.123456 (or with the locale's separator); the digits alone are microseconds.
-    e=$EPOCHREALTIME; echo "@@section probe"; echo "now_ns=${e%%[!0-9]*}${e#*[!0-9]}000"; echo "@@probe us"
-    while IFS= read -r l && [ "$l" = t ]; do e=$EPOCHREALTIME; echo "${e%%[!0-9]*}${e#*[!0-9]}"; done
-  elif command -v bash >/dev/null 2>&1; then
+  if command -v bash >/dev/null 2>&1; then
     bash --norc --noprofile -c 'if [ -n "${EPOCHREALTIME:-}" ]; then
       echo "@@section probe"; echo "now_ns=${EPOCHREALTIME//[!0-9]/}000"; echo "@@probe us"
       while IFS= read -r l && [ "$l" = t ]; do echo "${EPOCHREALTIME//[!0-9]/}"; done

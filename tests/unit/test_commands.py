@@ -22,13 +22,9 @@ def arm(interfaces: list[str] | None = None, sudo: bool = False, **kw: object) -
 
 
 def argv_after_script(line: str, script: str) -> list[str]:
-    """What the remote `sh -c SCRIPT capture-all ...` receives as $1... (or, where the session picks
-    bash, `sh -c BASH_OR_SH SCRIPT ...`, which hands SCRIPT and the rest on as they are)."""
+    """What the remote `sh -c SCRIPT capture-all ...` receives as $1..."""
     words = shlex.split(line.split("; ", 1)[-1] if line.startswith("echo") else line)
     i = next(k for k, w in enumerate(words) if w.endswith(script))  # after the exit-code preamble
-    if words[i - 1] == commands.BASH_OR_SH:
-        assert words[i - 2] == "-c"
-        return words[i + 1 :]
     assert words[i - 1] == "-c" and words[i + 1] == "capture-all"
     return words[i + 2 :]
 
@@ -121,9 +117,7 @@ def test_ports_are_integers_in_range() -> None:
 
 def test_the_scripts_exit_codes_are_the_python_constants() -> None:
     line = arm().line
-    words = shlex.split(line.split("; ", 1)[1])
-    assert words[6] == commands.BASH_OR_SH  # the script is the launcher's $0 (see test_scripts)
-    script = words[7].removeprefix(commands._OLD_BASH)
+    script = shlex.split(line.split("; ", 1)[1])[6]
     assert script.startswith(f"E_NO_TOOL={commands.EXIT_NO_TOOL} ") and "exit $E_NO_TOOL" in script
     for code in (11, 12, 13, 14, 15, 16):
         assert f"exit {code}" not in scripts.CAPTURE_SCRIPT + scripts.FINISH_SCRIPT + scripts.CLEANUP_SCRIPT

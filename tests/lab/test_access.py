@@ -130,3 +130,37 @@ def test_capture_stops_itself_at_max_bytes(clean_lab: Lab, tmp_path: Path, capsy
     assert client["stop_reason"] == "max-bytes"
     size = (out / "client/eth1.pcap").stat().st_size
     assert 4096 <= size < 40 * 800  # stopped well before the 40 requests' worth
+
+
+def test_sessions_are_aes_gcm_unless_the_users_ssh_config_names_ciphers(clean_lab: Lab, tmp_path: Path) -> None:
+    """A real sshd and the connector the CLI uses: AES-GCM is what the connection runs (a tenth of
+    chacha20's cost per packet on the controller); a config's Ciphers line is what it runs then."""
+    import anyio
+
+    from orchestrator.flow import parse_flow
+    from orchestrator.inventory import load_inventory
+    from orchestrator.plan import build_plan
+    from remote.ssh import SshConnector
+
+    def cipher(inv_path: Path) -> str:
+        inv, _ = load_inventory(inv_path)
+        target = next(h for h in build_plan(parse_flow(FLOW_8080), inv).hosts if h.name == "proxy").target
+
+        async def go() -> str:
+            connector = SshConnector()
+            try:
+                transport = await connector.connect(target)
+                got = str(transport._conn.get_extra_info("send_cipher"))
+                await transport.close()
+                return got
+            finally:
+                await connector.close()
+
+        return anyio.run(go)
+
+    assert cipher(clean_lab.inventory) == "aes128-gcm@openssh.com"
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n  Ciphers aes256-ctr\n")
+    lab_config = f'config_file = "{clean_lab.root / "ssh_config"}"'
+    inv = inventory(clean_lab, tmp_path, lab_config, f'config_file = "{config}"')
+    assert cipher(inv) == "aes256-ctr"

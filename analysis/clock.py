@@ -286,8 +286,10 @@ def _span(ns: float) -> str:
 def _findings(vantages: list[VantageData], found: list[Link]) -> list[str]:
     out = []
     for v in vantages:
-        worst = max(v.probes, key=lambda p: abs(p.offset_ns), default=None)
-        if worst is not None and abs(worst.offset_ns) > FINDING_NS:
+        # Only an offset beyond the threshold even at its bound's near edge: a probe whose round
+        # trip was slow (a busy controller) says nothing of the host's time service.
+        worst = max(v.probes, key=lambda p: abs(p.offset_ns) - p.bound_ns, default=None)
+        if worst is not None and abs(worst.offset_ns) - worst.bound_ns > FINDING_NS:
             way = "ahead of" if worst.offset_ns > 0 else "behind"
             out.append(
                 f"{v.name}'s clock is {_span(worst.offset_ns)} {way} the controller's (SSH probe, "

@@ -128,21 +128,24 @@ BARE_CAPTURE = (
 async def _bare(n: int, root: Path, capture: bool = False) -> None:
     import asyncssh
 
-    async def one(i: int) -> int:
+    async def one(i: int) -> tuple[int, int]:
+        """(the host's clock in its answer, the controller's when the answer came)."""
         opts = {"username": "root", "client_keys": [str(root / "id")], "known_hosts": str(root / "known_hosts"),
                 "config": [str(root / "ssh_config")]}  # fmt: skip
         async with asyncssh.connect(address(i), **opts) as c:
             if not capture:
-                return int((await c.run("date +%s%N", check=True)).stdout)
+                return int((await c.run("date +%s%N", check=True)).stdout), time.time_ns()
             async with c.create_process(BARE_CAPTURE) as p:
                 stamp = int(await p.stdout.readline())
                 while "listening on" not in (line := await p.stdout.readline()):
                     if not line:
                         raise SystemExit(f"h{i}: tcpdump never listened")
-                return stamp
+                # Heard now: leaving the block waits for the capture's own end (3 s), not counted.
+                return stamp, time.time_ns()
 
-    stamps = await asyncio.gather(*(one(i) for i in range(n)))
-    print(json.dumps([time.time_ns(), (max(stamps) - min(stamps)) / 1e6]))
+    got = await asyncio.gather(*(one(i) for i in range(n)))
+    stamps = [s for s, _ in got]
+    print(json.dumps([max(t for _, t in got), (max(stamps) - min(stamps)) / 1e6]))
 
 
 def capture_all(n: int, inv: Path, out: Path, duration: float, witness: bool, code: Path = REPO) -> dict[str, float]:

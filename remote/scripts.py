@@ -59,7 +59,7 @@ lockname() {
 # rmall: our directory and, where the lock is still ours (it is our directory: -ef, no readlink
 # process), the lock with it: one rm.
 rmall() {
-  if [ -n "${lock:-}" ] && [ -d "$dir" ] && [ "$lock" -ef "$dir" ]; then rm -rf -- "$dir" "$lock"
+  if [ -n "${lock:-}" ] && [ "$lock" -ef "$dir" ]; then rm -rf -- "$dir" "$lock"
   else rm -rf -- "$dir"; fi
 }
 """

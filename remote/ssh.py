@@ -30,7 +30,7 @@ from remote.errors import (
     RemoteError,
     TransferError,
 )
-from remote.sshconfig import KnownHosts, config_paths, known_hosts_for, read_config
+from remote.sshconfig import KnownHosts, config_names_ciphers, known_hosts_for
 from remote.transport import CommandResult, SshTarget
 
 _known_hosts_lock = asyncio.Lock()
@@ -233,16 +233,16 @@ def _expand(paths: tuple[str, ...]) -> list[str]:
 # (measured), and a hundred hosts' sessions are thousands of small packets; sshd has AES in
 # hardware. A user's ssh config that names its Ciphers for the host is followed instead.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+_DEFAULT_CIPHERS = [a.decode() for a in asyncssh.encryption.get_default_encryption_algs()]
+OFFERED_CIPHERS = [a for a in PREFERRED_CIPHERS if a in _DEFAULT_CIPHERS] + [
+    a for a in _DEFAULT_CIPHERS if a not in PREFERRED_CIPHERS
+]
 
 
 def _ciphers(target: SshTarget, host: str) -> Any:
     """The encryption algorithms to offer ``host``: () where the user's ssh config names its
     Ciphers (asyncssh then takes the config's), else ours first, then asyncssh's defaults."""
-    paths = config_paths(target)
-    if paths and read_config(paths, host, user=target.user, name=target.name).get("Ciphers") is not None:
-        return ()
-    default = [a.decode() for a in asyncssh.encryption.get_default_encryption_algs()]
-    return [a for a in PREFERRED_CIPHERS if a in default] + [a for a in default if a not in PREFERRED_CIPHERS]
+    return () if config_names_ciphers(target, host) else OFFERED_CIPHERS
 
 
 def _common(target: SshTarget, known_hosts: Any, host: str) -> dict[str, Any]:

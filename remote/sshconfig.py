@@ -103,3 +103,9 @@ def config_port(target: SshTarget) -> int | None:
         return None
     port = _ssh_config(target, target.host).get("Port")
     return int(str(port)) if port else None
+
+
+def config_names_ciphers(target: SshTarget, host: str) -> bool:
+    """Whether the user's ssh config gives ``host`` a Ciphers line (then asyncssh follows it).
+    Reads nothing where there is no config file."""
+    return bool(config_paths(target)) and _ssh_config(target, host).get("Ciphers") is not None

@@ -9,7 +9,7 @@ sshd dies with it). Each host: its own namespace with a management veth on one b
 (198.19.0.0/16), a capture interface `eth1` (one end of a veth pair that carries nothing), sshd
 with OpenSSH's default MaxSessions and MaxStartups and the kernel's tracefs in its mount namespace
 (so the witness runs, as it does by default). root's ~/.bashrc is empty unless --login-files (the
-machine's own: here pyenv init, whose lock a hundred hosts on one disk all queue on). Both sides
+lab's slow one, tests/lab/labnet.py SLOW_LOGIN: 80 processes, about 0.13 s a shell). Both sides
 run as their own process, timed from its start (Python's start-up and imports included on both),
 each once the last run's processes are gone (sshd's sessions wind down after a run: the next one
 must not pay for them). The hosts' keys, inventory and bundles are removed unless --keep.
@@ -252,7 +252,7 @@ def main() -> None:
         help="capture-all without the kernel witness: the lab's hosts "
         "share one kernel, so N witnesses are N ftrace instances in one kernel (on real hosts: one each)",
     )
-    ap.add_argument("--login-files", action="store_true", help="keep the machine's own ~/.bashrc for root")
+    ap.add_argument("--login-files", action="store_true", help="root's ~/.bashrc the lab's slow one (else empty)")
     ap.add_argument("--keep", action="store_true", help="keep the hosts' keys, inventory and bundles (else removed)")
     ap.add_argument("--baseline", type=Path, metavar="DIR",
                     help="a checkout of capture-all at another commit, run alternately with this one")  # fmt: skip
@@ -303,7 +303,7 @@ def main() -> None:
     b_last, b_skew = med(b for b, _ in bares), med(s for _, s in bares)
     o = {key: med(r[key] for r in ours) for key in ours[0]}
     witness = "without" if args.no_witness else "with"
-    logins = "the machine's login files" if args.login_files else "empty login files"
+    logins = "the lab's slow login files" if args.login_files else "empty login files"
     print(f"\nmedians over {args.runs} runs, {args.hosts} hosts, {args.duration:g} s captures, {witness} the witness, "
           f"{logins}:")
     c_last, c_skew = med(b for b, _ in captures), med(s for _, s in captures)

@@ -36,7 +36,15 @@ from orchestrator.options import RunOptions, capture_command, finish_wait_s, flo
 from orchestrator.plan import TRANSLATING_ROLES, HostPlan
 from orchestrator.talk import Log, Talk, call
 from remote import commands
-from remote.errors import CommandError, ConnectError, ConnectionLost, InternalError, RemoteError, TransferError
+from remote.errors import (
+    CommandError,
+    CommandTimeout,
+    ConnectError,
+    ConnectionLost,
+    InternalError,
+    RemoteError,
+    TransferError,
+)
 from remote.parse import (
     Armed,
     Finished,
@@ -174,7 +182,10 @@ class HostRun:
         self.sink(name, "preparing", "preflight")
         cmd = capture_command(self.plan, self.opts)
         self.talk = await self._talk(cmd)
-        ready = await self.talk.until("@@ready", what="preflight")
+        try:
+            ready = await self.talk.until("@@ready", what="preflight")
+        except CommandTimeout as exc:
+            raise await self.talk.stalled(exc) from None
         self.preflight = pre = parse_preflight(self.talk.parsed())
         self.record.remote_dir = pre.remote_dir or None
         if ready is None:

@@ -96,7 +96,7 @@ class Talk:
             with anyio.fail_after(limit):
                 yield
         except TimeoutError:
-            why = f"{self.command.phase}: no answer within {limit:.0f} s ({what})"
+            why = f"{self.command.phase}: no answer within {limit:g} s ({what})"
             raise CommandTimeout(self.log.host, why) from None
 
     async def until(self, *markers: str, what: str, extra: float = 0.0) -> str | None:
@@ -163,6 +163,19 @@ class Talk:
                            result.stderr, self.said, self.steps)  # fmt: skip
             self.ended = result
         return self.ended
+
+    async def stalled(self, exc: CommandTimeout) -> CommandTimeout:
+        """A step the host never answered: the session is ended (the host's script reads EOF and
+        stops) and the host's last words on stderr go into the one line, since what stalls a
+        session before our script runs is the login: a ~/.bashrc waiting on a lock, a prompt, a
+        home directory on a dead NFS server."""
+        result = await self.end(wait_s=1.0)  # what it wrote while we waited is here already
+        words = [ln.strip() for ln in result.stderr.splitlines() if ln.strip()]
+        words = [w for w in words if not w.startswith("session did not end")][-2:]
+        if words:
+            said = " / ".join(words)
+            exc.message += f"; its stderr: {said if len(said) <= 300 else said[:299] + '…'}"
+        return exc
 
     async def failure(self) -> RemoteError:
         """The session ended before its next marker: why, from its exit status and output."""

@@ -124,6 +124,7 @@ class FakeHost:
     connect_delay: float = 0.0
     answers: dict[str, Answer] = field(default_factory=dict)
     delays: dict[str, float] = field(default_factory=dict)
+    stderr: dict[str, str] = field(default_factory=dict)  # what a phase's session writes on stderr
     log: list[RemoteCommand] = field(default_factory=list)
     said: list[str] = field(default_factory=list)  # every line the controller sent, in order
     filters: list[str] = field(default_factory=list)  # the capture filters it was given
@@ -149,7 +150,7 @@ class FakeSession:
         self.lines: deque[str] = deque()
         self.conversation: Conversation | None = None
         self.exit_status: int | None = None
-        self.stderr = ""
+        self.stderr = host.stderr.get(cmd.phase, "")
         self.more = anyio.Event()
         self.started = time.time_ns()
         self.closed = False

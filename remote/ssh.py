@@ -137,6 +137,10 @@ class SshSession:
                 pass
             done = await self._proc.wait(check=False, timeout=wait_s)
             status, stdout, stderr = done.exit_status, str(done.stdout or ""), str(done.stderr or "")
+        except asyncssh.ProcessError as exc:  # its TimeoutError: what the host wrote so far is kept
+            kept = str(exc.stderr or "").rstrip("\n")
+            stdout = str(exc.stdout or "")
+            stderr = (kept + "\n" if kept else "") + f"session did not end within {wait_s:g} s"
         except (asyncssh.Error, OSError, asyncio.TimeoutError) as exc:
             stderr = f"session did not end cleanly: {exc}"
         finally:

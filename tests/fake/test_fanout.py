@@ -226,6 +226,32 @@ async def test_a_host_that_stops_answering_mid_session_is_cut_off(tmp_path: Path
     assert [x["phase"] for x in logged] == ["capture", "cleanup"]
 
 
+def stalled_login(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    """A login that never hands over to our script (its ~/.bashrc waits on a lock)."""
+    while True:
+        yield ""
+
+
+async def test_a_login_that_stalls_is_cut_off_with_what_it_said_on_stderr(tmp_path: Path) -> None:
+    """The case of a CI run: every lab host's ~/.bashrc waited on pyenv's stale lock file. The
+    host's one line says so, from its stderr; the others are not held up."""
+    stalled = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA", stderr={"capture": (
+        "pyenv: cannot rehash: couldn't acquire lock /root/.pyenv/shims/.pyenv-shim for 60 seconds. "
+        "Last error message:\n"
+        "/root/.pyenv/libexec/pyenv-rehash: line 22: /root/.pyenv/shims/.pyenv-shim: cannot overwrite existing file\n"
+    )})  # fmt: skip
+    stalled.dialogues["capture"] = stalled_login
+    fakes = hosts(proxy=stalled)
+    with anyio.fail_after(20):
+        _, recs = await go(tmp_path, fakes, step_timeout=0.5)
+    proxy = recs["proxy"]
+    assert (proxy.status, proxy.error_kind, proxy.failed_phase) == ("failed", "timeout", "prepare")
+    assert (proxy.error or "").startswith("capture: no answer within 0.5 s (preflight); its stderr: ")
+    assert "couldn't acquire lock /root/.pyenv/shims/.pyenv-shim" in (proxy.error or "")
+    assert "cannot overwrite existing file" in (proxy.error or "")
+    assert recs["client"].status == recs["backend"].status == "ok"
+
+
 async def test_sudo_refusal_and_preflight_refusal_are_named(tmp_path: Path) -> None:
     sudo_no = FakeHost("proxy", answers={"capture": CommandResult(None, 1, "", "sudo: a password is required\n")})  # type: ignore[arg-type]
     no_tcpdump = FakeHost(

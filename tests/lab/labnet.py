@@ -128,23 +128,37 @@ def wait_banner(addr: str, port: int = 22, timeout: float = 10.0) -> None:
     raise LabError(f"sshd at {addr}:{port} not ready: {last}")
 
 
+# root's ~/.bashrc inside the lab (bound over the machine's file in the lab's private mount
+# namespace; the machine's own is never touched). A slow login, as production hosts have (a version
+# manager's init, a banner script): 80 processes and about 0.13 s a shell, as the pyenv init of this
+# machine's own file costs, but nothing shared between the lab's hosts. The machine's own file
+# queued every lab host of one disk on pyenv's one lock file, and a shell killed while it held the
+# lock (a session's end) left it behind: every later login then waited 60 s on it, every lab test
+# failed (a CI run did). Real hosts each have their own disk.
+SLOW_LOGIN = """\
+# capture-all lab: a slow login file of our own (tests/lab/labnet.py)
+_lab_i=0
+while [ "$_lab_i" -lt 40 ]; do _lab_v=$(basename "$(readlink -f /bin/sh)"); _lab_i=$((_lab_i + 1)); done
+unset _lab_i _lab_v
+"""
+
+
 def private_mounts(root: Path, *, login_files: bool = True) -> None:
     """The lab's own mounts, inside its private mount namespace: /run on tmpfs (`ip netns add`
-    leaves files in /run/netns, sshd wants /run/sshd) and the kernel's tracefs. With
-    ``login_files`` the hosts' login files are the machine's own (root's ~/.bashrc here runs pyenv
-    init, ~130 ms a shell), as on a production host: the tool must not need many shells. Without,
-    root's ~/.bashrc is an empty file here (the fan-out benchmark's default: a hundred hosts on
-    one disk would all queue on one pyenv lock, which no fleet does)."""
+    leaves files in /run/netns, sshd wants /run/sshd), the kernel's tracefs, and root's login
+    file: with ``login_files`` a slow one (SLOW_LOGIN, as on a production host: the tool must not
+    need many shells), without an empty one (the fan-out benchmark's default)."""
     sh("mount", "--make-rprivate", "/")
     sh("mount", "-t", "tmpfs", "-o", "mode=755", "lab-run", "/run")
     if not Path("/sys/kernel/tracing/instances").is_dir():
         sh("mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing")
     for d in ("/run/netns", "/run/sshd"):
         os.makedirs(d, exist_ok=True)
-    if not login_files and (Path.home() / ".bashrc").exists():
-        empty = root / "empty.bashrc"
-        empty.write_text("")
-        sh("mount", "--bind", str(empty), str(Path.home() / ".bashrc"))
+    bashrc = Path.home() / ".bashrc"
+    if bashrc.exists():  # a bind needs a file to cover: a machine without one logs in with none
+        ours = root / "lab.bashrc"
+        ours.write_text(SLOW_LOGIN if login_files else "")
+        sh("mount", "--bind", str(ours), str(bashrc))
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +166,51 @@ def test_sessions_are_aes_gcm_unless_the_users_ssh_config_names_ciphers(clean_la
     lab_config = f'config_file = "{clean_lab.root / "ssh_config"}"'
     inv = inventory(clean_lab, tmp_path, lab_config, f'config_file = "{config}"')
     assert cipher(inv) == "aes256-ctr"
+
+
+def test_a_session_that_does_not_end_keeps_what_the_host_wrote_on_stderr(clean_lab: Lab) -> None:
+    """A real sshd: a session still running when it is closed (a login stuck on a lock, here a
+    line on stderr and a sleep that ignores the closed stdin) comes back after its wait with the
+    host's stderr so far, which names the stall in the host's one line."""
+    import anyio
+
+    from orchestrator.flow import parse_flow
+    from orchestrator.inventory import load_inventory
+    from orchestrator.plan import build_plan
+    from remote.commands import RemoteCommand
+    from remote.ssh import SshConnector
+
+    inv, _ = load_inventory(clean_lab.inventory)
+    target = next(h for h in build_plan(parse_flow(FLOW_8080), inv).hosts if h.name == "proxy").target
+    token = "2.0421"  # the sleep's argument: how the test finds it on the lab's one PID space
+    line = f"echo 'pyenv: cannot rehash: waiting on a lock' >&2; exec sleep {token}"
+
+    async def go() -> tuple[int | None, str]:
+        connector = SshConnector()
+        try:
+            transport = await connector.connect(target)
+            session = await transport.open(RemoteCommand("capture", (), line, 10))
+            with anyio.fail_after(5):
+                result = await session.close(wait_s=0.5)
+            await transport.close()
+            return result.exit_status, result.stderr
+        finally:
+            await connector.close()
+
+    status, stderr = anyio.run(go)
+    assert status is None
+    assert stderr.splitlines() == ["pyenv: cannot rehash: waiting on a lock", "session did not end within 0.5 s"]
+
+    def sleeping() -> bool:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes() == f"sleep\0{token}\0".encode():
+                    return True
+            except OSError:
+                pass
+        return False
+
+    deadline = time.monotonic() + 10
+    while sleeping() and time.monotonic() < deadline:  # the host's sleep ends by itself
+        time.sleep(0.1)
+    assert not sleeping()

@@ -145,6 +145,65 @@ def test_every_folder_of_a_bundle_is_private(tmp_path: Path) -> None:
         assert p.stat().st_mode & 0o077 == 0, p
 
 
+def _frames(text: str) -> list[list[str]]:
+    """The live table's frames as written: each starts where the cursor went back up."""
+    import re
+
+    frames = []
+    for chunk in re.split(r"(?:\x1b\[F)+", text):
+        rows = [ln.replace("\x1b[2K", "").replace("\x1b[J", "") for ln in chunk.split("\n") if ln]
+        if rows:
+            frames.append(rows)
+    return frames
+
+
+def test_a_hundred_hosts_live_table_is_redrawn_a_few_times_and_fits_the_terminal() -> None:
+    """700 host events within one instant: one redraw (not 700: that was 4 MB for a terminal over
+    SSH), the run's own lines at once, the last states at close; on a 24-line terminal every
+    frame fits, a line per state with its count, and the failed host named with its reason."""
+    import io
+
+    from orchestrator.progress import Progress
+
+    now = [100.0]
+    hosts = [f"h{i}" for i in range(100)]
+    out = io.StringIO()
+    p = Progress(hosts, out, live=True, size=(80, 24), clock=lambda: now[0])
+    for state in ("connecting", "preparing", "ready", "listening", "stopping", "pulling", "done"):
+        for h in hosts:
+            p(h, state, "198.19.1.10:22")
+    p("h7", "failed", "finish: cannot pull eth1.pcap")
+    assert len(_frames(out.getvalue())) == 1  # the first event's
+    p("*", "collected", "99/100 hosts ok")
+    now[0] += 0.1
+    p("h8", "done", "")  # within the limit: held back...
+    p.close()  # ...and drawn at the end
+    frames = _frames(out.getvalue())
+    assert len(frames) == 3 and len(out.getvalue()) < 20_000
+    assert all(len(f) <= 23 and all(len(ln) < 80 for ln in f) for f in frames)
+    last = frames[-1]
+    assert last[0].split(":")[0].split() == ["done", "99"] and " h0 h1 h2 " in last[0]
+    assert last[1].split(":")[0].split() == ["failed", "1"]
+    assert any("h7" in ln and "cannot pull eth1.pcap" in ln for ln in last[2:])
+    assert last[-1] == "  collected 99/100 hosts ok"
+
+
+def test_a_few_hosts_live_table_is_a_line_each_and_redraws_once_time_has_passed() -> None:
+    import io
+
+    from orchestrator.progress import Progress
+
+    now = [0.0]
+    out = io.StringIO()
+    p = Progress(["client", "proxy"], out, live=True, size=(80, 24), clock=lambda: now[0])
+    p("client", "connecting", "10.0.0.1:22")
+    now[0] += 0.3
+    p("proxy", "connecting", "10.0.0.2:22")
+    frames = _frames(out.getvalue())
+    assert len(frames) == 2
+    assert [ln.split()[:2] for ln in frames[-1][:2]] == [["client", "connecting"], ["proxy", "connecting"]]
+
+
 def test_progress_draws_a_table_only_on_a_terminal_that_can_and_stamps_lines_in_utc(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -85,6 +85,7 @@ class Progress:
             bad = [f"  {h:<{self._width}}  {s:<12} {d}" for h, (s, d) in self.state.items() if s in PROBLEMS]
             fit = max(0, room - 1 - len(table))
             table += bad[:fit] if len(bad) <= fit else bad[: max(0, fit - 1)] + [f"  … {len(bad) - fit + 1} more"]
+            table = table[: room - 1]  # a terminal shorter than the states: the first ones
         table.append(f"  {self.run_line}")
         return [ln if len(ln) <= width else ln[: width - 1] + "…" for ln in table]
 

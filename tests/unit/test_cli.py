@@ -186,6 +186,11 @@ def test_a_hundred_hosts_live_table_is_redrawn_a_few_times_and_fits_the_terminal
     assert last[1].split(":")[0].split() == ["failed", "1"]
     assert any("h7" in ln and "cannot pull eth1.pcap" in ln for ln in last[2:])
     assert last[-1] == "  collected 99/100 hosts ok"
+    # A terminal shorter than the states: the first ones and the run's line, never more rows.
+    tiny = Progress(hosts, io.StringIO(), live=True, size=(40, 6))
+    for i, h in enumerate(hosts):
+        tiny(h, ("connecting", "preparing", "ready", "listening", "stopping", "pulling", "failed")[i % 7], "x")
+    assert len(tiny.lines()) == 5 and tiny.lines()[-1] == "  " and all(len(ln) < 40 for ln in tiny.lines())
 
 
 def test_a_few_hosts_live_table_is_a_line_each_and_redraws_once_time_has_passed() -> None:

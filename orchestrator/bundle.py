@@ -36,6 +36,12 @@ class Bundle:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._folders: set[tuple[str, ...]] = set()  # made already (a host writes dozens of files)
+        # What this process wrote, with its SHA-256 taken from the bytes as they went out (or, for
+        # a transferred file, as it was checked against the host's): the manifest need not read
+        # them all again (2,100 files of a 100-host run, 0.1 s; a pcap of 1 GB, seconds). Keyed
+        # by path, with the size and mtime the file had then: a file changed since is read again.
+        self._known: dict[Path, tuple[int, int, str]] = {}
+        self._appending: dict[Path, Any] = {}  # an append-only file's running SHA-256
 
     @classmethod
     def create(cls, root: Path) -> Bundle:
@@ -63,31 +69,74 @@ class Bundle:
     def write(self, rel: str, data: str | bytes) -> Path:
         path = self.root / rel
         self.folder(*Path(rel).parent.parts)
+        raw = data.encode() if isinstance(data, str) else data
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.write(raw)
+            fh.flush()
+            st = os.fstat(fh.fileno())
+        self._appending.pop(path, None)
+        self._known[path] = (st.st_size, st.st_mtime_ns, hashlib.sha256(raw).hexdigest())
         return path
 
     def append_jsonl(self, rel: str, record: dict[str, Any]) -> None:
         path = self.root / rel
         self.folder(*Path(rel).parent.parts)
+        raw = (json.dumps(record) + "\n").encode()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        with os.fdopen(fd, "ab") as fh:
+            before = os.fstat(fh.fileno()).st_size
+            fh.write(raw)
+            fh.flush()
+            st = os.fstat(fh.fileno())
+        running = self._appending.get(path)
+        known = self._known.get(path)
+        if before == 0:
+            running = self._appending[path] = hashlib.sha256()
+        elif running is None or known is None or known[0] != before:
+            self._appending.pop(path, None)  # not all of it went through here: read it at the end
+            self._known.pop(path, None)
+            return
+        running.update(raw)
+        self._known[path] = (st.st_size, st.st_mtime_ns, "")  # its digest: the running one's, at the end
+
+    def transferred(self, path: Path, sha256: str) -> None:
+        """A file that came by transfer and whose SHA-256 was just checked against the host's."""
+        st = path.stat()
+        self._appending.pop(path, None)
+        self._known[path] = (st.st_size, st.st_mtime_ns, sha256)
+
+    def _digest(self, path: Path, st: os.stat_result) -> str:
+        known = self._known.get(path)
+        if known is not None and (st.st_size, st.st_mtime_ns) == known[:2]:
+            running = self._appending.get(path)
+            return running.hexdigest() if running is not None else known[2]
+        return sha256_file(path)
 
     def digests(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for path in sorted(self.root.rglob("*")):
-            if path.is_file() and path.name not in (MANIFEST, SUMS) and not path.name.endswith(".part"):
-                out[str(path.relative_to(self.root))] = sha256_file(path)
-        return out
+        """Every file's SHA-256 by its path in the bundle, in path order. (One ``scandir`` a
+        folder and one stat a file: pathlib's rglob, is_file and relative_to took 0.1 s for the
+        2,100 files of a 100-host run.)"""
+        found: list[tuple[list[str], Path, os.stat_result]] = []
+
+        def walk(folder: Path, rel: list[str]) -> None:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    if entry.is_dir():
+                        walk(folder / entry.name, [*rel, entry.name])
+                    elif entry.is_file() and entry.name not in (MANIFEST, SUMS) and not entry.name.endswith(".part"):
+                        found.append(([*rel, entry.name], folder / entry.name, entry.stat()))
+
+        walk(self.root, [])
+        found.sort(key=lambda f: f[0])
+        return {"/".join(parts): self._digest(path, st) for parts, path, st in found}
 
     def write_manifest(self, manifest: Manifest) -> Path:
         """The manifest with every file's SHA-256, and the same digests (the manifest's too) as
         SHA256SUMS, in the format `sha256sum -c` reads."""
         manifest.files = self.digests()
         path = self.write(MANIFEST, manifest.model_dump_json(by_alias=True, indent=2) + "\n")
-        sums = {**manifest.files, MANIFEST: sha256_file(path)}
+        sums = {**manifest.files, MANIFEST: self._digest(path, path.stat())}
         self.write(SUMS, "".join(f"{digest}  {rel}\n" for rel, digest in sorted(sums.items())))
         return path
 

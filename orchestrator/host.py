@@ -530,6 +530,7 @@ class HostRun:
         await self.transport.get(f"{self.record.remote_dir}/{f.name}", local)
         if sha256_file(local) != f.sha256:
             raise TransferError(self.plan.name, f"{f.name}: SHA-256 after transfer differs from the host's")
+        self.bundle.transferred(local, f.sha256)
 
     async def _pull_all(self, fin: Finished, inline: dict[str, bytes]) -> None:
         """Every file at once (one SFTP session carries them all, the small ones came inline). A

@@ -52,8 +52,12 @@ catf() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$1"
 # holder's directory). A holder whose directory is gone, whose capture ended, or whose job is
 # dead (its directory older than 30 s) no longer holds.
 _LOCK = r"""
+# lockname also learns the PID namespace (the witness's instance names, winame): one stat for both.
 lockname() {
-  ns=$(stat -L -c %i /proc/self/ns/net 2>/dev/null) || ns=""
+  ns=""
+  for w in $(stat -L -c '%n=%i' /proc/self/ns/net /proc/self/ns/pid 2>/dev/null); do
+    case $w in */net=*) ns=${w#*=};; */pid=*) pidns=${w#*=};; esac
+  done
   lock="$1/capture-all.lock${ns:+.$ns}"
 }
 # rmall: our directory and, where the lock is still ours (it is our directory: -ef, no readlink
@@ -579,7 +583,7 @@ fifos() { d=$1; shift; for i; do set -- "$@" "$d/$i.errp"; shift; done; [ "$ring
   mkfifo "$d/go" "$d/nap" "$@"; }
 fifos "$dir" "$@" ||
   { rm -rf -- "$dir"; echo "@@fail no_tmpdir cannot create a fifo in $dir"; exit $E_NO_DIR; }
-setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" "$gowait" \
+pidns=${pidns:-} setsid sh -c "$job" capture-all-job "$dir" "$limit" "$maxpk" "$maxbytes" "$snaplen" "$keep" "$gowait" \
   "$tcpdump" "$owner" "$ring" "$lock" "$@" < /dev/null > /dev/null 2>&1 &
 # Opening the fifo waits for the job to open its end: ready means the job listens. This session
 # then holds the write end until the capture listens: if it ends first (the controller went away,
@@ -733,7 +737,9 @@ echo done >&7
 # Reaper: whatever the controller does, nothing of ours stays on the disk beyond `keep` seconds
 # after the capture ended (the controller renews the lease while it collects), and an instance the
 # capture session made too late for the check above goes too.
-k=0
+# Its first look is 5 s on: the lease and "done" are new now (two processes fewer while the host
+# collects).
+k=1
 while [ -d "$dir" ]; do
   [ -n "$wname" ] && [ -d "$wname" ] && { echo 0 > "$wname/tracing_on"; rmdir "$wname"; } 2>/dev/null
   if [ $((k % 5)) = 0 ]; then

@@ -7,9 +7,10 @@
               together                            listens; the reproducer runs once every host has
                                                   its witness and "before" snapshot too
     wait      the end's clock probe, from 1.5 s    until the window ends, or Ctrl-C (stop early)
-              before the window's end
-    finish    each host once the window and its   the bundle keeps whatever every host produced
-              own arm are over
+              before the window's end (or once
+              its arm is over) until its end
+    finish    each host once the window, its own  the bundle keeps whatever every host produced
+              arm and its own end probe are over
 
 What each step does on a host is ``orchestrator.host``. A host's failure becomes its record's
 status/error; nothing a host does can cancel another.
@@ -104,12 +105,18 @@ async def run_capture(
             else:
                 await r.cleanup()
 
-        async def then_collect(window: Callable[[], Awaitable[None]], n: int) -> None:
+        async def then_collect(window: Callable[[Callable[[], None]], Awaitable[None]], n: int) -> None:
+            def close() -> None:  # the window's end: every host may finish
+                if not over.is_set():
+                    over.set()
+                    sink("*", "collecting", f"stopping {n} capture(s), snapshots, pulling files")
+
             try:
-                await window()
-            finally:
-                over.set()
-            sink("*", "collecting", f"stopping {n} capture(s), snapshots, pulling files")  # not on an abandon
+                await window(close)
+            except BaseException:
+                over.set()  # an abandon: no line
+                raise
+            close()
 
         async with anyio.create_task_group() as tg:
             for r in staged:  # the barrier: every ready host hears "go" now
@@ -119,11 +126,11 @@ async def run_capture(
             armed = [r for r in staged if r.ok and r.armed is not None]
             if armed and opts.watch is not None:
                 w = opts.watch
-                tg.start_soon(then_collect, lambda: _watch(armed, len(runs), w, opts, sink, result, stop_early, manual),
-                              len(armed))  # fmt: skip
+                tg.start_soon(then_collect, lambda _: _watch(armed, len(runs), w, opts, sink, result, stop_early,
+                                                             manual), len(armed))  # fmt: skip
             elif armed:
-                tg.start_soon(then_collect, lambda: _window(runs, armed, opts, bundle, sink, result, stop_early),
-                              len(armed))  # fmt: skip
+                tg.start_soon(then_collect, lambda close: _window(runs, armed, opts, bundle, sink, result, stop_early,
+                                                                  close), len(armed))  # fmt: skip
             else:
                 over.set()
         # Every start probe is in now (the "armed" line may have come before a late witness's).
@@ -140,20 +147,24 @@ async def run_capture(
 
 
 # The end's clock probe starts this long before the window ends (under load a probe takes about
-# half a second), and not at all later than LATE_PROBE_LAST_S before it: the finish probes then.
+# half a second), or once the host's arm is over, and not later than LATE_PROBE_LAST_S before the
+# end (a shorter window leaves it to the finish). A probe that runs past the end holds up its own
+# host's finish only (the 100-host lab's arms end 0.3-0.5 s before a 2 s window does).
 LATE_PROBE_S = 1.5
-LATE_PROBE_LAST_S = 0.5
+LATE_PROBE_LAST_S = 0.1
 
 
 async def _window(runs: list[HostRun], armed: list[HostRun], opts: RunOptions, bundle: Bundle, sink: EventSink,
-                  result: RunResult, stop_early: anyio.Event | None) -> None:  # fmt: skip
+                  result: RunResult, stop_early: anyio.Event | None, close: Callable[[], None]) -> None:  # fmt: skip
+    """The capture window; ``close`` is called at its end (each host's finish may start: it waits
+    for its own end probe only); this returns once the probes under way have ended too."""
     deadline = anyio.current_time() + opts.duration
     reproduced = anyio.Event()
-    over = anyio.Event()
-    # Each host's end clock probe near the window's end (the finish waits for those under way).
+    closed = anyio.Event()
+    # Each host's end clock probe near the window's end.
     async with anyio.create_task_group() as probes:
         for r in armed:
-            probes.start_soon(r.probe_late, deadline - LATE_PROBE_S, deadline - LATE_PROBE_LAST_S, over)
+            probes.start_soon(r.probe_late, deadline - LATE_PROBE_S, deadline - LATE_PROBE_LAST_S, closed)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_all_armed, armed, len(runs), result, sink)
             if opts.reproduce:
@@ -161,11 +172,12 @@ async def _window(runs: list[HostRun], armed: list[HostRun], opts: RunOptions, b
             else:
                 reproduced.set()
             result.interrupted = await _wait(deadline, opts.duration, sink, stop_early)
-            over.set()
+            closed.set()  # no end probe starts now
             # The window is over: a reproducer still running gets at most `grace` more seconds
             # (the captures stop by themselves then anyway), none after a Ctrl-C.
             with anyio.move_on_after(0 if result.interrupted else opts.grace):
                 await reproduced.wait()
+            close()
             tg.cancel_scope.cancel()
 
 

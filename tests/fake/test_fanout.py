@@ -498,7 +498,7 @@ async def test_the_end_probe_is_taken_before_the_window_ends_and_spares_the_fini
 
 async def test_a_short_window_or_a_stop_leaves_the_end_probe_to_the_finish(tmp_path: Path) -> None:
     fakes = hosts()
-    _, recs = await go(tmp_path, fakes, duration=0.3)  # under LATE_PROBE_LAST_S: no time for it
+    _, recs = await go(tmp_path, fakes, duration=0.05)  # under LATE_PROBE_LAST_S: no time for it
     stop = anyio.Event()
     stop.set()
     stopped = hosts()
@@ -509,6 +509,39 @@ async def test_a_short_window_or_a_stop_leaves_the_end_probe_to_the_finish(tmp_p
     for f, r in [*((fakes[n], recs[n]) for n in fakes), *((stopped[n], by_name[n]) for n in stopped)]:
         assert _probe_at(f) is None and r.status == "ok", f.said
         assert f.said.count("t") == 2 * PROBE_SAMPLES and [p.phase for p in r.clock_probes] == ["start", "end"]
+
+
+async def test_an_end_probe_that_runs_past_the_window_holds_up_only_its_own_hosts_finish(tmp_path: Path) -> None:
+    def slow_end_probe(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        said = yield from capture_until_armed(host, cmd)
+        assert said == "probe"
+        while True:  # it heard "probe" and never answers: its probe ends with the step's deadline
+            yield ""
+
+    stopped: dict[str, float] = {}
+
+    def finishing(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        said = yield from capture_until_armed(host, cmd)
+        while said == "probe":  # the end's probe in the window, as the healthy host answers it
+            said = yield f"@@section probe\nnow_ns={time.time_ns()}\n@@probe ns\n"
+            said = yield from probe(host, said)
+            said = yield "@@armed\n"
+        stopped[host.name] = time.monotonic()
+        assert said == "finish"
+        return (yield from finish_steps(host, cmd.interfaces, probed=True))
+
+    proxy = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA")
+    proxy.dialogues["capture"] = slow_end_probe
+    fakes = hosts(proxy=proxy)
+    for name in ("client", "backend"):
+        fakes[name].dialogues["capture"] = finishing
+    start = time.monotonic()
+    _, recs = await go(tmp_path, fakes, duration=0.4, step_timeout=1.5)  # the probes start at once
+    given_up = start + 1.5  # the proxy's probe ended no sooner (its step's deadline)
+    assert len(stopped) == 2 and all(at < given_up - 0.5 for at in stopped.values()), (stopped, given_up)
+    assert {n: r.status for n, r in recs.items()} == {"client": "ok", "proxy": "ok", "backend": "ok"}
+    assert any("clock probe near the window's end failed" in n for n in recs["proxy"].notes)
+    assert [p.phase for p in recs["proxy"].clock_probes] == ["start", "end"]  # its finish probed instead
 
 
 async def test_a_host_lost_during_the_end_probe_is_finished_over_a_new_connection(tmp_path: Path) -> None:

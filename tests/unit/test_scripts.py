@@ -79,7 +79,8 @@ def host(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     (home / ".bashrc").write_text(f"echo ran >> {tmp_path / 'bashrc-ran'}\n")
     path = without_bash(tmp_path) if request.param == "sh only" else os.environ["PATH"]
     env = {**os.environ, "PATH": f"{bin_dir}:{path}", "FAKE_ARGS": str(tmp_path / "argv"),
-           "HOME": str(home), "SSH_CLIENT": "198.19.0.1 40000 22", "SHLVL": "0"}  # fmt: skip
+           "HOME": str(home), "SSH_CLIENT": "198.19.0.1 40000 22", "SHLVL": "0",
+           "TZ": "XYZ-05:30"}  # fmt: skip  (a host 5 h 30 min east of UTC: its snapshot says +0530)
     env.pop("SUDO_USER", None)
     return {"base": str(base), "argv": str(tmp_path / "argv"), "bashrc-ran": str(tmp_path / "bashrc-ran"),
             "probe": "@@probe ns" if request.param == "sh only" else "@@probe us",
@@ -166,8 +167,18 @@ def start_capture(host: dict[str, str], flt: str, port: int, **kw: object) -> tu
     assert arm.until("@@armed") == "@@armed", arm.lines
     sections = parse_sections("\n".join(arm.lines)).sections
     assert "nstat" in sections and "ss_tanpi" in sections and sections["witness"].body.startswith("state=off")
+    # The "before" snapshot's clock and UTC offset: from the probe's bash, or `date` (sh alone).
+    assert _clock_ns(sections) and re.fullmatch(r"[+-]\d{4}", sections["utc_offset"].body.strip()), sections
+    assert sections["utc_offset"].body.strip() == "+0530"
     arm.ss = sections["ss_tanpi"].body
     return arm, pre.remote_dir
+
+
+def _clock_ns(sections: dict) -> bool:  # type: ignore[type-arg]
+    """The snapshot's clock_ns section: one time, within a minute of this machine's."""
+    sec = sections.get("clock_ns")
+    text = sec.body.strip() if sec is not None else ""
+    return sec is not None and sec.rc == 0 and text.isdigit() and abs(int(text) - time.time_ns()) < 60 * 10**9
 
 
 def free_port() -> int:
@@ -189,7 +200,7 @@ def finish_in(s: Session, remote_dir: str, probed: bool = False) -> None:
         s.say("snap")
         assert s.until("@@listed") == "@@listed", s.lines
         parsed = parse_sections("\n".join(s.lines))
-    assert "nstat" in parsed.sections  # the "after" snapshot
+    assert "nstat" in parsed.sections and _clock_ns(parsed.sections)  # the "after" snapshot
     done = parse_finish(listing)
     assert not done.already_done and done.exit_codes == {"lo": 0} and done.stats["lo"].captured == 0
     (pcap,) = done.files

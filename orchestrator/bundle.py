@@ -40,8 +40,8 @@ class Bundle:
         # a transferred file, as it was checked against the host's): the manifest need not read
         # them all again (2,100 files of a 100-host run, 0.1 s; a pcap of 1 GB, seconds). Keyed
         # by path, with the size and mtime the file had then: a file changed since is read again.
-        self._known: dict[Path, tuple[int, int, str]] = {}
-        self._appending: dict[Path, Any] = {}  # an append-only file's running SHA-256
+        # An append-only file keeps its running SHA-256 instead of a digest.
+        self._known: dict[Path, tuple[int, int, Any]] = {}
 
     @classmethod
     def create(cls, root: Path) -> Bundle:
@@ -75,7 +75,6 @@ class Bundle:
             fh.write(raw)
             fh.flush()
             st = os.fstat(fh.fileno())
-        self._appending.pop(path, None)
         self._known[path] = (st.st_size, st.st_mtime_ns, hashlib.sha256(raw).hexdigest())
         return path
 
@@ -89,28 +88,26 @@ class Bundle:
             fh.write(raw)
             fh.flush()
             st = os.fstat(fh.fileno())
-        running = self._appending.get(path)
         known = self._known.get(path)
         if before == 0:
-            running = self._appending[path] = hashlib.sha256()
-        elif running is None or known is None or known[0] != before:
-            self._appending.pop(path, None)  # not all of it went through here: read it at the end
-            self._known.pop(path, None)
+            running = hashlib.sha256()
+        elif known is not None and known[0] == before and not isinstance(known[2], str):
+            running = known[2]
+        else:
+            self._known.pop(path, None)  # not all of it went through here: read it at the end
             return
         running.update(raw)
-        self._known[path] = (st.st_size, st.st_mtime_ns, "")  # its digest: the running one's, at the end
+        self._known[path] = (st.st_size, st.st_mtime_ns, running)
 
     def transferred(self, path: Path, sha256: str) -> None:
         """A file that came by transfer and whose SHA-256 was just checked against the host's."""
         st = path.stat()
-        self._appending.pop(path, None)
         self._known[path] = (st.st_size, st.st_mtime_ns, sha256)
 
     def _digest(self, path: Path, st: os.stat_result) -> str:
         known = self._known.get(path)
         if known is not None and (st.st_size, st.st_mtime_ns) == known[:2]:
-            running = self._appending.get(path)
-            return running.hexdigest() if running is not None else known[2]
+            return known[2] if isinstance(known[2], str) else str(known[2].hexdigest())
         return sha256_file(path)
 
     def digests(self) -> dict[str, str]:

@@ -33,7 +33,8 @@ Per repetition, printed as medians:
   this one: the ratio of the two medians is the change's effect on this machine at this hour;
 - with the witness, the kernel alone: N ftrace instances set up with the witness's writes and
   removed, all at once, by sh without SSH (the lab's hosts share one kernel, which does that work
-  one instance at a time under its tracing locks; on a fleet each host does its own at once).
+  one instance at a time under its tracing locks; on a fleet each host does its own at once), and
+  one instance alone, set up and removed the same way (what each host of a fleet pays).
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ def main() -> None:
             captures.append(bare(args.hosts, root, capture=True))
             settle(baseline)
             if not args.no_witness:
-                kernel.append(kernel_only(args.hosts))
+                kernel.append((*kernel_only(args.hosts), *kernel_only(1)))
             # This version first in repetitions 1, 3, ..., the baseline first in 2, 4, ...: neither
             # always follows bare.
             order = ["ours"] if not args.baseline else ["ours", "base"] if k % 2 == 0 else ["base", "ours"]
@@ -293,7 +294,8 @@ def main() -> None:
             print(f"run {k + 1}: bare {bares[-1][0]:.2f} s (skew {bares[-1][1]:.0f} ms); bare + tcpdump "
                   f"{captures[-1][0]:.2f} s (skew {captures[-1][1]:.0f} ms); capture-all {ours[-1]}"
                   + (f"; baseline {base[-1]}" if base else "")
-                  + (f"; kernel only: set up {kernel[-1][0]:.2f} s, removed {kernel[-1][1]:.2f} s" if kernel else ""))
+                  + (f"; kernel only: set up {kernel[-1][0]:.2f} s, removed {kernel[-1][1]:.2f} s (one instance: "
+                     f"{kernel[-1][2] * 1e3:.0f} ms, {kernel[-1][3] * 1e3:.0f} ms)" if kernel else ""))
     finally:
         if args.keep:
             print(f"kept: {root}")
@@ -330,9 +332,10 @@ def main() -> None:
               f"{o['start_spread_ms'] / b['start_spread_ms']:.2f}x, "
               f"controller CPU {o['cpu_ms_per_host'] / b['cpu_ms_per_host']:.2f}x")
     if kernel:
-        k_up, k_rm = med(u for u, _ in kernel), med(r for _, r in kernel)
+        k_up, k_rm, one_up, one_rm = (med(k[i] for k in kernel) for i in range(4))
         print(f"  the kernel alone, {args.hosts} witness instances at once in the lab's one kernel (sh, no SSH): "
-              f"set up {k_up:.2f} s, removed {k_rm:.2f} s")
+              f"set up {k_up:.2f} s, removed {k_rm:.2f} s; one instance alone (what each host of a fleet "
+              f"pays, at the same time as the others): set up {one_up * 1e3:.0f} ms, removed {one_rm * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

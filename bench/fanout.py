@@ -2,14 +2,20 @@
 `date` on all of them against capture-all arming all of them, side by side, alternating.
 
     scripts/bench-fanout [--hosts 100] [--runs 3] [--duration 2] [--no-witness] [--login-files] [--keep]
-                         [--baseline DIR]
+                         [--baseline DIR] [--tmp tmpfs|machine]
 
 Runs inside tests/lab/enter (a private network, mount and PID namespace: nothing leaks, every
 sshd dies with it). Each host: its own namespace with a management veth on one bridge
 (198.19.0.0/16), a capture interface `eth1` (one end of a veth pair that carries nothing), sshd
 with OpenSSH's default MaxSessions and MaxStartups and the kernel's tracefs in its mount namespace
 (so the witness runs, as it does by default). root's ~/.bashrc is empty unless --login-files (the
-lab's slow one, tests/lab/labnet.py SLOW_LOGIN: 80 processes, about 0.13 s a shell). Both sides
+lab's slow one, tests/lab/labnet.py SLOW_LOGIN: 80 processes, about 0.13 s a shell). The bundles
+and the hosts' capture folders go to a tmpfs of the lab's own (``--tmp machine``: the bundles to the
+machine's /tmp, the hosts' folders to /tmp itself). The development VM's root file system is ext4
+without a journal, where ext4 looks at the deletion time of free inodes before it reuses one: the
+cost of a new file there varies with what was deleted before it (2,000 small files took 0.04-0.91 s
+in eight tries within an hour; on a journaled ext4 image on the same disk, 0.04-0.06 s in eight),
+and each run follows the last one's deletions (the hosts' capture folders). Both sides
 run as their own process, timed from its start (Python's start-up and imports included on both),
 each once the last run's processes are gone (sshd's sessions wind down after a run: the next one
 must not pay for them). The hosts' keys, inventory and bundles are removed unless --keep.
@@ -60,8 +66,8 @@ def address(i: int) -> str:
     return f"198.19.{1 + i // 200}.{10 + i % 200}"
 
 
-def build(n: int, root: Path, login_files: bool = False) -> Path:
-    """N hosts with sshd; returns the inventory."""
+def build(n: int, root: Path, login_files: bool = False, remote_tmp: str = "/tmp") -> Path:
+    """N hosts with sshd; returns the inventory (the hosts' capture folders in ``remote_tmp``)."""
     private_mounts(root, login_files=login_files)
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "id"))
     sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "hostkey"))
@@ -101,7 +107,8 @@ def build(n: int, root: Path, login_files: bool = False) -> Path:
     inv = root / "inventory.toml"
     inv.write_text(
         f'[ssh]\nuser = "root"\nidentity_file = "{root / "id"}"\nknown_hosts = "{root / "known_hosts"}"\n'
-        f'config_file = "{root / "ssh_config"}"\nsudo = false\nconnect_timeout = 20\n{hosts}'
+        f'config_file = "{root / "ssh_config"}"\nsudo = false\nconnect_timeout = 20\n'
+        f'[capture]\ntmpdir = "{remote_tmp}"\n{hosts}'
     )
     return inv
 
@@ -253,6 +260,14 @@ def main() -> None:
         help="capture-all without the kernel witness: the lab's hosts "
         "share one kernel, so N witnesses are N ftrace instances in one kernel (on real hosts: one each)",
     )
+    ap.add_argument(
+        "--tmp",
+        choices=("tmpfs", "machine"),
+        default="tmpfs",
+        help="where the bundles and the hosts' capture folders go: a tmpfs of the lab's own (default), or the "
+        "machine's /tmp (this VM's root file system: ext4 without a journal, whose new files cost what its "
+        "last minute of deletions left)",
+    )
     ap.add_argument("--login-files", action="store_true", help="root's ~/.bashrc the lab's slow one (else empty)")
     ap.add_argument("--keep", action="store_true", help="keep the hosts' keys, inventory and bundles (else removed)")
     ap.add_argument("--baseline", type=Path, metavar="DIR",
@@ -268,9 +283,15 @@ def main() -> None:
     if not in_lab():
         raise SystemExit("bench/fanout.py runs inside tests/lab/enter (scripts/bench-fanout does that)")
     root = Path(tempfile.mkdtemp(prefix="capture-all-fanout-"))
+    if args.tmp == "tmpfs":  # inside the lab's private mount namespace: gone with it
+        sh("mount", "-t", "tmpfs", "-o", "mode=755", "fanout-tmp", str(root))
     root.chmod(0o755)
+    remote_tmp = "/tmp"
+    if args.tmp == "tmpfs":
+        (root / "remote-tmp").mkdir(mode=0o700)
+        remote_tmp = str(root / "remote-tmp")
     t = time.monotonic()
-    inv = build(args.hosts, root, args.login_files)
+    inv = build(args.hosts, root, args.login_files, remote_tmp)
     print(f"{args.hosts} sshd hosts up in {time.monotonic() - t:.1f} s")
     time.sleep(1.0)
     baseline = len(processes())  # the idle hosts, and this process
@@ -297,15 +318,21 @@ def main() -> None:
                   + (f"; kernel only: set up {kernel[-1][0]:.2f} s, removed {kernel[-1][1]:.2f} s (one instance: "
                      f"{kernel[-1][2] * 1e3:.0f} ms, {kernel[-1][3] * 1e3:.0f} ms)" if kernel else ""))
     finally:
-        if args.keep:
+        if args.keep and args.tmp == "machine":
             print(f"kept: {root}")
         else:
+            if args.keep:
+                print("--keep: the files were on the lab's tmpfs, gone with it (--tmp machine keeps them)")
             shutil.rmtree(root, ignore_errors=True)
+            if args.tmp == "tmpfs":  # the hosts' sshd still run: lazily, then the empty mount point
+                subprocess.run(["umount", "-l", str(root)], check=False)
+                shutil.rmtree(root, ignore_errors=True)
     med = statistics.median
     b_last, b_skew = med(b for b, _ in bares), med(s for _, s in bares)
     o = {key: med(r[key] for r in ours) for key in ours[0]}
     witness = "without" if args.no_witness else "with"
     logins = "the lab's slow login files" if args.login_files else "empty login files"
+    logins += ", files on a tmpfs" if args.tmp == "tmpfs" else ", files on the machine's /tmp"
     print(f"\nmedians over {args.runs} runs, {args.hosts} hosts, {args.duration:g} s captures, {witness} the witness, "
           f"{logins}:")
     c_last, c_skew = med(b for b, _ in captures), med(s for _, s in captures)

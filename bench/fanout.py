@@ -265,8 +265,8 @@ def main() -> None:
         choices=("tmpfs", "machine"),
         default="tmpfs",
         help="where the bundles and the hosts' capture folders go: a tmpfs of the lab's own (default), or the "
-        "machine's /tmp (this VM's root file system: ext4 without a journal, whose new files cost what its "
-        "last minute of deletions left)",
+        "machine's /tmp (this VM's root file system: ext4 without a journal, where a new file's cost varies "
+        "with what was deleted before it)",
     )
     ap.add_argument("--login-files", action="store_true", help="root's ~/.bashrc the lab's slow one (else empty)")
     ap.add_argument("--keep", action="store_true", help="keep the hosts' keys, inventory and bundles (else removed)")

@@ -323,10 +323,9 @@ def main() -> None:
         else:
             if args.keep:
                 print("--keep: the files were on the lab's tmpfs, gone with it (--tmp machine keeps them)")
-            shutil.rmtree(root, ignore_errors=True)
-            if args.tmp == "tmpfs":  # the hosts' sshd still run: lazily, then the empty mount point
+            if args.tmp == "tmpfs":  # its files go with it (lazily: the hosts' sshd still run)
                 subprocess.run(["umount", "-l", str(root)], check=False)
-                shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
     med = statistics.median
     b_last, b_skew = med(b for b, _ in bares), med(s for _, s in bares)
     o = {key: med(r[key] for r in ours) for key in ours[0]}

@@ -745,8 +745,8 @@ echo done >&7
 # Reaper: whatever the controller does, nothing of ours stays on the disk beyond `keep` seconds
 # after the capture ended (the controller renews the lease while it collects), and an instance the
 # capture session made too late for the check above goes too.
-# Its first look is 5 s on: the lease and "done" are new now (two processes fewer while the host
-# collects).
+# Its first look is 4 s on, then every 5 s: the lease and "done" are new now (two processes fewer
+# while the host collects).
 k=1
 while [ -d "$dir" ]; do
   [ -n "$wname" ] && [ -d "$wname" ] && { echo 0 > "$wname/tracing_on"; rmdir "$wname"; } 2>/dev/null

@@ -167,6 +167,12 @@ def start_capture(host: dict[str, str], flt: str, port: int, **kw: object) -> tu
     assert arm.until("@@armed") == "@@armed", arm.lines
     sections = parse_sections("\n".join(arm.lines)).sections
     assert "nstat" in sections and "ss_tanpi" in sections and sections["witness"].body.startswith("state=off")
+    # The kernel's counter files as they are, line for line (sockstat by the shell's own loop, the
+    # SNMP files by one `cat`): the same lines in the same order, only the numbers move.
+    for name, files in (("sockstat", ("sockstat", "sockstat6")), ("nstat", ("snmp", "netstat", "snmp6"))):
+        want = [ln.split()[0] for f in files if os.path.exists(f"/proc/net/{f}")
+                for ln in Path(f"/proc/net/{f}").read_text().splitlines()]  # fmt: skip
+        assert [ln.split()[0] for ln in sections[name].body.splitlines()] == want, name
     # The "before" snapshot's clock and UTC offset: from the probe's bash, or `date` (sh alone).
     assert _clock_ns(sections) and re.fullmatch(r"[+-]\d{4}", sections["utc_offset"].body.strip()), sections
     assert sections["utc_offset"].body.strip() == "+0530"

@@ -2,14 +2,16 @@
 
 Rules (DOMAIN.md "Causes to recognise"), as a table (``CAUSE_RULES``): each row is a cause and a
 function of the facts at the sender (its own view of the connection, that incarnation only) that
-returns the evidence when the pattern matches; the first match wins. Then the sender's kernel
+returns the evidence when the pattern matches; the first match wins. Before them: a host that had
+taken a reset on the connection before sending this one (``after_reset``) no longer held it, and
+its reset is that one's aftermath: no pattern is read into it. Then the sender's kernel
 reason (``tcp_send_reset``) confirms it (``AGREES``) or, when it contradicts it or the packets found
 nothing, names it (``REASON_CAUSE``): the sender's own kernel is the better witness of why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from analysis.correlate import Reset
@@ -270,6 +272,55 @@ def unread_data_close(f: Facts) -> Evidence | None:
     )
 
 
+def _expected(f: Facts, t_ns: int) -> int | None:
+    """The sequence number the host expected next from the peer at t_ns (its view, this
+    incarnation), None where it received nothing of the peer's before."""
+    got = [s for s in f.peer if s.ts_ns < t_ns]
+    if not got:
+        return None
+    ends = [(s.seg.seq + s.seg.payload_len + (1 if s.seg.flags & (SYN | FIN) else 0)) % (1 << 32) for s in got]
+    return ends[-1]
+
+
+def after_reset(f: Facts, resets: Sequence[Reset]) -> Evidence | None:
+    """The host had taken another reset of this connection (this incarnation) before it sent this
+    one: its stack no longer held the connection, and this reset answers the peer's next segment
+    (Linux: no socket). Taken means its kernel logged receiving it (the witness), or its sequence
+    number was the one the host expected next (a reset outside that is not taken, RFC 5961)."""
+    key = key_of(name_of(f.sent.seg))
+    start = f.before[0].ts_ns if f.r.isn is not None and f.before else None
+    best: tuple[Reset, Seen, str] | None = None
+    for e in resets:
+        if e is f.r:
+            continue
+        for o in e.at(f.host, "in"):
+            if key_of(name_of(o.seg)) != key or o.ts_ns >= f.sent.ts_ns or (start is not None and o.ts_ns < start):
+                continue
+            if any(h == f.host for h, _ in e.kernel_received):
+                how = f"{f.host}'s kernel logged receiving it"
+            elif _expected(f, o.ts_ns) == o.seg.seq:
+                how = f"its sequence number was the one {f.host} expected next"
+            else:
+                continue
+            if best is None or o.ts_ns > best[1].ts_ns:
+                best = (e, o, how)
+    if best is None:
+        return None
+    e, o, how = best
+    last = f.last_peer
+    what = "a segment of the peer's"
+    if last is not None and last.ts_ns > o.ts_ns:
+        what = f"the peer's {last.seg.payload_len} bytes {fmt_s(last.ts_ns - o.ts_ns)} after {e.id}"
+    return ev(
+        Fact.AFTER_RESET,
+        f"{f.host} had taken {e.id} on this connection {fmt_s(f.sent.ts_ns - o.ts_ns)} before ({how}): its stack "
+        f"no longer held the connection, and this reset answers {what}. It is {e.id}'s aftermath, not a "
+        f"cause of its own.",
+        after=e.id,
+        gap_ns=f.sent.ts_ns - o.ts_ns,
+    )
+
+
 CAUSE_RULES: tuple[tuple[Cause, Callable[[Facts], Evidence | None]], ...] = (
     (Cause.CHALLENGE_ACK, challenge_ack),
     (Cause.CAPACITY, capacity),
@@ -328,12 +379,16 @@ def _upstream_health(f: Facts) -> str | None:
 
 
 # ---- the whole cause --------------------------------------------------------------------------
-def decide(w: World, r: Reset) -> None:
+def decide(w: World, r: Reset, resets: Sequence[Reset] = ()) -> None:
+    """``resets``: every reset of the analysis (a host's earlier ones decide ``after_reset``)."""
     if r.origin_kind == Origin.MIDDLEBOX:
         r.cause = Cause.MIDDLEBOX
         return
     f = facts(w, r)
-    if f is not None:
+    aftermath = after_reset(f, resets) if f is not None else None
+    if aftermath is not None:
+        r.evidence.append(aftermath)
+    elif f is not None:
         # The idle-reuse pattern's silence is kept whichever rule names the cause: a kernel reason
         # may name the idle reuse the packets' rules did not.
         idle = idle_reuse(f)

@@ -78,6 +78,7 @@ class Fact(StrEnum):
     APP_ABORT_HINT = "app_abort_hint"
     NO_CONNECTION_HINT = "no_connection_hint"  # a bare RST answering a segment: the stack had no such connection
     NO_PATTERN = "no_pattern"
+    AFTER_RESET = "after_reset"  # the sender had taken another reset of the connection before: its aftermath
     IDLE_CHAIN = "idle_chain"  # the idle-timeout pair out of order whose window this reuse fell in
 
 

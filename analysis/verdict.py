@@ -53,7 +53,7 @@ def analyze(vantages: list[VantageData]) -> Analysis:
     by_id = {r.id: r for r in resets}
     for r in resets:
         if r.chain_role == ChainRole.FIRST:
-            causes.decide(w, r)
+            causes.decide(w, r, resets)
     for r in resets:
         if r.chain_role == ChainRole.PROPAGATED and r.propagated_from:
             _propagated(w, r, by_id)

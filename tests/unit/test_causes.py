@@ -8,6 +8,7 @@ import io
 import pytest
 
 from analysis.causes import CAUSE_RULES
+from analysis.correlate import Reset
 from analysis.decode import ACK, FIN, PSH, RST, SYN
 from analysis.evidence import Cause, Fact
 from analysis.extract import extract_all
@@ -162,3 +163,24 @@ def test_a_bare_reset_answering_data_is_a_stack_without_the_connection_not_an_ab
     # A bare reset whose sequence number is not the segment's ack is not that answer.
     other = [(0, False, PSH | ACK, 7000, 9000, b"HTTP/1.1 408"), (1, True, RST, 8000, 0, b"")]
     assert cause_of(server(other)) == (Cause.UNKNOWN, Fact.APP_ABORT_HINT)
+
+
+def test_after_reset__a_reset_answering_the_peer_after_the_host_took_one_is_its_aftermath() -> None:
+    # The demo's second reset: the client took a (forged) reset, its socket went with it; the
+    # proxy's 408 two seconds later met no socket. Not an idle reuse: the first reset's aftermath.
+    def second(taken_seq: int) -> tuple[Reset, Reset]:
+        packets = [*ESTABLISHED, (100, False, RST, taken_seq, 0, b""),
+                   (2100, False, PSH | ACK, 106, 504, b"HTTP/1.1 408"), (2101, True, RST, 504, 0, b"")]  # fmt: skip
+        a = analyze(extract_all([server(packets)]))
+        mine = [r for r in a.resets if r.origin_host == "srv"]
+        taken = [r for r in a.resets if r.origin_host != "srv"]
+        assert len(mine) == 1 and len(taken) == 1, a.resets
+        return mine[0], taken[0]
+
+    r, taken = second(106)  # the sequence number srv expected next: its stack took it
+    assert fact(r, Fact.AFTER_RESET).data == {"after": taken.id, "gap_ns": 2001 * MS}
+    assert r.cause != Cause.IDLE_REUSE and not [e for e in r.evidence if e.kind == Fact.CAUSE]
+    # A reset outside what srv expected is not taken (RFC 5961): srv still held the connection,
+    # and the packets' rules read the reset as before (the data after a silence: an idle reuse).
+    r, _ = second(9999)
+    assert r.cause == Cause.IDLE_REUSE and not [e for e in r.evidence if e.kind == Fact.AFTER_RESET]

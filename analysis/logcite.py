@@ -4,7 +4,8 @@ evidence for the verdict, one that disagrees as such (the packets decide; the li
 A line names its connection by the client's address and port (HAProxy) or the client's address
 alone (nginx, Envoy: then its time must fall within its resolution and a second of the reset's).
 Who the line says ended it (the proxy itself, its upstream, its client) is set against who the
-packets say sent the chain's first reset.
+packets say sent the chain's first reset; for a reset that is another's aftermath (a host answering
+on a connection a reset it took had ended: ``causes.after_reset``), that other reset's chain.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def cite(w: World, resets: list[Reset], vantages: list[VantageData]) -> dict[int
     """Evidence on each reset a line speaks of; returns id(line) -> the reset's id."""
     matched: dict[int, str] = {}
     firsts = {r.chain: r for r in resets if r.chain_role == ChainRole.FIRST}
+    by_id = {r.id: r for r in resets}
     for v in vantages:
         for line in v.logs:
             found = [r for r in resets if _matches(line, r)]
@@ -67,6 +69,11 @@ def cite(w: World, resets: list[Reset], vantages: list[VantageData]) -> dict[int
             r = min(found, key=lambda x: abs(x.time_ns - (line.time_ns or 0)))
             matched[id(line)] = r.id
             first = firsts.get(r.chain, r)
+            # A reset that is another's aftermath (causes.after_reset) did not end the connection:
+            # the line is set against the one that did.
+            taken = next((str(e.data["after"]) for e in r.evidence if e.kind == Fact.AFTER_RESET), None)
+            if taken is not None and taken in by_id:
+                first = firsts.get(by_id[taken].chain, by_id[taken])
             if line.meaning is None:
                 _idle_context(line, first)
                 continue

@@ -49,8 +49,9 @@ def run(out: Path, duration: float) -> int:
         print(
             "\nWhat to read above: the client's RST claims to come from the proxy, but it arrives with "
             "a TTL unlike the proxy's own packets, the router's capture shows it leaving the router, "
-            "the proxy's capture has no RST at all, and the proxy's own kernel (its reset witness) logged "
-            "no reset on that connection."
+            "the proxy's capture never shows it, and the proxy's own kernel (its reset witness) logged "
+            "no reset on that connection. An R2, where there is one, is the client's answer, two seconds "
+            "later, to HAProxy's 408 on the connection R1 had already ended at the client: R1's aftermath."
         )
         print(f"capture-all exited {code}; the evidence bundle is {out}")
         return code

@@ -11,7 +11,7 @@ nothing, names it (``REASON_CAUSE``): the sender's own kernel is the better witn
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from analysis.correlate import Reset
@@ -275,35 +275,30 @@ def unread_data_close(f: Facts) -> Evidence | None:
 def _expected(f: Facts, t_ns: int) -> int | None:
     """The sequence number the host expected next from the peer at t_ns (its view, this
     incarnation), None where it received nothing of the peer's before."""
-    got = [s for s in f.peer if s.ts_ns < t_ns]
-    if not got:
+    s = next((s for s in reversed(f.peer) if s.ts_ns < t_ns), None)
+    if s is None:
         return None
-    ends = [(s.seg.seq + s.seg.payload_len + (1 if s.seg.flags & (SYN | FIN) else 0)) % (1 << 32) for s in got]
-    return ends[-1]
+    return (s.seg.seq + s.seg.payload_len + (1 if s.seg.flags & (SYN | FIN) else 0)) % (1 << 32)
 
 
-def after_reset(f: Facts, resets: Sequence[Reset]) -> Evidence | None:
+def after_reset(f: Facts, reset_of: Mapping[int, Reset]) -> Evidence | None:
     """The host had taken another reset of this connection (this incarnation) before it sent this
     one: its stack no longer held the connection, and this reset answers the peer's next segment
     (Linux: no socket). Taken means its kernel logged receiving it (the witness), or its sequence
-    number was the one the host expected next (a reset outside that is not taken, RFC 5961)."""
-    key = key_of(name_of(f.sent.seg))
+    number was the one the host expected next (a reset outside that is not taken, RFC 5961).
+    ``reset_of``: id(observation) -> its reset."""
     start = f.before[0].ts_ns if f.r.isn is not None and f.before else None
     best: tuple[Reset, Seen, str] | None = None
-    for e in resets:
-        if e is f.r:
+    for o in f.w.exact(f.host, name_of(f.sent.seg)):  # in time order: the last one taken wins
+        if o.ts_ns >= f.sent.ts_ns:
+            break
+        e = reset_of.get(id(o))
+        if e is None or e is f.r or o.direction != "in" or (start is not None and o.ts_ns < start):
             continue
-        for o in e.at(f.host, "in"):
-            if key_of(name_of(o.seg)) != key or o.ts_ns >= f.sent.ts_ns or (start is not None and o.ts_ns < start):
-                continue
-            if any(h == f.host for h, _ in e.kernel_received):
-                how = f"{f.host}'s kernel logged receiving it"
-            elif _expected(f, o.ts_ns) == o.seg.seq:
-                how = f"its sequence number was the one {f.host} expected next"
-            else:
-                continue
-            if best is None or o.ts_ns > best[1].ts_ns:
-                best = (e, o, how)
+        if any(h == f.host for h, _ in e.kernel_received):
+            best = (e, o, f"{f.host}'s kernel logged receiving it")
+        elif _expected(f, o.ts_ns) == o.seg.seq:
+            best = (e, o, f"its sequence number was the one {f.host} expected next")
     if best is None:
         return None
     e, o, how = best
@@ -379,13 +374,14 @@ def _upstream_health(f: Facts) -> str | None:
 
 
 # ---- the whole cause --------------------------------------------------------------------------
-def decide(w: World, r: Reset, resets: Sequence[Reset] = ()) -> None:
-    """``resets``: every reset of the analysis (a host's earlier ones decide ``after_reset``)."""
+def decide(w: World, r: Reset, reset_of: Mapping[int, Reset]) -> None:
+    """``reset_of``: id(observation) -> its reset, for every reset of the analysis (a host's
+    earlier ones decide ``after_reset``)."""
     if r.origin_kind == Origin.MIDDLEBOX:
         r.cause = Cause.MIDDLEBOX
         return
     f = facts(w, r)
-    aftermath = after_reset(f, resets) if f is not None else None
+    aftermath = after_reset(f, reset_of) if f is not None else None
     if aftermath is not None:
         r.evidence.append(aftermath)
     elif f is not None:

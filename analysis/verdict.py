@@ -51,9 +51,10 @@ def analyze(vantages: list[VantageData]) -> Analysis:
         origin.decide(w, r, clocks)
     link_chains(resets, w.names)
     by_id = {r.id: r for r in resets}
+    reset_of = {id(o): r for r in resets for o in r.seen}
     for r in resets:
         if r.chain_role == ChainRole.FIRST:
-            causes.decide(w, r, resets)
+            causes.decide(w, r, reset_of)
     for r in resets:
         if r.chain_role == ChainRole.PROPAGATED and r.propagated_from:
             _propagated(w, r, by_id)

@@ -283,11 +283,10 @@ def main() -> None:
     if not in_lab():
         raise SystemExit("bench/fanout.py runs inside tests/lab/enter (scripts/bench-fanout does that)")
     root = Path(tempfile.mkdtemp(prefix="capture-all-fanout-"))
-    if args.tmp == "tmpfs":  # inside the lab's private mount namespace: gone with it
-        sh("mount", "-t", "tmpfs", "-o", "mode=755", "fanout-tmp", str(root))
     root.chmod(0o755)
     remote_tmp = "/tmp"
-    if args.tmp == "tmpfs":
+    if args.tmp == "tmpfs":  # inside the lab's private mount namespace: gone with it
+        sh("mount", "-t", "tmpfs", "-o", "mode=755", "fanout-tmp", str(root))
         (root / "remote-tmp").mkdir(mode=0o700)
         remote_tmp = str(root / "remote-tmp")
     t = time.monotonic()

@@ -292,7 +292,10 @@ def seq_keys(chunk: Chunk, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     key = np.zeros(len(rows), dtype=np.uint64)
     ok = np.zeros(len(rows), dtype=np.bool_)
     if len(rows):
-        _seq_keys(chunk.buf, chunk.link, chunk.off, chunk.length, rows.astype(np.int64), seq, key, ok)
+        # The hash's multiply wraps modulo 2^64 on purpose; compiled, numba wraps silently, while
+        # numpy's scalars (no numba: an install without the fast extra) warn of an overflow.
+        with np.errstate(over="ignore"):
+            _seq_keys(chunk.buf, chunk.link, chunk.off, chunk.length, rows.astype(np.int64), seq, key, ok)
     return seq, key, ok
 
 

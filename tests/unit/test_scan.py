@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +106,29 @@ def test_mutated_pcap_never_crashes_either_walk(pos: int, value: int) -> None:
     data[pos % len(data)] = value
     for use in (True, False):
         columns(bytes(data), use)
+
+
+def test_without_numba_the_sequence_keys_match_conn_hash_and_warn_of_nothing() -> None:
+    """An install without the fast extra (pipx install capture-all) walks in numpy scalars: the
+    same hashes as conn_hash, and no overflow warning from the hash's wrapping multiply."""
+    code = """
+import io, sys, warnings
+sys.modules["numba"] = None  # as if not installed
+warnings.simplefilter("error")
+import numpy as np
+from analysis.pcap import ReadStats
+from analysis.scan import HAVE_NUMBA, conn_hash, scan, seq_keys
+from tests.pcapgen import ethernet, pcap, tcp_packet
+from analysis.decode import ACK, PSH
+assert not HAVE_NUMBA
+data = pcap([(1, ethernet(tcp_packet("10.0.0.1", "10.0.0.2", 40000, 443, PSH | ACK, seq=7, payload=b"x"))),
+             (2, ethernet(tcp_packet("2001:db8::2", "2001:db8::1", 443, 2000, ACK, seq=9)))])
+(chunk,) = scan(io.BytesIO(data), ReadStats())
+seq, key, ok = seq_keys(chunk, np.arange(2))
+assert ok.all() and list(seq) == [7, 9], (ok, seq)
+assert int(key[0]) == conn_hash("10.0.0.2", 443, "10.0.0.1", 40000)
+assert int(key[1]) == conn_hash("2001:db8::1", 2000, "2001:db8::2", 443)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert done.returncode == 0, done.stderr

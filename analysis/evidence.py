@@ -6,9 +6,18 @@ and tests read ``kind`` and ``data``; only people read ``text``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    from enum import StrEnum
+else:  # Python 3.10 (Ubuntu 22.04's): the same str-valued members, printed as their value
+    from enum import Enum
+
+    class StrEnum(str, Enum):
+        def __str__(self) -> str:
+            return str(self.value)
 
 
 class Origin(StrEnum):

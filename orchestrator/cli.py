@@ -920,7 +920,11 @@ def entry() -> None:
     0.15-0.2 s after the report was printed, measured, where a 100-host run's whole overhead is
     about 6 s). Nothing of ours is left to it: the bundle's files are closed where they are written,
     the sessions by ``run_capture``, the analysis's threads joined. An exception (a bug) still ends
-    the ordinary way, with its traceback."""
+    the ordinary way, with its traceback. Dependencies' deprecation notices are not shown
+    (``thirdparty``)."""
+    from orchestrator.thirdparty import quiet_dependencies
+
+    quiet_dependencies()
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import subprocess
 import sys
 from pathlib import Path
 
-from orchestrator.cli import main as capture_all
 from tests.lab.labnet import CLIENT_IP, PROXY_FRONT, REPO, Lab
 
 
@@ -32,8 +32,13 @@ def run(out: Path, duration: float) -> int:
             f"--duration {duration:g} --out {out} --reproduce 'curl ... /pay'",
             flush=True,
         )
-        code = capture_all(
+        # The command as a user runs it (its own process, through its entry point), not main():
+        # the same output, warnings filtered or not, as the installed capture-all.
+        code = subprocess.run(
             [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
                 "--inventory",
                 str(lab.inventory),
                 "--flow",
@@ -44,8 +49,10 @@ def run(out: Path, duration: float) -> int:
                 str(out),
                 "--reproduce",
                 f"curl -sS -m 3 -d amount=42 http://{PROXY_FRONT}:8081/pay",
-            ]
-        )
+            ],
+            cwd=REPO,
+            check=False,
+        ).returncode
         print(
             "\nWhat to read above: the client's RST claims to come from the proxy, but it arrives with "
             "a TTL unlike the proxy's own packets, the router's capture shows it leaving the router, "

@@ -146,8 +146,11 @@ def test_offsets_and_drift_are_recovered_and_the_verdict_does_not_change(
         # 1.6 s bound the rate to about +-50 ppm (measured at 200 ppm, 12 runs: 168 to 194).
         rel = {h: c.drift_ppm[h] - c.drift_ppm["client"] for h in c.drift_ppm if h != "client"}
         assert rel and all(abs(d + CLIENT_PPM) < 0.25 * CLIENT_PPM for d in rel.values()), rel
-    # Unshifted, the lab's hosts share one kernel clock: the estimates say so too.
-    assert all(abs(o) <= 100_000 for o in before.clocks.offset_ns.values())
+    # Unshifted, the lab's hosts share one kernel clock: the estimates say so too, within 100 us or
+    # the bound they state where the packets bound them less tightly (as in assert_aligned).
+    u = before.clocks.uncertainty_ns
+    off = {h: (o, u.get(h, 0)) for h, o in before.clocks.offset_ns.items()}
+    assert all(abs(o) <= max(100_000, b) for o, b in off.values()), off
 
 
 def test_a_host_sharing_no_packet_falls_back_on_the_ssh_probe(

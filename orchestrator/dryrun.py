@@ -8,26 +8,26 @@ in ``remote.scripts``. Nothing here opens a socket.
 
 from __future__ import annotations
 
-import re
 import shlex
 from typing import Any
 
 from orchestrator.options import RunOptions, capture_command, finish_wait_s, flow_ports
 from orchestrator.plan import TRANSLATING_ROLES, HostPlan, Plan
 from remote import commands
-from remote.scripts import SNAPSHOT, capture_tcpdump
+from remote.scripts import SNAPSHOT_READS, capture_tcpdump
 from remote.sshconfig import known_hosts_for
 
 _SSH_PLACEHOLDER = "not (host <controller> and host <host> and port <ssh port> and port <our source port>)"
 
 
-def snapshot_commands() -> list[str]:
-    """The snapshot's commands and files, as SNAPSHOT has them (before and after the capture)."""
+def snapshot_reads(ports: tuple[int, ...]) -> list[str]:
+    """What the snapshot reads, in words (remote.scripts.SNAPSHOT_READS), before and after."""
+    ssf = " or ".join(f"sport = :{p} or dport = :{p}" for p in ports)
+    flt = shlex.quote(f"( {ssf} )") if ports else "(every socket)"  # the host has no port to filter by
     out = []
-    for m in re.finditer(r"\bsnap(files?)? \w+ (.+?)(?:;;)?$", SNAPSHOT, re.M):
-        what = m.group(2).strip()
-        out.append(f"read {what}" if m.group(1) else what)
-    return list(dict.fromkeys(out))
+    for _, what, after in SNAPSHOT_READS:
+        out.append(what.replace("{ss_filter}", flt) + ("" if after else " (before only)"))
+    return out
 
 
 def _ssh_line(h: HostPlan) -> str:
@@ -67,10 +67,7 @@ def host_facts(h: HostPlan, opts: RunOptions) -> dict[str, Any]:
         tcpdump = tcpdump.replace(k, v)
     per_iface = [tcpdump.replace('"$dir/$i.pcap"', f"<dir>/{i}.pcap").replace('"$i"', i) for i in h.interfaces]
     ports = flow_ports(h)
-    ssf = " or ".join(f"sport = :{p} or dport = :{p}" for p in ports)
-    snaps = [c for c in snapshot_commands() if not (ports and c == "ss -tanpi")]
-    snaps = [c.replace('"( $ssf )"', shlex.quote(f"( {ssf} )")) for c in snaps]
-    then = ["snapshot before and after: " + "; ".join(snaps)]
+    then = ["snapshot before and after: " + "; ".join(snapshot_reads(ports))]
     if h.role in TRANSLATING_ROLES:
         then.append(f"conntrack -L -p tcp, the entries of port(s) {','.join(map(str, ports))} (at most 5000 lines)")
     for src in h.logs:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, Lab, sh
+from tests.lab.labnet import BACKEND_IP, CLIENT_IP, CLIENT_NAT_SIDE, PROXY_FRONT, Lab, sh
 from tests.lab.test_capture import run_cli
 from tests.lab.test_scenarios import CLIENTS, fact, first, origin
 
@@ -22,8 +22,8 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
-def with_client_idle(lab: Lab, tmp_path: Path, idle: str) -> Path:
-    text = lab.inventory.read_text()
+def with_client_idle(lab: Lab, tmp_path: Path, idle: str, base: Path | None = None) -> Path:
+    text = (base or lab.inventory).read_text()
     text, n = re.subn(r'(name = "client"\nrole = "client"\n)', rf'\1idle_timeout = "{idle}"\n', text)
     assert n == 1
     path = tmp_path / f"inventory-{idle}.toml"
@@ -48,6 +48,31 @@ def test_a_pool_that_outlives_the_proxys_keep_alive_is_named_with_both_values(
     code, out = run(capsys, "-i", str(with_client_idle(clean_lab, tmp_path, "1s")), "-f", flow)
     assert code == 0, out
     assert "client connection pool idle timeout 1 s (inventory idle_timeout 1s) < proxy" in out and "in order" in out
+
+
+ESTABLISHED = "net.netfilter.nf_conntrack_tcp_timeout_established"
+
+
+@pytest.mark.parametrize("value", [432000, 7])  # the kernel's default (six digits); a short one
+def test_the_nats_conntrack_timeout_is_the_kernels(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str], value: int
+) -> None:
+    """The NAT's established timeout as its kernel holds it (`sysctl -n`), set against a 30 s pool:
+    read under dash with `read`, 432000 came back as 4, and the audit called a five-day NAT
+    'VIOLATED'."""
+    before = sh("sysctl", "-n", ESTABLISHED, ns="nat").strip()
+    sh("sysctl", "-qw", f"{ESTABLISHED}={value}", ns="nat")
+    try:
+        assert sh("sysctl", "-n", ESTABLISHED, ns="nat").strip() == str(value)
+        inv = with_client_idle(clean_lab, tmp_path, "30s", clean_lab.nat_inventory(declared=True))
+        code, out = run(capsys, "-i", str(inv), "-f", f"{CLIENT_NAT_SIDE}->{PROXY_FRONT}:8080")
+    finally:
+        sh("sysctl", "-qw", f"{ESTABLISHED}={before}", ns="nat")
+    rel, verdict = ("<", "in order") if value > 30 else (">=", "VIOLATED")
+    want = (f"client connection pool idle timeout 30 s (inventory idle_timeout 30s) {rel} nat conntrack "
+            f"established timeout {value:g} s (sysctl {ESTABLISHED}): {verdict}")  # fmt: skip
+    assert want in out, out
+    assert code == 9, out  # the proxy's 2 s keep-alive is shorter than the pool's 30 s either way
 
 
 def quiet_backend_leg(limit_s: float = 10.0) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from analysis.decode import RST
-from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, REPO, Lab
+from tests.lab.labnet import BACKEND_IP, CLIENT_IP, PROXY_FRONT, REPO, Lab, sh
 from tests.lab.test_capture import run_cli
 from tests.pcapgen import shift_pcap
 
@@ -28,7 +28,24 @@ def capture(capsys: pytest.CaptureFixture[str], lab: Lab, out: Path, flow: str, 
         capsys, "-i", str(lab.inventory), "--flow", flow, "-d", duration, "-o", str(out), "--reproduce", reproduce
     )
     assert code == 0, stdout
-    return json.loads((out / "report.json").read_text()), stdout
+    report = json.loads((out / "report.json").read_text())
+    kernel_facts_hold(out, report)
+    return report, stdout
+
+
+# What the snapshot says of each host's kernel, against the file itself (`cat` in the host's network
+# namespace): under dash, a `read` of an integer /proc/sys file gave its first digit (262144: 2).
+KERNEL_FILES = {"before/uname.txt": "/proc/sys/kernel/osrelease",
+                "before/conntrack_max.txt": "/proc/sys/net/netfilter/nf_conntrack_max",
+                "before/port_range.txt": "/proc/sys/net/ipv4/ip_local_port_range"}  # fmt: skip
+
+
+def kernel_facts_hold(out: Path, report: dict[str, Any]) -> None:
+    for host in (d.name for d in out.iterdir() if (d / "before").is_dir()):
+        for rel, path in KERNEL_FILES.items():
+            assert (out / host / rel).read_text().strip() == sh("cat", path, ns=host).strip(), (host, rel)
+    # The lab's conntrack tables hold a few entries of 262144: no caveat may say they are near full.
+    assert not [c for c in report["caveats"] if "conntrack table" in c], report["caveats"]
 
 
 def first(report: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +185,9 @@ def capture_restarting_backend(lab: Lab, inventory: Path, flow: str, reproduce: 
             lab.start_backend(80)
         stdout, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 0, stdout + stderr
-    return dict(json.loads((out / "report.json").read_text()))
+    report = dict(json.loads((out / "report.json").read_text()))
+    kernel_facts_hold(out, report)
+    return report
 
 
 def test_d_backend_killed_with_connections_open(clean_lab: Lab, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from remote import commands
 from remote.parse import parse_files, parse_finish, parse_inline, parse_preflight, parse_sections
+from remote.scripts import SNAPSHOT_READS
 
 PCAP = bytes.fromhex("4d3cb2a10200040000000000000000000000040001000000")
 FAKE_TCPDUMP = f"""#!{sys.executable}
@@ -173,11 +174,37 @@ def start_capture(host: dict[str, str], flt: str, port: int, **kw: object) -> tu
         want = [ln.split()[0] for f in files if os.path.exists(f"/proc/net/{f}")
                 for ln in Path(f"/proc/net/{f}").read_text().splitlines()]  # fmt: skip
         assert [ln.split()[0] for ln in sections[name].body.splitlines()] == want, name
+    # The kernel's small files, whole, as `cat` reads them (dash's `read` took a byte a call, and
+    # the kernel ends an integer /proc/sys file at a non-zero offset: 262144 came back as 2).
+    kernel_files_are_whole(sections, KERNEL_BEFORE)
+    # Each section the plan describes (SNAPSHOT_READS) is one the snapshot prints.
+    assert {n for n, _, _ in SNAPSHOT_READS} <= set(sections), set(sections)
     # The "before" snapshot's clock and UTC offset: from the probe's bash, or `date` (sh alone).
     assert _clock_ns(sections) and re.fullmatch(r"[+-]\d{4}", sections["utc_offset"].body.strip()), sections
     assert sections["utc_offset"].body.strip() == "+0530"
     arm.ss = sections["ss_tanpi"].body
     return arm, pre.remote_dir
+
+
+KERNEL_BEFORE = {"uname": "/proc/sys/kernel/osrelease", "conntrack_max": "/proc/sys/net/netfilter/nf_conntrack_max",
+                 "port_range": "/proc/sys/net/ipv4/ip_local_port_range",
+                 "conntrack_count": "/proc/sys/net/netfilter/nf_conntrack_count"}  # fmt: skip
+KERNEL_AFTER = {"conntrack_count": KERNEL_BEFORE["conntrack_count"]}
+
+
+def kernel_files_are_whole(sections: dict, files: dict[str, str]) -> None:  # type: ignore[type-arg]
+    """Each section holds its file as `cat` prints it (conntrack_count may move between the reads)."""
+    for name, path in files.items():
+        sec = sections[name]
+        if not os.path.exists(path):
+            assert (sec.rc, sec.body.strip()) == (1, f"cannot read {path}"), (name, sec)
+            continue
+        want = subprocess.run(["cat", path], capture_output=True, text=True, check=True).stdout
+        assert sec.rc == 0, (name, sec)
+        if name == "conntrack_count":
+            assert sec.body.strip().isdigit(), (name, sec.body)
+        else:
+            assert sec.body.rstrip("\n") == want.rstrip("\n"), (name, sec.body, want)
 
 
 def _clock_ns(sections: dict) -> bool:  # type: ignore[type-arg]
@@ -193,9 +220,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def finish_in(s: Session, remote_dir: str, probed: bool = False) -> None:
+def finish_in(s: Session, remote_dir: str, probed: bool = False, own_session: bool = False) -> None:
     """From "finish" to the end: the listing, the probe (unless ``probed`` while the capture
-    ran), the inline files, rm."""
+    ran), the inline files, rm. ``own_session``: FINISH_SCRIPT's, whose snapshot is a whole one
+    (the "before" may never have come back)."""
     if probed:  # no probe: the listing and the "after" snapshot at once
         assert s.until("@@listed") == "@@listed", s.lines
         assert not any(line.startswith("@@probe") for line in s.lines), s.lines
@@ -207,6 +235,12 @@ def finish_in(s: Session, remote_dir: str, probed: bool = False) -> None:
         assert s.until("@@listed") == "@@listed", s.lines
         parsed = parse_sections("\n".join(s.lines))
     assert "nstat" in parsed.sections and _clock_ns(parsed.sections)  # the "after" snapshot
+    kernel_files_are_whole(parsed.sections, KERNEL_AFTER)
+    # "after" reads again what moves, and only that, as the plan says
+    reads = {n: after for n, _, after in SNAPSHOT_READS}
+    assert {n for n, after in reads.items() if after} <= set(parsed.sections)
+    if not own_session:
+        assert not {n for n, after in reads.items() if not after} & set(parsed.sections), set(parsed.sections)
     done = parse_finish(listing)
     assert not done.already_done and done.exit_codes == {"lo": 0} and done.stats["lo"].captured == 0
     (pcap,) = done.files
@@ -260,7 +294,7 @@ def test_a_capture_whose_session_was_lost_is_finished_by_a_session_of_its_own(ho
     assert arm.end() == 0  # EOF: the session stops; the capture goes on by itself
     assert any("tcpdump" in p or "capture-all-job" in p for p in ours(remote_dir)) and Path(remote_dir).is_dir()
     fin = Session(commands.finish(remote_dir, ["lo"], wait_s=5, sudo=False, ports=(443,)).line, host)
-    finish_in(fin, remote_dir)
+    finish_in(fin, remote_dir, own_session=True)
 
 
 def test_a_controller_that_goes_away_before_go_leaves_nothing(host: dict[str, str]) -> None:

@@ -54,10 +54,19 @@ class Bundle:
             raise BundleError(f"--out {root}: cannot create: {exc.strerror}") from None
         return cls(root)
 
+    def _inside(self, rel: str) -> Path:
+        """``root/rel`` for a plain relative path; raises BundleError for anything that could
+        leave the bundle (absolute, ``..``, empty or ``.`` parts, NUL). Names of files come from the
+        plan, never from a host; this is the last guard if one ever did."""
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise BundleError(f"refusing to write {rel!r} in the bundle: not a plain path inside it")
+        return self.root.joinpath(*parts)
+
     def folder(self, *parts: str) -> Path:
         """``root/parts...``, every folder created 0700 (``mkdir(parents=True)`` would give the
         intermediate ones the umask's mode)."""
-        path = self.root.joinpath(*parts)
+        path = self._inside("/".join(parts)) if parts else self.root
         if parts not in self._folders:
             made = self.root
             for part in Path(*parts).parts if parts else ():
@@ -67,10 +76,12 @@ class Bundle:
         return path
 
     def write(self, rel: str, data: str | bytes) -> Path:
-        path = self.root / rel
+        """Raises BundleError for a path that is not plainly inside the bundle, OSError where the
+        file is a symlink (never followed)."""
+        path = self._inside(rel)
         self.folder(*Path(rel).parent.parts)
         raw = data.encode() if isinstance(data, str) else data
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
@@ -79,10 +90,10 @@ class Bundle:
         return path
 
     def append_jsonl(self, rel: str, record: dict[str, Any]) -> None:
-        path = self.root / rel
+        path = self._inside(rel)
         self.folder(*Path(rel).parent.parts)
         raw = (json.dumps(record) + "\n").encode()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "ab") as fh:
             before = os.fstat(fh.fileno()).st_size
             fh.write(raw)

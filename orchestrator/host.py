@@ -467,7 +467,10 @@ class HostRun:
         header = await talk.until("@@probe", "@@listed", what="stopping the capture", extra=self.wait_s)
         if header is None:
             raise await talk.failure()
-        fin = parse_finish(talk.parsed())
+        fin, other = parse_finish(talk.parsed()).only(self.plan.interfaces)
+        if other:
+            self.record.notes.append("the host's finish named what the plan does not (ignored): "
+                                     + ", ".join(repr(o) for o in other[:10]))  # fmt: skip
         if header.startswith("@@probe"):  # no probe while the capture ran (or a new session)
             self._probe("end", await talk.probe(header, what="clock probe at end"))
             await talk.say("snap")

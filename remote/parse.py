@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 # The names of the snapshot blocks, in the order the script prints them; each becomes a file.
 SNAPSHOT_SECTIONS = (
@@ -277,6 +278,25 @@ class Finished:
     ring: dict[str, tuple[int, int]] = field(default_factory=dict)
     reach_ns: dict[str, int] = field(default_factory=dict)
     logs: list[RemoteFile] = field(default_factory=list)  # log.N.txt and log.N.meta: the window's log lines
+
+    def only(self, interfaces: Sequence[str]) -> tuple[Finished, list[str]]:
+        """What the host said of the plan's interfaces alone, and the other names it gave (a host
+        chooses none of the bundle's file names: ``X.tcpdump.txt`` with X =
+        ``../../../etc/cron.d/planted`` was written outside the bundle)."""
+        want = set(interfaces)
+        pcaps = {f"{i}.pcap" for i in want}
+        said = set(self.exit_codes) | set(self.tcpdump_stderr) | set(self.ring) | set(self.reach_ns)
+        other = sorted(said - want) + sorted(f.name for f in self.files if f.name not in pcaps)
+        kept = replace(
+            self,
+            exit_codes={i: c for i, c in self.exit_codes.items() if i in want},
+            files=[f for f in self.files if f.name in pcaps],
+            tcpdump_stderr={i: s for i, s in self.tcpdump_stderr.items() if i in want},
+            stats={i: s for i, s in self.stats.items() if i in want},
+            ring={i: r for i, r in self.ring.items() if i in want},
+            reach_ns={i: r for i, r in self.reach_ns.items() if i in want},
+        )
+        return kept, other
 
 
 _LOG_FILE = re.compile(r"log\.\d{1,3}\.(txt|meta)")

@@ -1,0 +1,93 @@
+"""A hostile host (issue 29): what it sends back never names a path on the bastion."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator.bundle import Bundle
+from remote.commands import RemoteCommand
+from remote.fake import Conversation, FakeHost, capture_dialogue
+from tests.fake.test_fanout import go, hosts
+
+pytestmark = pytest.mark.anyio
+
+TRAVERSAL = "../../../planted"
+
+
+def tampered(edit: Callable[[str], str]) -> Callable[[FakeHost, RemoteCommand], Conversation]:
+    """The healthy host's capture session, every chunk it says passed through ``edit``."""
+
+    def dialogue(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+        conv = capture_dialogue(host, cmd)
+        try:
+            chunk = next(conv)
+            while True:
+                said = yield edit(chunk)
+                chunk = conv.send(said)
+        except StopIteration as stop:
+            last, code = stop.value
+            return edit(last), code
+
+    return dialogue
+
+
+def planted(chunk: str) -> str:
+    """Every place of the finish where the host names something: the interfaces of its tcpdump
+    sections and exit codes, the files it lists (sizes and digests), the ring and reach lines."""
+    d = "/tmp/capture-all.PROXAAAA"
+    if "@@section files\n" in chunk:
+        chunk = chunk.replace("@@section files\n", f"rc {TRAVERSAL} 1\nring {TRAVERSAL} 1 1\n@@section files\n")
+        more = f"size 24 {d}/..\nsize 24 {d}/x.pcap\n"
+        chunk = chunk.replace(f"size 24 {d}/eth0.pcap\n", f"size 24 {d}/eth0.pcap\n{more}")
+        chunk = re.sub(rf"^([0-9a-f]{{64}})  {d}/eth0.pcap$", rf"\g<0>\n\1  {d}/..\n\1  {d}/x.pcap", chunk,
+                       flags=re.M)  # fmt: skip
+    evil = f"@@section tcpdump_err {TRAVERSAL}\nowned\n"
+    return re.sub(r"@@section tcpdump_err (\w+)", evil + r"@@section tcpdump_err \1", chunk)
+
+
+def written(top: Path, bundle: Path) -> None:
+    """Nothing planted anywhere; the proxy's captures are its two planned interfaces'."""
+    assert not list(top.rglob("planted*")), list(top.rglob("planted*"))
+    files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()}
+    pcaps = {f for f in files if f.startswith("proxy/") and f.endswith(".pcap")}
+    assert pcaps == {"proxy/eth0.pcap", "proxy/eth1.pcap"}, pcaps
+
+
+async def test_names_a_host_sends_never_become_paths_on_the_bastion(tmp_path: Path) -> None:
+    deep = tmp_path / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    proxy = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA")
+    proxy.dialogues["capture"] = tampered(planted)
+    fakes = hosts(proxy=proxy)
+    result, recs = await go(deep, fakes)
+    written(tmp_path, deep / "b")
+    proxy = recs["proxy"]
+    assert proxy.status == "ok", (proxy.error, proxy.notes)  # its real captures came back
+    assert sorted(c.interface for c in proxy.captures) == ["eth0", "eth1"]
+    assert any("../../../planted" in n and "ignored" in n for n in proxy.notes), proxy.notes
+    assert {r.status for r in result.records} == {"ok"}
+
+
+@pytest.mark.parametrize("rel", ["../x", "/etc/x", "a/../../x", "a//b", "./x", "a/\0"])
+def test_the_bundle_writes_nothing_outside_itself(tmp_path: Path, rel: str) -> None:
+    from orchestrator.errors import BundleError
+
+    bundle = Bundle.create(tmp_path / "b")
+    with pytest.raises(BundleError, match="not a plain path inside"):
+        bundle.write(rel, "x")
+    with pytest.raises(BundleError):
+        bundle.append_jsonl(rel, {})
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["b"]
+
+
+def test_the_bundle_never_follows_a_symlink(tmp_path: Path) -> None:
+    bundle = Bundle.create(tmp_path / "b")
+    bundle.folder("proxy")
+    (tmp_path / "b" / "proxy" / "eth0.tcpdump.txt").symlink_to(tmp_path / "outside")
+    with pytest.raises(OSError):
+        bundle.write("proxy/eth0.tcpdump.txt", "x")
+    assert not (tmp_path / "outside").exists()

@@ -49,13 +49,25 @@ def _read_known_hosts(files: tuple[Path, ...]) -> Any:
     return asyncssh.read_known_hosts(present) if present else _NOTHING_TRUSTED
 
 
-def _has_entry(target: SshTarget, kh: KnownHosts) -> bool:
+async def _has_entry(target: SshTarget, kh: KnownHosts) -> bool:
+    """Whether known_hosts says anything of this host: a key, a CA (``@cert-authority``) or a
+    revoked key (``@revoked``), plain or hashed, under its name or any address it resolves to
+    here. Any of them makes a key that did not verify a changed one, refused even with
+    --accept-new-host-keys; so does a known_hosts that cannot be read."""
     try:
         known = _read_known_hosts(kh.files)
     except (OSError, ValueError):
-        return False
-    trusted, _revoked, *_ = known.match(kh.host or target.host, "", target.port)
-    return bool(trusted)
+        return True
+    name = kh.host or target.host
+    addrs = {""}
+    try:
+        infos = await asyncio.wait_for(
+            asyncio.get_running_loop().getaddrinfo(name, target.port, type=socket.SOCK_STREAM), 5
+        )
+        addrs |= {str(i[4][0]) for i in infos}
+    except (OSError, asyncio.TimeoutError):
+        pass  # unresolvable here (a name only a jump host knows): its name alone
+    return any(entries for addr in sorted(addrs) for entries in known.match(name, addr, target.port))
 
 
 @contextmanager
@@ -261,6 +273,9 @@ def _common(target: SshTarget, known_hosts: Any, host: str) -> dict[str, Any]:
         # and one whose host went away is found out within a minute instead of never.
         "keepalive_interval": KEEPALIVE_S,
         "keepalive_count_max": 4,
+        # Never, whatever the user's ssh config says (ForwardAgent yes): root on any host of a run
+        # could sign with the operator's keys through the forwarded socket.
+        "agent_forwarding": False,
     }
     if target.identity_files:
         common["client_keys"] = _expand(target.identity_files)
@@ -326,7 +341,7 @@ class SshConnector:
             try:
                 conn = await self._open(target, known)
             except asyncssh.HostKeyNotVerifiable as exc:
-                if _has_entry(target, kh):
+                if await _has_entry(target, kh):
                     raise HostKeyError(
                         target.name,
                         f"host key for {_known_hosts_name(target, kh)} does NOT match {kh.describe()}: "

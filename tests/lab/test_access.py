@@ -214,3 +214,31 @@ def test_a_session_that_does_not_end_keeps_what_the_host_wrote_on_stderr(clean_l
     while sleeping() and time.monotonic() < deadline:  # the host's sleep ends by itself
         time.sleep(0.1)
     assert not sleeping()
+
+
+def test_the_operators_agent_is_never_forwarded(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ssh config with `ForwardAgent yes` and an agent running on the bastion: no host of the
+    run gets a socket to it (a root on any hop could sign with the operator's keys)."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            assert time.monotonic() < deadline and agent.poll() is None, "ssh-agent did not start"
+            time.sleep(0.05)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        cfg = tmp_path / "ssh_config"
+        cfg.write_text("Host *\n  ForwardAgent yes\n")
+        lab_cfg = f'config_file = "{clean_lab.root / "ssh_config"}"'
+        inv = inventory(clean_lab, tmp_path, lab_cfg, f'config_file = "{cfg}"')
+        out = tmp_path / "b"
+        said = 'echo "agent=${SSH_AUTH_SOCK:-none}"'
+        code, stdout, _ = run_cli(capsys, "-i", str(inv), "--flow", FLOW_8080, "-d", "1", "-o", str(out),
+                                  "--hosts", "client", "--reproduce", said)  # fmt: skip
+        assert code == 0, stdout
+        assert "agent=none" in (out / "client" / "reproduce.txt").read_text()
+    finally:
+        agent.terminate()  # ours, by its PID
+        agent.wait(10)

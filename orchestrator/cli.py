@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from orchestrator import __version__
 from orchestrator.bundle import Bundle, verify
 from orchestrator.errors import BundleError, UsageError
+from orchestrator.progress import printable
 from remote.commands import UnsafeValue
 
 if TYPE_CHECKING:
@@ -422,7 +423,7 @@ async def _capture(args: argparse.Namespace) -> int:
         )
         return EXIT_ABANDONED
     code, _, lines = _conclude(root, holder[0], flow.text, len(manifest.files))
-    print("\n".join(lines))
+    print("\n".join(map(printable, lines)))
     return code
 
 
@@ -604,7 +605,7 @@ async def _watch(args: argparse.Namespace) -> int:
                 incidents.write(out, rows, armed_facts)
                 where = f" at {trig.host}" if trig.host else ""
                 print(f"incident {n}: {trig.kind} trigger{where}, armed {trig.armed_s or 0:.1f} s", flush=True)
-                print("\n".join(lines), flush=True)
+                print("\n".join(map(printable, lines)), flush=True)
                 if res.interrupted or stop.is_set():
                     why_end = "stopped (Ctrl-C)"
                     break
@@ -785,7 +786,7 @@ def _analyze(args: argparse.Namespace) -> int:
 
         print(dump(report), end="")
     else:
-        print("\n".join(lines + terminal(result)))
+        print("\n".join(map(printable, lines + terminal(result))))
     modified = report.get("integrity", {}).get("problems") or []
     if modified and not args.allow_modified:
         more = f" (and {len(modified) - 1} more)" if len(modified) > 1 else ""

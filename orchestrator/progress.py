@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -20,6 +21,14 @@ from typing import TextIO
 
 REDRAW_S = 0.25
 PROBLEMS = ("failed", "partial")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Text a host sent (an error, a log line, a process name), safe on a terminal: every control
+    character but tab (ESC, CR, newline, C1) shown as ``\\xNN``, so none moves the cursor,
+    recolours the screen or forges a line of ours."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class Progress:
@@ -42,6 +51,7 @@ class Progress:
         self._dirty = False
 
     def __call__(self, host: str, state: str, detail: str) -> None:
+        state, detail = printable(state), printable(detail)
         if host == "*":
             self.run_line = f"{state} {detail}".strip()
         else:

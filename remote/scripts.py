@@ -445,7 +445,7 @@ logs_cut() {
         tail -c +$((from + 1)) -- "$src" 2>/dev/null | head -c $((end - from)) > "$t"
         echo "from_byte=$from" >> "$m"; echo "to_byte=$end" >> "$m";;
     esac
-    [ -s "$m.err" ] && { e=""; while IFS= read -r l; do e=$l; done < "$m.err"; echo "error=$e" >> "$m"; }
+    [ -s "$m.err" ] && { e=""; while IFS= read -r l; do e=$l; done < "$m.err"; printf 'error=%s\n' "$e" >> "$m"; }
     rm -f -- "$m.err"
   done
   [ "${owner:-root}" = root ] || chown -- "$owner" "$dir"/log.* 2>/dev/null
@@ -615,7 +615,7 @@ if ! ln -sn -- "$dir" "$lock" 2>/dev/null; then
       since=$(date -u -r "$other/holder" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null) && who="$who since=$since"
     fi
     rm -rf -- "$dir"
-    echo "@@fail busy another capture-all run captures on this host (${who:-holder unknown}; its dir $other)"
+    printf '%s\n' "@@fail busy another capture-all run captures on this host (${who:-holder unknown}; its dir $other)"
     exit $E_BUSY
   fi
 fi
@@ -827,7 +827,7 @@ case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir";
 echo "@@listening"
 while IFS= read -r l <&9; do
   [ "$l" = end ] && break
-  echo "@@rst $l"
+  printf '@@rst %s\n' "$l"
 done
 echo "@@section trigger"
 echo "ended=1"
@@ -850,7 +850,7 @@ case $src in
     command -v journalctl >/dev/null 2>&1 || { echo "@@fail no_tool journalctl is not installed"; exit $E_NO_TOOL; }
     echo "@@listening"
     setsid sh -c 'journalctl -q -f -n 0 -o cat -u "$1" 2>/dev/null | grep -m 1 -E -e "$2" |
-      while IFS= read -r l; do echo "@@log $l"; done' capture-all-log "${src#journal=}" "$pat" &
+      while IFS= read -r l; do printf "@@log %s\\n" "$l"; done' capture-all-log "${src#journal=}" "$pat" &
     pg=$!
     while kill -0 "$pg" 2>/dev/null && [ -d "/proc/$jp" ]; do sleep 1; done
     kill -- "-$pg" 2>/dev/null
@@ -859,7 +859,7 @@ case $src in
     [ -f "$src" ] && [ -r "$src" ] || { echo "@@fail no_log cannot read $src"; exit $E_NO_TOOL; }
     echo "@@listening"
     tail -n 0 --pid="$jp" -F -- "$src" 2>/dev/null | grep -m 1 -E -e "$pat" |
-      while IFS= read -r l; do echo "@@log $l"; done
+      while IFS= read -r l; do printf '@@log %s\n' "$l"; done
     ;;
 esac
 echo "@@section trigger"

@@ -232,3 +232,24 @@ def test_progress_draws_a_table_only_on_a_terminal_that_can_and_stamps_lines_in_
     stamp, rest = out.getvalue().split(" ", 1)
     assert rest == "[a] connecting: 10.0.0.1:22\n"
     assert stamp.endswith("Z") and abs(int(stamp[:2]) - time.gmtime().tm_hour) in (0, 1, 23)
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_host_text_reaches_the_terminal_escaped(live: bool) -> None:
+    """A host's words (a failure's text, a log line) with ESC sequences, a CR, a newline and a C1
+    CSI: none reaches the terminal raw (issue 29.8): they could clear the screen, retitle it, or
+    forge a line that looks like ours."""
+    import io
+
+    from orchestrator.progress import Progress, printable
+
+    evil = "busy \x1b]0;owned\x07\x1b[2J\rproxy ok\n[run] collected: 4/4 hosts ok \x9b31m"
+    out = io.StringIO()
+    p = Progress(["proxy"], stream=out, live=live, size=(120, 40))
+    p("proxy", "failed", evil)
+    p.close()
+    text = out.getvalue()
+    assert "\x1b]" not in text and "\x1b[2J" not in text and "\x9b" not in text and "\r" not in text
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x0dproxy ok\\x0a[run] collected" in text
+    assert text.count("\n") == (1 if not live else len(p.lines()))
+    assert printable("tab\tstays") == "tab\tstays"

@@ -437,8 +437,11 @@ def test_the_log_trigger_says_the_first_matching_line_and_ends_with_the_capture_
     log = tmp_path / "app.log"
     log.write_text("old: reset by peer (before the watch: not a trigger)\n")
     fake = bin_dir / "journalctl"
+    # The matching line carries a backslash escape as text: dash's echo would have made it an ESC
+    # (the screen cleared on the operator's terminal); it must come through as written.
+    line = "upstream reset by peer; client 198.18.1.10 \\033[2J"
     fake.write_text(f"#!/bin/sh\necho \"$*\" > {tmp_path}/jargs\necho 'GET / 200'\n"
-                    "echo 'upstream reset by peer; client 198.18.1.10'\nexec sleep 61.25\n")  # fmt: skip
+                    f"printf '%s\\n' '{line}'\nexec sleep 61.25\n")  # fmt: skip
     fake.chmod(0o755)
     src = str(log) if source == "file" else "journal=nginx.service"
     cmd = commands.log_trigger(str(d), src, "reset by peer", limit_s=60, sudo=False)
@@ -449,8 +452,8 @@ def test_the_log_trigger_says_the_first_matching_line_and_ends_with_the_capture_
     if source == "file":
         time.sleep(0.5)  # tail -F is following the end of the file
         with log.open("a") as fh:
-            fh.write("GET / 200\nupstream reset by peer; client 198.18.1.10\n")
-    assert proc.stdout.readline() == "@@log upstream reset by peer; client 198.18.1.10\n"
+            fh.write(f"GET / 200\n{line}\n")
+    assert proc.stdout.readline() == f"@@log {line}\n"
     if source == "journal":
         assert (tmp_path / "jargs").read_text().split() == ["-q", "-f", "-n", "0", "-o", "cat", "-u", "nginx.service"]
     job.kill()

@@ -882,28 +882,51 @@ echo "removed=$dir"
 )
 
 # The idle-timeout audit (capture-all audit): read-only. The kernel's keep-alive and conntrack
-# timeouts; the config files of every running HAProxy (its -f arguments; at most 256 KiB each);
-# nginx's whole config (nginx -T; at most 512 KiB) where nginx runs. Nothing is changed, nothing
-# is started but the readers.
+# timeouts; the config files of every running HAProxy (its -f arguments, files or directories of
+# *.cfg; at most 16 files of 256 KiB); nginx's whole config (nginx -T; at most 512 KiB) where nginx
+# runs. Root follows a process's arguments only where the process is the service itself: the
+# root-owned binary of that name (/proc/PID/exe), run as root. Any local user can name a process
+# haproxy and give it `-f /etc/shadow`. A config file is read only where it is a regular file, not
+# a link, owned by root. Nothing is changed, nothing is started but the readers.
 AUDIT_SCRIPT = r"""
 echo "@@section sysctl"
 for k in net/ipv4/tcp_keepalive_time net/netfilter/nf_conntrack_tcp_timeout_established; do
   # cat, never `read`: under dash an integer /proc/sys file ends after its first byte (see kfiles)
   if [ -r "/proc/sys/$k" ]; then printf '%s %s\n' "$k" "$(cat -- "/proc/sys/$k")"; fi
 done
+# service DIR NAME: DIR (/proc/PID) runs the root-owned binary NAME, as root or as the system user
+# of that name (HAProxy's daemon drops to it).
+service() {
+  c=""; read -r c < "$1/comm" 2>/dev/null && [ "$c" = "$2" ] || return 1
+  e=$(readlink -- "$1/exe" 2>/dev/null) && [ "${e##*/}" = "$2" ] || return 1
+  set -- "$2" $(stat -L -c %u -- "$1" "$1/exe" 2>/dev/null)
+  [ "${3:-}" = 0 ] && { [ "${2:-}" = 0 ] || [ "${2:-}" = "$(id -u "$1" 2>/dev/null)" ]; }
+}
+# cfgfile FILE: a running service's config file, with a header, where it is safe to read: a
+# regular file (not a link, a FIFO or a device) owned by root, opened once and checked through
+# the open descriptor (what is checked is what is read), at most 256 KiB, 16 files in all.
+nread=0
+cfgfile() {
+  if [ "$nread" -ge 16 ]; then echo "# capture-all skipped: $1 (16 files read already)"; return 0; fi
+  [ -f "$1" ] && [ ! -L "$1" ] && { cfgopen "$1"; } < "$1" 2>/dev/null && return 0
+  echo "# capture-all unreadable: $1 (not a regular file owned by root)"
+}
+cfgopen() {
+  [ "$(stat -L -c %u:%F /proc/self/fd/0)" = "0:regular file" ] || return 1
+  nread=$((nread + 1)); echo "# capture-all file: $1"; head -c 262144; echo
+}
 echo "@@section haproxy"
 seen=" "
 for d in /proc/[0-9]*; do
-  c=""; read -r c < "$d/comm" 2>/dev/null || continue
-  [ "$c" = haproxy ] || continue
+  service "$d" haproxy || continue
   set -f; set -- $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null); set +f
   while [ $# -gt 0 ]; do
     if [ "$1" = -f ] && [ $# -gt 1 ]; then
       f=$2
       case $seen in *" $f "*) ;; *)
         seen="$seen$f "
-        if [ -f "$f" ] && [ -r "$f" ]; then echo "# capture-all file: $f"; head -c 262144 -- "$f"; echo
-        else echo "# capture-all unreadable: $f"; fi;;
+        if [ -d "$f" ] && [ ! -L "$f" ]; then for g in "$f"/*.cfg; do [ -e "$g" ] && cfgfile "$g"; done
+        else cfgfile "$f"; fi;;
       esac
     fi
     shift
@@ -911,7 +934,7 @@ for d in /proc/[0-9]*; do
 done
 echo "@@section nginx"
 running=0
-for d in /proc/[0-9]*; do c=""; read -r c < "$d/comm" 2>/dev/null && [ "$c" = nginx ] && { running=1; break; }; done
+for d in /proc/[0-9]*; do service "$d" nginx && { running=1; break; }; done
 if [ "$running" = 1 ] && command -v nginx >/dev/null 2>&1; then nginx -T 2>&1 | head -c 524288; fi
 echo "@@end"
 """

@@ -5,14 +5,18 @@ same chain in a capture's report, linked to the idle-reuse reset it explains."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator.cli import main
-from tests.lab.labnet import BACKEND_IP, CLIENT_IP, CLIENT_NAT_SIDE, PROXY_FRONT, Lab, sh
+from tests.lab.labnet import BACKEND_IP, CLIENT_IP, CLIENT_NAT_SIDE, LAB_USERS, PROXY_FRONT, Lab, sh
 from tests.lab.test_capture import run_cli
 from tests.lab.test_scenarios import CLIENTS, fact, first, origin
 
@@ -127,3 +131,39 @@ def test_an_idle_reuse_reset_is_linked_to_the_pair_it_violates(
     assert fact(r, "log_agrees")["meaning"] == "normal_end"
     # The readings came back with the proxy's evidence (and only the proxy's: the client has none to read).
     assert (out / "proxy" / "timeouts.txt").is_file() and not (out / "client" / "timeouts.txt").exists()
+
+
+def test_our_root_reads_no_file_a_local_user_points_it_at(
+    clean_lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 29.3: a local user (uid 4242) names a process haproxy and gives it `-f SECRET`: as a
+    binary of its own, and as a root-owned binary run as that user. The audit's root follows
+    neither; the lab's real HAProxy (root's, its root-owned config) is still read."""
+    secret = tmp_path / "secret.cfg"
+    secret.write_text("frontend x\n  # SECRET-4f1c9e\n")
+    secret.chmod(0o600)
+    shared = Path(tempfile.mkdtemp(prefix="capture-all-hostile-"))  # the user must reach it: 0755
+    shared.chmod(0o755)
+    own, roots = shared / "own", shared / "root"
+    own.mkdir()
+    roots.mkdir()
+    shutil.copy("/usr/bin/python3.11", own / "haproxy")
+    os.chown(own, LAB_USERS["captest"], LAB_USERS["captest"])
+    os.chown(own / "haproxy", LAB_USERS["captest"], LAB_USERS["captest"])
+    shutil.copy("/usr/bin/python3.11", roots / "haproxy")  # root's, run by the user
+    sleeper = "import time; time.sleep(60)"
+    procs = [subprocess.Popen([str(d / "haproxy"), "-c", sleeper, "-f", str(secret), "-f", str(shared)],
+                              user=LAB_USERS["captest"], group=LAB_USERS["captest"]) for d in (own, roots)]  # fmt: skip
+    try:
+        out = tmp_path / "b"
+        code, stdout, _ = run_cli(capsys, "-i", str(clean_lab.inventory), "--flow", f"{CLIENT_IP}->{PROXY_FRONT}:8080",
+                                  "-d", "1", "-o", str(out), "--hosts", "proxy")  # fmt: skip
+        assert code == 0, stdout
+        text = (out / "proxy" / "timeouts.txt").read_text()
+        assert "SECRET-4f1c9e" not in text and str(secret) not in text, text
+        assert f"# capture-all file: {clean_lab.root / 'haproxy.cfg'}" in text, text
+    finally:
+        for p in procs:  # ours, by their PIDs
+            p.kill()
+            p.wait(10)
+        shutil.rmtree(shared)

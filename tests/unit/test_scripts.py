@@ -11,6 +11,7 @@ import base64
 import hashlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -527,3 +528,46 @@ def test_a_journal_source_returns_its_units_lines_of_the_window(host: dict[str, 
     assert arm.until("@@listed") == "@@listed", arm.lines
     arm.say("rm")
     assert arm.end() == 0, arm.stderr
+
+
+def test_the_audit_reads_a_running_haproxys_files_and_directories_and_nothing_unsafe(tmp_path: Path) -> None:
+    """A root-owned binary named haproxy, run as root, with `-f DIR -f FILE`: the directory's *.cfg
+    files in order, the file; not a symlinked cfg, a FIFO, nor more than 16 files (under sh)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the audit test runs as root (CI runs as root)")
+        pytest.skip("the audit trusts root's processes only")
+    conf = tmp_path / "conf.d"
+    conf.mkdir()
+    for i in range(3):
+        (conf / f"{i:02d}-part.cfg").write_text(f"# part {i}\n")
+    (conf / "notes.txt").write_text("not a cfg\n")
+    (conf / "03-link.cfg").symlink_to(tmp_path / "elsewhere.cfg")
+    (tmp_path / "elsewhere.cfg").write_text("# SECRET through a link\n")
+    os.mkfifo(conf / "04-fifo.cfg")
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(20):
+        (many / f"{i:02d}.cfg").write_text(f"# many {i}\n")
+    main_cfg = tmp_path / "haproxy.cfg"
+    main_cfg.write_text("# main\n")
+    exe = tmp_path / "bin" / "haproxy"
+    exe.parent.mkdir()
+    shutil.copy("/usr/bin/python3.11", exe)
+    proc = subprocess.Popen([str(exe), "-c", "import time; time.sleep(60)", "-f", str(conf), "-f", str(main_cfg),
+                             "-f", str(many)])  # fmt: skip
+    try:
+        wait_for(lambda: Path(f"/proc/{proc.pid}/comm").read_text().strip() == "haproxy")
+        done = subprocess.run(["sh", "-c", commands.audit(sudo=False).line], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+    finally:
+        proc.kill()
+        proc.wait(10)
+    section = parse_sections(done.stdout).sections["haproxy"].body
+    read = [ln.split(": ", 1)[1] for ln in section.splitlines() if ln.startswith("# capture-all file: ")]
+    assert read[:4] == [str(conf / f"{i:02d}-part.cfg") for i in range(3)] + [str(main_cfg)], section
+    assert read[4:] == [str(many / f"{i:02d}.cfg") for i in range(12)] and len(read) == 16, read
+    assert "SECRET" not in section and "not a cfg" not in section
+    assert f"# capture-all unreadable: {conf / '03-link.cfg'}" in section
+    assert f"# capture-all unreadable: {conf / '04-fifo.cfg'}" in section
+    assert f"# capture-all skipped: {many / '12.cfg'} (16 files read already)" in section

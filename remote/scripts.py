@@ -806,6 +806,7 @@ FINISH_SCRIPT = (
     + _FINISH
     + r"""
 set -u
+umask 077  # what the finish writes (a ring's joined window, the inline list) is ours alone
 dir=$1; wait_s=$2; ports=$3; conntrack=$4; inline_kb=$5; wfrom=$6; wto=$7; shift 7
 nl='
 '

@@ -63,6 +63,7 @@ lockname() {
 # rmall: our directory and, where the lock is still ours (it is our directory: -ef, no readlink
 # process), the lock with it: one rm.
 rmall() {
+  # shellcheck disable=SC3013 # -ef (the same file through the lock's link): dash, bash and ash have it
   if [ -n "${lock:-}" ] && [ "$lock" -ef "$dir" ]; then rm -rf -- "$dir" "$lock"
   else rm -rf -- "$dir"; fi
 }
@@ -314,7 +315,8 @@ witness_start() {
     if [ -d "/proc/$p" ]; then alive="$alive $p"; else rmdir "$old" 2>/dev/null && swept=$((swept + 1)); fi
   done
   if [ -n "$alive" ]; then
-    for p in $(cd /proc && grep -L -a -s -F capture-all-job $(for p in $alive; do echo "$p/cmdline"; done)); do
+    # shellcheck disable=SC2046 # the PIDs, split on purpose (digits only)
+    for p in $(cd /proc && grep -L -a -s -F capture-all-job $(for q in $alive; do echo "$q/cmdline"; done)); do
       p=${p%/cmdline}
       for old in "$tfs"/instances/capture-all.p"$pidns".*."$p"; do
         [ -d "$old" ] && rmdir "$old" 2>/dev/null && swept=$((swept + 1))
@@ -368,7 +370,9 @@ ringcut() {
     [ -f "$f" ] || continue
     all=$((all + 1))
     [ "$all" = 1 ] && head -c 24 -- "$f" > "$dir/$1.hdr"  # the file header, for a window without packets
-    set -f; set -- "$1" $(od -An -tu4 -j24 -N8 -- "$f" 2>/dev/null); set +f
+    set -f
+    # shellcheck disable=SC2046 # od's two numbers, split on purpose
+    set -- "$1" $(od -An -tu4 -j24 -N8 -- "$f" 2>/dev/null); set +f
     if [ $# != 3 ]; then rm -f -- "$f"; continue; fi  # no packet in it
     first=$(( $2 * 1000000000 + $3 ))
     m=$(stat -c %Y -- "$f") || m=0
@@ -410,6 +414,7 @@ ringcut() {
 # never a failure. Read as the capture runs (root under sudo).
 _LOGS = r"""
 LOG_MAX=524288 LOG_MARGIN=4096
+# shellcheck disable=SC2154 # logs: an argument of CAPTURE_SCRIPT, its one caller
 logs_start() {
   n=0; oifs=$IFS; IFS=,; set -f
   for src in $logs; do
@@ -468,7 +473,7 @@ finish() {
       case $c in *"$dir/"*) kill -INT "$p" 2>/dev/null;; esac
     done
   fi
-  await_cap done $((wait_s * 100))
+  await_cap "done" $((wait_s * 100))
   for i; do ringcut "$i"; done
   logs_cut
   v=""; [ -f "$dir/done" ] && read -r v < "$dir/done.ns"; echo "done_ns=$v"
@@ -740,6 +745,7 @@ done
   while [ "$t" -lt "$end" ]; do
     [ -f "$dir/done" ] && exit 0
     total=0
+    # shellcheck disable=SC2046 # the sizes, split on purpose
     set -- $(stat -c %s -- "$dir"/*.pcap* 2>/dev/null)
     for s; do total=$((total + s)); done
     if [ "$total" -ge "$maxbytes" ]; then
@@ -771,7 +777,7 @@ fi
 # The time first, then the mark: whoever sees "done" finds its time whole in done.ns (no `mv`: a
 # process fewer while a hundred hosts stop at once).
 date +%s%N > "$dir/done.ns"; : > "$dir/done"
-echo done >&7
+echo "done" >&7
 # The instance goes after "done": the kernel takes tens of milliseconds to remove one, and the
 # collection need not wait for that.
 [ -n "$wi" ] && wremove "$wi"
@@ -785,6 +791,7 @@ while [ -d "$dir" ]; do
   [ -n "$wname" ] && [ -d "$wname" ] && { echo 0 > "$wname/tracing_on"; rmdir "$wname"; } 2>/dev/null
   if [ $((k % 5)) = 0 ]; then
     now=$(date +%s)
+    # shellcheck disable=SC2046 # the two times, split on purpose
     set -- $(stat -c %Y -- "$dir/lease" "$dir/done" 2>/dev/null) "$now"
     if [ $((now - $1)) -ge "$keep" ]; then rmall; break; fi
   fi
@@ -900,6 +907,7 @@ done
 service() {
   c=""; read -r c < "$1/comm" 2>/dev/null && [ "$c" = "$2" ] || return 1
   e=$(readlink -- "$1/exe" 2>/dev/null) && [ "${e##*/}" = "$2" ] || return 1
+  # shellcheck disable=SC2046 # the two owners, split on purpose
   set -- "$2" $(stat -L -c %u -- "$1" "$1/exe" 2>/dev/null)
   [ "${3:-}" = 0 ] && { [ "${2:-}" = 0 ] || [ "${2:-}" = "$(id -u "$1" 2>/dev/null)" ]; }
 }
@@ -920,7 +928,9 @@ echo "@@section haproxy"
 seen=" "
 for d in /proc/[0-9]*; do
   service "$d" haproxy || continue
-  set -f; set -- $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null); set +f
+  set -f
+  # shellcheck disable=SC2046 # its arguments, split on purpose (globbing off)
+  set -- $(tr '\0' ' ' < "$d/cmdline" 2>/dev/null); set +f
   while [ $# -gt 0 ]; do
     if [ "$1" = -f ] && [ $# -gt 1 ]; then
       f=$2

@@ -60,9 +60,10 @@ def without_bash(tmp_path: Path) -> str:
     return str(nobash)
 
 
-@pytest.fixture(params=["bash", "sh only"])
+@pytest.fixture(params=["bash", "sh only", "busybox ash"])
 def host(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
-    """A host as root: with bash (its waits and probes in one bash each), or with sh alone."""
+    """A host as root: with bash (its waits and probes in one bash each), with sh (dash) alone, or
+    with busybox's ash as its sh and no bash (Alpine's, a distroless node's)."""
     if os.geteuid() != 0:
         if os.environ.get("CI") == "true":
             pytest.fail("the host scripts run as root (CI runs as root)")
@@ -79,13 +80,22 @@ def host(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     home = tmp_path / "home"
     home.mkdir()
     (home / ".bashrc").write_text(f"echo ran >> {tmp_path / 'bashrc-ran'}\n")
-    path = without_bash(tmp_path) if request.param == "sh only" else os.environ["PATH"]
+    path = os.environ["PATH"] if request.param == "bash" else without_bash(tmp_path)
+    if request.param == "busybox ash":
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("busybox is not installed (scripts/bootstrap --test installs it)")
+            pytest.skip("busybox is not installed")
+        (bin_dir / "sh").symlink_to(busybox)
     env = {**os.environ, "PATH": f"{bin_dir}:{path}", "FAKE_ARGS": str(tmp_path / "argv"),
            "HOME": str(home), "SSH_CLIENT": "198.19.0.1 40000 22", "SHLVL": "0",
            "TZ": "XYZ-05:30"}  # fmt: skip  (a host 5 h 30 min east of UTC: its snapshot says +0530)
     env.pop("SUDO_USER", None)
+    shell = subprocess.run(["sh", "-c", "readlink /proc/$$/exe; :"], env=env, capture_output=True, text=True).stdout
+    assert shell.strip().endswith("/busybox" if request.param == "busybox ash" else "/dash"), shell
     return {"base": str(base), "argv": str(tmp_path / "argv"), "bashrc-ran": str(tmp_path / "bashrc-ran"),
-            "probe": "@@probe ns" if request.param == "sh only" else "@@probe us",
+            "probe": "@@probe us" if request.param == "bash" else "@@probe ns",
             **{f"env:{k}": v for k, v in env.items()}}  # fmt: skip
 
 

@@ -1,0 +1,26 @@
+"""Every script a host runs passes shellcheck as POSIX sh (warnings and errors; each exception is a
+directive in the script with its reason), as the host's /bin/sh reads it (dash on Debian)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from remote import commands
+
+
+@pytest.mark.parametrize("name", sorted(commands._SCRIPTS))
+def test_shellcheck_reads_the_hosts_script(name: str, tmp_path: Path) -> None:
+    if shutil.which("shellcheck") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("shellcheck is not installed (scripts/bootstrap --test installs it)")
+        pytest.skip("shellcheck is not installed")
+    script = tmp_path / f"{name}.sh"
+    script.write_text("#!/bin/sh\n" + commands._EXIT_CODES + "\n" + commands._SCRIPTS[name])
+    done = subprocess.run(["shellcheck", "--shell=sh", "--severity=warning", "--format=gcc", str(script)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

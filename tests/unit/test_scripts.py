@@ -575,9 +575,11 @@ def test_the_audit_reads_a_running_haproxys_files_and_directories_and_nothing_un
         proc.wait(10)
     section = parse_sections(done.stdout).sections["haproxy"].body
     read = [ln.split(": ", 1)[1] for ln in section.splitlines() if ln.startswith("# capture-all file: ")]
-    assert read[:4] == [str(conf / f"{i:02d}-part.cfg") for i in range(3)] + [str(main_cfg)], section
-    assert read[4:] == [str(many / f"{i:02d}.cfg") for i in range(12)] and len(read) == 16, read
+    ours = [f for f in read if f.startswith(f"{tmp_path}/")]  # the lab's own HAProxy may run beside it
+    n = len(ours) - 4
+    assert ours[:4] == [str(conf / f"{i:02d}-part.cfg") for i in range(3)] + [str(main_cfg)], section
+    assert ours[4:] == [str(many / f"{i:02d}.cfg") for i in range(n)] and len(read) == 16 and n > 0, read
     assert "SECRET" not in section and "not a cfg" not in section
     assert f"# capture-all unreadable: {conf / '03-link.cfg'}" in section
     assert f"# capture-all unreadable: {conf / '04-fifo.cfg'}" in section
-    assert f"# capture-all skipped: {many / '12.cfg'} (16 files read already)" in section
+    assert f"# capture-all skipped: {many / f'{n:02d}.cfg'} (16 files read already)" in section

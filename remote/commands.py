@@ -103,7 +103,6 @@ class RemoteCommand:
 # The scripts' exit codes come from the constants above (the parsers and the orchestrator read the
 # same ones): each script starts by defining them.
 _EXIT_CODES = (
-    "# shellcheck disable=SC2034 # every script has all of them; each uses some\n"
     f"E_NO_TOOL={EXIT_NO_TOOL} E_NO_INTERFACE={EXIT_NO_INTERFACE} E_LOW_DISK={EXIT_LOW_DISK} "
     f"E_NO_DIR={EXIT_NO_DIR} E_NOT_ARMED={EXIT_NOT_ARMED} E_NO_ROOT={EXIT_NO_ROOT} E_BUSY={EXIT_BUSY}"
 )

@@ -55,6 +55,7 @@ _LOCK = r"""
 # lockname also learns the PID namespace (the witness's instance names, winame): one stat for both.
 lockname() {
   ns=""
+  # shellcheck disable=SC2034 # pidns: for the capture session's witness (winame), not every script's
   for w in $(stat -L -c '%n=%i' /proc/self/ns/net /proc/self/ns/pid 2>/dev/null); do
     case $w in */net=*) ns=${w#*=};; */pid=*) pidns=${w#*=};; esac
   done

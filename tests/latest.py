@@ -40,9 +40,11 @@ def pytest(args: list[str], cache: Path = CACHE) -> int:
     return subprocess.run(argv, cwd=ROOT, env=env, check=False).returncode
 
 
-def pip_install(name: str, version: str, wheels: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-                    "--no-index", "--find-links", str(wheels), f"{name}=={version}"], check=True)  # fmt: skip
+def pip_install(name: str, version: str, wheels: Path) -> bool:
+    """``name==version`` from a wheelhouse, offline (the lab has no route out)."""
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                           "--no-index", "--find-links", str(wheels), f"{name}=={version}"], check=False)  # fmt: skip
+    return done.returncode == 0
 
 
 def main(argv: list[str]) -> int:
@@ -70,11 +72,14 @@ def main(argv: list[str]) -> int:
         "version in turn and running those again")
     culprits = []
     for name, old, new in changed:
-        pip_install(name, old, LOCKED_WHEELS)
+        if not pip_install(name, old, LOCKED_WHEELS):
+            say(f"  {name} {old}: not in {LOCKED_WHEELS}, not tried")
+            continue
         try:
             again = pytest(["-q", *failed], cache=LATEST / ".pytest_cache-again")  # the first run's record stays
         finally:
-            pip_install(name, new, LATEST_WHEELS)
+            if not pip_install(name, new, LATEST_WHEELS):
+                say(f"  {name} {new} could not be put back: the rest of this search is not the newest set")
         say(f"  {name} {old} (locked) instead of {new}: the failed tests {'pass' if again == 0 else 'still fail'}")
         if again == 0:
             culprits.append(f"{name} {new}")

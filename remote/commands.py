@@ -80,6 +80,11 @@ def validate_holder(text: str) -> str:
     raise UnsafeValue(f"run label {text!r}: letters, digits and _.:@/+=- only")
 
 
+# The run lock and the runs' records (remote.scripts): a directory root makes 0700 and trusts only
+# while it is root's alone. A tmpfs on every systemd and busybox host: gone at a reboot with the runs.
+RUN_DIR = "/run/capture-all"
+
+
 def validate_remote_dir(path: str) -> str:
     """Only ever act on a directory our own ``mktemp`` made (``.../capture-all.XXXXXXXX``)."""
     if _DIR_RE.match(path) and ".." not in path.split("/"):
@@ -166,6 +171,7 @@ def capture(
     holder: str = "",
     ring: tuple[int, int] | None = None,
     logs: tuple[str, ...] = (),
+    rundir: str = RUN_DIR,
 ) -> RemoteCommand:
     """The capture session (see ``remote.scripts``): preflight, the private dir and the detached
     job, ``@@ready``; on ``go FILTER`` the capture, the clock probe, the witness and the "before"
@@ -180,6 +186,7 @@ def capture(
         raise UnsafeValue(f"ring of {ring[0]} files of {ring[1]} MB: 2-1000 files of 1-100000 MB")
     args = (
         validate_tmpbase(tmpbase),
+        validate_tmpbase(rundir),
         str(int(min_free_kb)),
         str(int(go_wait_s)),
         JOB_SCRIPT,
@@ -217,6 +224,7 @@ def finish(
     conntrack: bool = False,
     inline_kb: int = INLINE_KB,
     window: tuple[int, int] | None = None,
+    rundir: str = RUN_DIR,
 ) -> RemoteCommand:
     """Finishing in a session of its own, after the capture session was lost: stop, list, probe,
     "after" snapshot, the small files inline, ``@@listed``; then ``rm``. ``ports``: the flow's
@@ -224,8 +232,8 @@ def finish(
     its conntrack entries for them too); ``window`` (watch mode): the ring's files to keep,
     (from, to) in host-clock ns."""
     wfrom, wto = window_words(window)
-    args = (validate_remote_dir(remote_dir), str(int(wait_s)), _ports(ports), "1" if conntrack else "0",
-            str(int(inline_kb)), wfrom, wto, *map(validate_interface, interfaces))  # fmt: skip
+    args = (validate_remote_dir(remote_dir), validate_tmpbase(rundir), str(int(wait_s)), _ports(ports),  # fmt: skip
+            "1" if conntrack else "0", str(int(inline_kb)), wfrom, wto, *map(validate_interface, interfaces))
     timeout = wait_s + 60 + TRANSFER_S
     line = _line(FINISH_SCRIPT, args, timeout=timeout, sudo=sudo)
     return RemoteCommand("finish", args, line, timeout, interfaces=tuple(interfaces))
@@ -289,8 +297,8 @@ def ip_addresses() -> RemoteCommand:
     return RemoteCommand("ip-addr", (), "timeout 10 ip -j addr", 10, privileged=False)
 
 
-def cleanup(remote_dir: str, *, sudo: bool) -> RemoteCommand:
-    args = (validate_remote_dir(remote_dir),)
+def cleanup(remote_dir: str, *, sudo: bool, rundir: str = RUN_DIR) -> RemoteCommand:
+    args = (validate_remote_dir(remote_dir), validate_tmpbase(rundir))
     return RemoteCommand("cleanup", args, _line(CLEANUP_SCRIPT, args, timeout=30, sudo=sudo), 30)
 
 

@@ -43,15 +43,26 @@ from __future__ import annotations
 
 # Builtins only: a small file's lines (``cat`` would be a process per file).
 _READ = r"""
-catf() { while IFS= read -r l || [ -n "$l" ]; do printf '%s\n' "$l"; done < "$1"; }
+# A line of data that starts with @@ (a process's name in ss, a log line) is sent with a space
+# before it: only our own words are markers (issue 29.7).
+catf() { while IFS= read -r l || [ -n "$l" ]; do case $l in @@*) l=" $l";; esac; printf '%s\n' "$l"; done < "$1"; }
 """
 
 # One capture-all run per network stack at a time: a lock named after the host's network namespace
-# (two runs on one host would double its load and capture each other), next to our directories:
-# a symlink to the holder's directory, made atomically by `ln -sn` (-n: never a link inside the
-# holder's directory). A holder whose directory is gone, whose capture ended, or whose job is
-# dead (its directory older than 30 s) no longer holds.
+# (two runs on one host would double its load and capture each other): a symlink to the holder's
+# directory, made atomically by `ln -sn` (-n: never a link inside the holder's directory). The lock
+# and each run's record (RUNDIR/capture-all.XXXXXXXX.holder: who; .pid: its job) live in the run
+# directory (/run/capture-all), which root makes 0700 and trusts only while it is a root-owned 0700
+# directory, not a link: no local user can plant a lock, point one at a file of theirs, forge a
+# holder or a job there (issue 29.2). A holder whose directory is gone, whose capture ended, or
+# whose job is dead (its record older than 30 s) no longer holds.
 _LOCK = r"""
+# rundir_ok: the run directory, made if missing, is root's alone (uses rundir).
+# shellcheck disable=SC2154 # rundir: an argument of the scripts that call these (the job has the lock)
+rundir_ok() {
+  mkdir -m 700 -- "$rundir" 2>/dev/null
+  [ "$(stat -c '%u %a %F' -- "$rundir" 2>/dev/null)" = "0 700 directory" ]
+}
 # lockname also learns the PID namespace (the witness's instance names, winame): one stat for both.
 lockname() {
   ns=""
@@ -59,14 +70,16 @@ lockname() {
   for w in $(stat -L -c '%n=%i' /proc/self/ns/net /proc/self/ns/pid 2>/dev/null); do
     case $w in */net=*) ns=${w#*=};; */pid=*) pidns=${w#*=};; esac
   done
-  lock="$1/capture-all.lock${ns:+.$ns}"
+  lock="$rundir/capture-all.lock${ns:+.$ns}"
 }
-# rmall: our directory and, where the lock is still ours (it is our directory: -ef, no readlink
-# process), the lock with it: one rm.
+# rmall: our directory, its record and, where the lock is still ours (it is our directory: -ef, no
+# readlink process), the lock with it: one rm. The run directory is the lock's.
 rmall() {
+  set -- "$dir"
+  [ -n "${lock:-}" ] && set -- "$@" "${lock%/*}/${dir##*/}.holder" "${lock%/*}/${dir##*/}.pid"
   # shellcheck disable=SC3013 # -ef (the same file through the lock's link): dash, bash and ash have it
-  if [ -n "${lock:-}" ] && [ "$lock" -ef "$dir" ]; then rm -rf -- "$dir" "$lock"
-  else rm -rf -- "$dir"; fi
+  [ -n "${lock:-}" ] && [ "$lock" -ef "$dir" ] && set -- "$@" "$lock"
+  rm -rf -- "$@"
 }
 """
 
@@ -74,11 +87,12 @@ rmall() {
 # Only the capture session's preflight asks.
 _HELD = r"""
 held() {
-  case $1 in "$base"/capture-all.????????) ;; *) return 1;; esac
+  case $1 in /*/capture-all.????????) ;; *) return 1;; esac  # a run of any tmpdir
   [ -d "$1" ] && [ ! -f "$1/done" ] || return 1
-  p=""; [ -f "$1/job.pid" ] && read -r p < "$1/job.pid"
+  r="$rundir/${1##*/}"
+  p=""; [ -f "$r.pid" ] && read -r p < "$r.pid"
   if [ -n "$p" ]; then tr '\0' ' ' 2>/dev/null < "/proc/$p/cmdline" | grep -qF -- "capture-all-job $1 "; return; fi
-  m=$(stat -c %Y -- "$1" 2>/dev/null) || return 1  # gone meanwhile
+  m=$(stat -c %Y -- "$r.holder" 2>/dev/null) || return 1  # gone meanwhile
   [ $(( $(date +%s) - m )) -lt 30 ]
 }
 """
@@ -141,7 +155,19 @@ await_cap() {
 # the flow's ports ($ports): a busy proxy holds tens of thousands of connections nobody asked about.
 # Uses $nl (a newline).
 SNAPSHOT = r"""
-snap() { name=$1; shift; echo "@@section $name"; "$@" 2>&1; echo "@@rc $?"; }
+snap() { name=$1; shift; echo "@@section $name"; out=$("$@" 2>&1); rc=$?; esc "$out"; echo "@@rc $rc"; }
+# esc TEXT: the text, a line of it that starts with @@ with a space before it (see catf). A process
+# whose name is "\n@@listed" holds a socket of the flow: ss prints the name as it is.
+esc() {
+  case $1 in
+    "") return;;
+    @@*|*"$nl@@"*) ;;
+    *) printf '%s\n' "$1"; return;;
+  esac
+  oifs=$IFS; IFS=$nl; set -f
+  for l in $1; do case $l in @@*) printf ' %s\n' "$l";; *) printf '%s\n' "$l";; esac; done
+  IFS=$oifs; set +f
+}
 # snapfiles NAME cat|read FILE...: a section of every one of the files that can be read, one after
 # the other. "cat": one `cat` for them all where there is one, for larger files (the shell's `read`
 # takes a byte per system call: on the development VM the loop took 4.6 ms for the three SNMP
@@ -191,7 +217,7 @@ snapshot() {
     socks=$(ss -tani "( $ssf )" 2>&1); rc=$?
     case $socks in
       *"$nl"*) snap ss_tanpi ss -tanpi "( $ssf )";;
-      *) echo "@@section ss_tanpi"; printf '%s\n' "$socks"; echo "@@rc $rc";;
+      *) echo "@@section ss_tanpi"; esc "$socks"; echo "@@rc $rc";;
     esac
   fi
   # The kernel's socket and SNMP counters as it prints them (what `ss -s` and `nstat -asz` read and
@@ -423,12 +449,27 @@ logs_start() {
     printf 'source=%s\n' "$src" > "$m"
     case $src in
       journal=*) echo "start=$(date +%s)" >> "$m";;
-      *) if [ -r "$src" ]; then echo "start=$(stat -L -c %s -- "$src")" >> "$m"
+      *) if [ -L "$src" ]; then echo "error=a symbolic link: not followed (name the file itself)" >> "$m"
+         elif [ -e "$src" ] && [ ! -f "$src" ]; then echo "error=not a regular file (a FIFO, a device...)" >> "$m"
+         elif [ -r "$src" ]; then echo "start=$(stat -c %s -- "$src")" >> "$m"
          elif [ -e "$src" ]; then echo "error=not readable (permission)" >> "$m"
          else echo "error=no such file" >> "$m"; fi;;
     esac
   done
   IFS=$oifs; set +f
+}
+# logread FILE FROM LEN: LEN bytes of FILE from byte FROM, through one descriptor checked to be
+# FILE itself and a regular file: a log's owner may swap it for a link to a file of root's, a FIFO
+# or a device at any moment (issue 29.4). In a child under `timeout`: opening a FIFO waits for a
+# writer, and the finish must never wait for one.
+logread() {
+  timeout 20 sh -c 'nl="
+"
+    exec < "$1" || exit 3
+    [ ! -L "$1" ] || exit 4
+    s=$(stat -L -c "%d:%i:%F" -- "$1" /proc/self/fd/0 2>/dev/null) || exit 4
+    [ "${s%%"$nl"*}" = "${s#*"$nl"}" ] && [ "${s##*:}" = "regular file" ] && [ ! -L "$1" ] || exit 4
+    tail -c +$(($2 + 1)) | head -c "$3"' capture-all-log "$@" 2>/dev/null
 }
 logs_cut() {
   for m in "$dir"/log.*.meta; do
@@ -443,12 +484,17 @@ logs_cut() {
           --until "@$(( $(date +%s) + 1 ))" 2>> "$m.err" | tail -c "$LOG_MAX" > "$t"
         echo "to=$(date +%s)" >> "$m";;
       *)
+        if [ -L "$src" ] || { [ -e "$src" ] && [ ! -f "$src" ]; }; then
+          echo "error=not a regular file at the end (a link, a FIFO, a device): not read" >> "$m"; continue
+        fi
         [ -r "$src" ] || { echo "error=not readable at the end" >> "$m"; continue; }
-        end=$(stat -L -c %s -- "$src")
+        end=$(stat -c %s -- "$src")
         if [ "$end" -lt "$start" ]; then echo "rotated=1" >> "$m"; start=0; fi
         from=$((start - LOG_MARGIN)); [ "$from" -ge 0 ] || from=0
         if [ $((end - from)) -gt "$LOG_MAX" ]; then from=$((end - LOG_MAX)); echo "truncated=1" >> "$m"; fi
-        tail -c +$((from + 1)) -- "$src" 2>/dev/null | head -c $((end - from)) > "$t"
+        if ! logread "$src" "$from" $((end - from)) > "$t"; then
+          rm -f -- "$t"; echo "error=changed while opened (a link, a FIFO, another file): not read" >> "$m"; continue
+        fi
         echo "from_byte=$from" >> "$m"; echo "to_byte=$end" >> "$m";;
     esac
     [ -s "$m.err" ] && { e=""; while IFS= read -r l; do e=$l; done < "$m.err"; printf 'error=%s\n' "$e" >> "$m"; }
@@ -525,7 +571,8 @@ finish() {
     while IFS= read -r l; do case $l in instance=*) wi=${l#instance=};; esac; done < "$dir/witness.status"
   fi
   [ -f "$dir/job.pid" ] && read -r jobpid < "$dir/job.pid"
-  [ -n "${lock:-}" ] || lockname "${dir%/*}"  # the capture session's preflight named it already
+  # The capture session's preflight named the lock already; elsewhere, only a trusted run directory's.
+  [ -n "${lock:-}" ] || { rundir_ok && lockname; }
   rmall
   [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
   echo "@@section cleanup"
@@ -545,8 +592,8 @@ finish() {
 # The capture session: preflight, the private directory, the detached job; on "go", the capture,
 # the probe, the witness, the "before" snapshot; on "finish", the finish above. One shell for the
 # whole run: a host's login files run once.
-# Args: tmpbase min_free_kb go_wait_s job limit maxpk maxbytes snaplen keep witness_kb ports wait_s
-#       conntrack(0|1) inline_kb holder ring logs(comma list, "" none) iface...
+# Args: tmpbase rundir min_free_kb go_wait_s job limit maxpk maxbytes snaplen keep witness_kb ports
+#       wait_s conntrack(0|1) inline_kb holder ring logs(comma list, "" none) iface...
 CAPTURE_SCRIPT = (
     _READ
     + _LOCK
@@ -561,10 +608,10 @@ CAPTURE_SCRIPT = (
     + _FINISH
     + r"""
 set -u
-base=$1 minfree=$2 gowait=$3 job=$4 limit=$5 maxpk=$6 maxbytes=$7 snaplen=$8 keep=$9
+base=$1 rundir=$2 minfree=$3 gowait=$4 job=$5 limit=$6 maxpk=$7 maxbytes=$8 snaplen=$9
 shift 9
-witness_kb=$1 ports=$2 wait_s=$3 conntrack=$4 inline_kb=$5 holder=$6 ring=$7 logs=$8
-shift 8
+keep=$1 witness_kb=$2 ports=$3 wait_s=$4 conntrack=$5 inline_kb=$6 holder=$7 ring=$8 logs=$9
+shift 9
 # Armed for hours (watch mode), the witness keeps the latest events: those before the trigger.
 woverwrite=0; [ "$ring" = 0 ] || woverwrite=1
 nl='
@@ -597,6 +644,19 @@ for i; do
     { echo "@@fail no_interface interface $i does not exist"; exit $E_NO_INTERFACE; }
 done
 [ -d "$base" ] || { echo "@@fail no_tmpdir $base does not exist"; exit $E_NO_DIR; }
+# Our directory is only ours where no other user can rename it away and put theirs in its place:
+# tmpdir is root's (or the sudo user's), and writable by others only with the sticky bit (/tmp).
+basesafe() {
+  # shellcheck disable=SC2046 # owner and mode, split on purpose
+  set -- $(stat -L -c '%u %a' -- "$base" 2>/dev/null)
+  [ "${1:-x}" = 0 ] || [ "${1:-x}" = "${SUDO_UID:-0}" ] || return 1
+  m=${2:-0}; s=0; case $m in ????) s=${m%???}; m=${m#?};; esac
+  [ $((0$m & 022)) = 0 ] || [ $((s & 1)) = 1 ]
+}
+basesafe || { printf '%s\n' "@@fail no_tmpdir $base is not root's, or others may write in it without the \
+sticky bit: another user could swap our directory (set tmpdir)"; exit $E_NO_DIR; }
+rundir_ok || { printf '%s\n' "@@fail no_rundir $rundir is not a root-owned 0700 directory: refusing \
+(another user could plant the run lock)"; exit $E_NO_DIR; }
 dfo=$(df -Pk -- "$base" 2>/dev/null) || dfo=""
 f4() { free=${4:-0}; }
 set -f; f4 ${dfo##*"$nl"}; set +f
@@ -609,18 +669,20 @@ dir=$(mktemp -d "$base/capture-all.XXXXXXXX") ||
   { echo "@@fail no_tmpdir cannot create a dir in $base"; exit $E_NO_DIR; }
 [ "$owner" = root ] || chown -- "$owner" "$dir" 2>/dev/null
 echo "dir=$dir"
-# Who holds the lock (its time is the file's own: a second run that finds it busy says it).
-printf 'run=%s\nowner=%s\n' "$holder" "$owner" > "$dir/holder"
-lockname "$base"
+# Who holds the lock, in the run directory (its time is the file's own: a second run that finds it
+# busy says it).
+printf 'run=%s\nowner=%s\n' "$holder" "$owner" > "$rundir/${dir##*/}.holder"
+lockname
 if ! ln -sn -- "$dir" "$lock" 2>/dev/null; then
   other=$(readlink -- "$lock" 2>/dev/null) || other=""
-  if held "$other" || { rm -f -- "$lock"; ! ln -sn -- "$dir" "$lock" 2>/dev/null; }; then
+  o="$rundir/${other##*/}"
+  if held "$other" || { rm -f -- "$lock" "$o.holder" "$o.pid"; ! ln -sn -- "$dir" "$lock" 2>/dev/null; }; then
     who=""
-    if [ -f "$other/holder" ]; then
-      while IFS= read -r l; do who="$who${who:+ }$l"; done < "$other/holder"
-      since=$(date -u -r "$other/holder" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null) && who="$who since=$since"
+    if [ -f "$o.holder" ]; then
+      while IFS= read -r l; do who="$who${who:+ }$l"; done < "$o.holder"
+      since=$(date -u -r "$o.holder" +%Y-%m-%dT%H:%M:%SZ 2>/dev/null) && who="$who since=$since"
     fi
-    rm -rf -- "$dir"
+    rmall
     printf '%s\n' "@@fail busy another capture-all run captures on this host (${who:-holder unknown}; its dir $other)"
     exit $E_BUSY
   fi
@@ -702,7 +764,7 @@ JOB_SCRIPT = (
 dir=$1 limit=$2 maxpk=$3 maxbytes=$4 snaplen=$5 keep=$6 gowait=$7 tcpdump=$8 owner=$9
 shift 9
 ring=$1 lock=$2; shift 2
-echo $$ > "$dir/job.pid"
+echo $$ > "$dir/job.pid"; echo $$ > "${lock%/*}/${dir##*/}.pid"
 said=$(timeout "$gowait" head -n 1 -- "$dir/go" 2>/dev/null) || said=""
 case $said in "go "*) filter=${said#go } ;; *) rmall; exit 0 ;; esac
 pids=""; tpids=""; rpids=""
@@ -801,8 +863,8 @@ done
 """
 )
 
-# Phase "finish" on its own (after a reconnect). Args: dir wait_s ports conntrack(0|1) inline_kb
-# wfrom wto (watch mode's window, host ns; 0 0: all) iface...
+# Phase "finish" on its own (after a reconnect). Args: dir rundir wait_s ports conntrack(0|1)
+# inline_kb wfrom wto (watch mode's window, host ns; 0 0: all) iface...
 FINISH_SCRIPT = (
     _READ
     + _LOCK
@@ -815,7 +877,7 @@ FINISH_SCRIPT = (
     + r"""
 set -u
 umask 077  # what the finish writes (a ring's joined window, the inline list) is ours alone
-dir=$1; wait_s=$2; ports=$3; conntrack=$4; inline_kb=$5; wfrom=$6; wto=$7; shift 7
+dir=$1; rundir=$2; wait_s=$3; ports=$4; conntrack=$5; inline_kb=$6; wfrom=$7; wto=$8; shift 8
 nl='
 '
 finish "$@"
@@ -851,6 +913,8 @@ echo "ended=1"
 LOG_TRIGGER_SCRIPT = r"""
 set -u
 dir=$1 src=$2 pat=$3
+nl='
+'
 case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
 jp=""; [ -f "$dir/job.pid" ] && read -r jp < "$dir/job.pid"
 [ -n "$jp" ] && [ -d "/proc/$jp" ] || { echo "@@fail no_dir the capture job of $dir is gone"; exit $E_NO_DIR; }
@@ -865,10 +929,37 @@ case $src in
     kill -- "-$pg" 2>/dev/null
     ;;
   *)
-    [ -f "$src" ] && [ -r "$src" ] || { echo "@@fail no_log cannot read $src"; exit $E_NO_TOOL; }
+    # The file itself, never a link's target, a FIFO or a device (its owner may swap it for one,
+    # issue 29.4): each version of it is opened once (fd 4) and checked through that descriptor,
+    # then followed by a tail of its own (setsid, as the journal's) on that descriptor. When the
+    # name stops being that file (rotated, or swapped), the tail ends; a new regular file of that
+    # name is followed from its start.
+    regular() { [ -f "$src" ] && [ ! -L "$src" ]; }
+    regular && [ -r "$src" ] ||
+      { printf '%s\n' "@@fail no_log cannot read $src (not a readable regular file: links, FIFOs refused)"
+        exit $E_NO_TOOL; }
     echo "@@listening"
-    tail -n 0 --pid="$jp" -F -- "$src" 2>/dev/null | grep -m 1 -E -e "$pat" |
-      while IFS= read -r l; do printf '@@log %s\n' "$l"; done
+    from=0 hit="$dir/log-trigger.$$"
+    while [ -d "/proc/$jp" ] && [ ! -e "$hit" ]; do
+      id=""
+      if regular && exec 4< "$src"; then
+        s=$(stat -L -c '%d:%i:%F' -- "$src" /proc/self/fd/4 2>/dev/null) || s=""
+        [ -n "$s" ] && [ "${s%%"$nl"*}" = "${s#*"$nl"}" ] && [ "${s##*:}" = "regular file" ] && regular &&
+          id=${s%%"$nl"*}
+      fi
+      if [ -z "$id" ]; then exec 4<&- 2>/dev/null; sleep 1; from=+1; continue; fi
+      # from 0: the end of the file as it is now; +1: a new file, from its first line.
+      setsid sh -c 'tail -n "$1" -f --pid="$2" <&4 4<&- 2>/dev/null | grep -m 1 -E -e "$3" |
+        while IFS= read -r l; do printf "@@log %s\n" "$l"; : > "$4"; done' capture-all-log \
+        "$from" "$jp" "$pat" "$hit" &
+      pg=$!; exec 4<&-
+      while kill -0 "$pg" 2>/dev/null && [ -d "/proc/$jp" ] && [ ! -e "$hit" ] && regular &&
+            [ "$(stat -L -c '%d:%i:%F' -- "$src" 2>/dev/null)" = "$id" ]; do sleep 1; done
+      kill -- "-$pg" 2>/dev/null
+      wait "$pg" 2>/dev/null
+      from=+1
+    done
+    rm -f -- "$hit"
     ;;
 esac
 echo "@@section trigger"
@@ -876,14 +967,14 @@ echo "ended=1"
 """
 
 # Remove our directory, for a host that failed after making it (the reaper then exits by
-# itself). Args: dir
+# itself). Args: dir rundir
 CLEANUP_SCRIPT = (
     _LOCK
     + r"""
 set -u
-dir=$1
+dir=$1 rundir=$2 lock=""
 case "$dir" in */capture-all.????????) ;; *) echo "@@fail no_dir refusing $dir"; exit $E_NO_DIR;; esac
-lockname "${dir%/*}"; rmall
+rundir_ok && lockname; rmall
 [ -e "$dir" ] && { echo "@@fail cleanup $dir still exists"; exit $E_NO_DIR; }
 echo "@@section cleanup"
 echo "removed=$dir"

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from remote.commands import RUN_DIR
+
 REPO = Path(__file__).resolve().parents[2]
 
 CLIENT_IP, ROUTER_CLIENT_SIDE, ROUTER_PROXY_SIDE = "198.18.1.10", "198.18.1.1", "198.18.2.1"
@@ -531,6 +533,12 @@ listen = ["{BACKEND_IP}:80", "{BACKEND_IP}:81"]
 
     def remote_dirs(self) -> list[str]:
         return sorted(p.name for p in self.remote_tmp.iterdir())
+
+    @staticmethod
+    def run_records() -> list[str]:
+        """The hosts' run locks and the runs' records (remote.commands.RUN_DIR, on the lab's /run)."""
+        run = Path(RUN_DIR)
+        return sorted(p.name for p in run.iterdir()) if run.is_dir() else []
 
     def teardown(self) -> None:
         for p in self.procs.values():

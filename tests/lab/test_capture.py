@@ -302,8 +302,12 @@ def test_sigkilled_controller_leaves_nothing_behind(clean_lab: Lab, tmp_path: Pa
     running = lab.our_processes()
     assert sum(prog == "tcpdump" for _, prog, _ in running) == 6, running  # 1 + 2 + 2 + 1 interfaces
     left = lab.remote_dirs()
-    assert len([d for d in left if not d.startswith("capture-all.lock.")]) == 4, left
-    assert len([d for d in left if d.startswith("capture-all.lock.")]) == 4, left  # each host's run lock
+    assert len(left) == 4 and all(d.startswith("capture-all.") for d in left), left
+    # Each host's run lock, and each run's holder and job: in the run directory, root's alone.
+    records = lab.run_records()
+    assert sorted(r.split(".")[-1] for r in records if not r.startswith("capture-all.lock.")) == ["holder"] * 4 + [
+        "pid"] * 4, records  # fmt: skip
+    assert len([r for r in records if r.startswith("capture-all.lock.")]) == 4, records
     assert len(lab.trace_instances()) == 4  # each host's kernel reset witness
 
     # No tcpdump of ours survives duration + grace (plus a second of slack for the signal).
@@ -319,10 +323,8 @@ def nothing_left_after(lab: Lab, stopped_at: float, reaped_within: float) -> Non
     # The jobs remove their ftrace instances as soon as their captures end.
     assert wait_until(lambda: lab.trace_instances() == [], 5), lab.trace_instances()
     # The evidence stays for `keep` seconds, then the host removes it and nothing of ours runs.
-    assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], reaped_within), (
-        lab.remote_dirs(),
-        lab.our_processes(),
-    )
+    assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [] and lab.run_records() == [],
+                      reaped_within), (lab.remote_dirs(), lab.our_processes(), lab.run_records())  # fmt: skip
 
 
 def test_packets_just_before_the_stop_are_kept(

@@ -242,7 +242,13 @@ def test_a_log_line_on_one_host_triggers_the_watch(clean_lab: Lab, tmp_path: Pat
     assert (trig["kind"], trig["host"]) == ("log", "backend"), trig
     assert trig["line"] == f"{log}: upstream reset by peer, client 198.18.1.10"
     # Its tail ended with the capture job: nothing of ours is left on any host.
-    assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], 10), lab.our_processes()
+    assert wait_until(lambda: lab.remote_dirs() == [] and lab.our_processes() == [], 10), ours_ps()
+
+
+def ours_ps() -> str:
+    """What is left, as a tree (a failure's message: which of our processes, waiting on what)."""
+    ps = subprocess.run(["ps", "-eo", "pid,ppid,pgid,stat,wchan:20,args", "--forest"], capture_output=True, text=True)
+    return "\n".join(ln[:200] for ln in ps.stdout.splitlines() if "capture-all" in ln or "tail" in ln)
 
 
 def test_sigusr1_triggers_by_hand_and_ctrl_c_keeps_the_last_seconds_and_stops(clean_lab: Lab, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ def test_the_filter_is_never_on_a_command_line() -> None:
     """The capture filter reaches the host over the session's stdin (``go FILTER``), where `read -r`
     takes it as data; no command line carries it (see test_scripts for what the host does with it)."""
     cmd = arm()
-    assert "go " not in " ".join(cmd.args[:3] + cmd.args[4:])
+    assert "go " not in " ".join(cmd.args[:4] + cmd.args[5:])
     assert 'IFS= read -r said' in scripts.CAPTURE_SCRIPT and 'printf \'%s\\n\' "$said" >&3' in scripts.CAPTURE_SCRIPT
     assert '"$filter" 2>' in scripts.JOB_SCRIPT  # one quoted argument of tcpdump, never evaluated
 
@@ -83,7 +83,8 @@ def test_every_line_is_bounded_on_the_host() -> None:
     # The capture job itself carries its own limit: duration + grace, whatever the controller does,
     # and waits for "go" at most go_wait_s.
     job = argv_after_script(lines[0].line, scripts.CAPTURE_SCRIPT)
-    assert job[3] == scripts.JOB_SCRIPT and job[4] == "40" and job[2] == str(commands.GO_WAIT_S)
+    assert job[4] == scripts.JOB_SCRIPT and job[5] == "40" and job[3] == str(commands.GO_WAIT_S)
+    assert job[1] == commands.RUN_DIR
     assert 'timeout -s INT -k 5 "$limit"' in scripts.JOB_SCRIPT
     assert 'timeout "$gowait" head -n 1' in scripts.JOB_SCRIPT
     assert shlex.split(lines[0].line.split("; ", 1)[1])[:3] == ["sudo", "-n", "--"]
@@ -96,7 +97,7 @@ def test_cleanup_script_removes_only_its_dir(tmp_path: Path) -> None:
     (target / "x.pcap").write_bytes(b"x")
     sibling = tmp_path / "keep"
     sibling.mkdir()
-    cmd = commands.cleanup(str(target), sudo=False)
+    cmd = commands.cleanup(str(target), sudo=False, rundir=str(tmp_path / "run"))
     done = subprocess.run(["sh", "-c", cmd.line], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert not target.exists() and sibling.exists()
@@ -106,8 +107,8 @@ def test_cleanup_script_removes_only_its_dir(tmp_path: Path) -> None:
 def test_ports_are_integers_in_range() -> None:
     cmd = commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, ports=(443, 8443),
                           conntrack=True)  # fmt: skip
-    assert cmd.args[2:4] == ("443,8443", "1")
-    assert commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False).args[2:4] == ("", "0")
+    assert cmd.args[3:5] == ("443,8443", "1")
+    assert commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False).args[3:5] == ("", "0")
     for bad in (0, 70000):
         with pytest.raises(UnsafeValue):
             commands.finish("/tmp/capture-all.AbCdEf12", ["eth0"], wait_s=1, sudo=False, ports=(bad,))

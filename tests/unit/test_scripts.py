@@ -94,7 +94,8 @@ def host(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     env.pop("SUDO_USER", None)
     shell = subprocess.run(["sh", "-c", "readlink /proc/$$/exe; :"], env=env, capture_output=True, text=True).stdout
     assert shell.strip().endswith("/busybox" if request.param == "busybox ash" else "/dash"), shell
-    return {"base": str(base), "argv": str(tmp_path / "argv"), "bashrc-ran": str(tmp_path / "bashrc-ran"),
+    return {"base": str(base), "run": str(tmp_path / "run"), "argv": str(tmp_path / "argv"),
+            "bashrc-ran": str(tmp_path / "bashrc-ran"),
             "probe": "@@probe us" if request.param == "bash" else "@@probe ns",
             **{f"env:{k}": v for k, v in env.items()}}  # fmt: skip
 
@@ -159,7 +160,7 @@ def arm_line(host: dict[str, str], **kw: object) -> str:
     values: dict[str, object] = dict(min_free_kb=1, limit_s=30, max_packets=100, max_bytes=1 << 20, snaplen=262144,
                                      keep_s=60, witness_kb=0, ports=(443,), wait_s=5, sudo=False)  # fmt: skip
     values.update(kw)
-    return commands.capture(host["base"], ["lo"], **values).line  # type: ignore[arg-type]
+    return commands.capture(host["base"], ["lo"], rundir=host["run"], **values).line  # type: ignore[arg-type]
 
 
 def start_capture(host: dict[str, str], flt: str, port: int, **kw: object) -> tuple[Session, str]:
@@ -304,7 +305,8 @@ def test_a_capture_whose_session_was_lost_is_finished_by_a_session_of_its_own(ho
     assert len(arm.ss.splitlines()) == 1 and "users:" not in arm.ss, arm.ss
     assert arm.end() == 0  # EOF: the session stops; the capture goes on by itself
     assert any("tcpdump" in p or "capture-all-job" in p for p in ours(remote_dir)) and Path(remote_dir).is_dir()
-    fin = Session(commands.finish(remote_dir, ["lo"], wait_s=5, sudo=False, ports=(443,)).line, host)
+    fin = Session(commands.finish(remote_dir, ["lo"], wait_s=5, sudo=False, ports=(443,), rundir=host["run"]).line,
+                  host)  # fmt: skip
     finish_in(fin, remote_dir, own_session=True)
 
 
@@ -321,7 +323,8 @@ def test_a_controller_that_goes_away_before_go_leaves_nothing(host: dict[str, st
 
 def test_refusals_name_their_reason_and_leave_no_directory(host: dict[str, str]) -> None:
     line = commands.capture(host["base"], ["nosuch0"], min_free_kb=1, limit_s=30, max_packets=1, max_bytes=1,
-                            snaplen=1, keep_s=1, witness_kb=0, ports=(), wait_s=5, sudo=False).line  # fmt: skip
+                            snaplen=1, keep_s=1, witness_kb=0, ports=(), wait_s=5, sudo=False,
+                            rundir=host["run"]).line  # fmt: skip
     s = Session(line, host)
     assert s.until("@@ready") is None and s.end() == commands.EXIT_NO_INTERFACE
     failure = parse_sections("\n".join(s.lines)).failure
@@ -351,7 +354,7 @@ def test_inline_files_are_cut_by_the_listed_sizes() -> None:
 def test_a_second_run_on_a_host_is_refused_while_the_first_captures(host: dict[str, str]) -> None:
     line = commands.capture(host["base"], ["lo"], min_free_kb=1, limit_s=30, max_packets=100, max_bytes=1 << 20,
                             snaplen=65535, keep_s=60, witness_kb=0, ports=(443,), wait_s=5, sudo=False,
-                            holder="alice@bastion-1:/srv/incident-7").line  # fmt: skip
+                            holder="alice@bastion-1:/srv/incident-7", rundir=host["run"]).line  # fmt: skip
     first = Session(line, host)
     assert first.until("@@ready") == "@@ready"
     mine = parse_preflight(parse_sections("\n".join(first.lines))).remote_dir
@@ -364,28 +367,27 @@ def test_a_second_run_on_a_host_is_refused_while_the_first_captures(host: dict[s
     assert failure is not None and failure.code == "busy", second.lines
     assert "run=alice@bastion-1:/srv/incident-7" in failure.text and mine in failure.text
     assert re.search(r" since=20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", failure.text), failure.text
-    assert sorted(os.listdir(host["base"])) == sorted([Path(mine).name, *locks(host)])
+    assert os.listdir(host["base"]) == [Path(mine).name]  # the lock and the records: in the run directory
+    assert os.stat(host["run"]).st_mode & 0o777 == 0o700 and os.stat(host["run"]).st_uid == 0
     first.say("snap")
     assert first.until("@@armed") == "@@armed"
     first.say("finish")
     finish_in(first, mine)
-    assert os.listdir(host["base"]) == []  # the lock went with the directory
+    assert os.listdir(host["base"]) == [] and os.listdir(host["run"]) == []  # the lock went with the directory
     # A lock whose holder is gone (a run killed with its directory) does not hold.
-    lock = Path(host["base"], "capture-all.lock.stale")
-    os.symlink(f"{host['base']}/capture-all.GONEGONE", lock)
-    for name in locks(host):
-        if name != lock.name:
-            os.unlink(Path(host["base"], name))
     ns = os.stat("/proc/self/ns/net").st_ino
-    lock.rename(Path(host["base"], f"capture-all.lock.{ns}"))
+    os.symlink(f"{host['base']}/capture-all.GONEGONE", Path(host["run"], f"capture-all.lock.{ns}"))
+    Path(host["run"], "capture-all.GONEGONE.holder").write_text("run=gone\n")
     third, remote_dir = start_capture(host, "tcp port 443", free_port())
-    assert os.readlink(Path(host["base"], f"capture-all.lock.{ns}")) == remote_dir
+    assert os.readlink(Path(host["run"], f"capture-all.lock.{ns}")) == remote_dir
+    assert not Path(host["run"], "capture-all.GONEGONE.holder").exists()  # the stale record went with its lock
     third.say("finish")
     finish_in(third, remote_dir)
 
 
 def locks(host: dict[str, str]) -> list[str]:
-    return [n for n in os.listdir(host["base"]) if n.startswith("capture-all.lock")]
+    run = Path(host["run"])
+    return [n for n in os.listdir(run) if n.startswith("capture-all.lock")] if run.is_dir() else []
 
 
 def test_the_watch_window_keeps_the_ring_files_that_overlap_it_joined_in_time_order(tmp_path: Path) -> None:
@@ -583,3 +585,205 @@ def test_the_audit_reads_a_running_haproxys_files_and_directories_and_nothing_un
     assert f"# capture-all unreadable: {conf / '03-link.cfg'}" in section
     assert f"# capture-all unreadable: {conf / '04-fifo.cfg'}" in section
     assert f"# capture-all skipped: {many / f'{n:02d}.cfg'} (16 files read already)" in section
+
+
+NOBODY = 65534
+
+
+def test_a_local_user_can_neither_plant_the_lock_nor_make_root_read_for_them(host: dict[str, str],
+                                                                           tmp_path: Path) -> None:  # fmt: skip
+    """Issue 29.2: in a shared tmpdir (1777, as /tmp) an unprivileged user plants what 87a3ac3
+    trusted: the run lock (tmpdir/capture-all.lock.NETNS, a predictable name) pointing at a
+    fresh-looking directory of theirs, whose `holder` is a link to a root-only file and whose
+    `job.pid` names a process of theirs dressed as our job. The old script read the secret as root
+    into its `@@fail busy` line, and refused every run while the user's process lived. The lock
+    and the records are in the run directory now, root's alone: the run captures, reads nothing of
+    theirs."""
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="capture-all-test-"))  # pytest's tmp_path: 0700 under a 0700 dir
+    base = shared / "tmp"
+    base.mkdir()
+    shared.chmod(0o755)
+    base.chmod(0o1777)
+    host = {**host, "base": str(base)}
+    secret = tmp_path / "secret"
+    secret.write_text("root-only-SECRET-7f3a\n")
+    secret.chmod(0o600)
+    ns = os.stat("/proc/self/ns/net").st_ino
+    fake = f"{base}/capture-all.EVILEVIL"
+    plant = (f"mkdir -m 755 {fake} && ln -s {secret} {fake}/holder && "
+             f"ln -s {fake} {base}/capture-all.lock.{ns}")  # fmt: skip
+    subprocess.run(["sh", "-c", plant], check=True, user=NOBODY, group=NOBODY)
+    dressed = subprocess.Popen(["sh", "-c", "sleep 60", "capture-all-job", fake, "x"], user=NOBODY, group=NOBODY)
+    try:
+        Path(fake, "job.pid").write_text(f"{dressed.pid}\n")  # as if the user wrote it (root does, for the test)
+        arm, remote_dir = start_capture(host, "tcp port 443", free_port())
+        assert "SECRET" not in "\n".join(arm.lines)
+        arm.say("finish")
+        finish_in(arm, remote_dir)
+        assert Path(base, f"capture-all.lock.{ns}").is_symlink()  # theirs, untouched: not ours to trust or remove
+    finally:
+        dressed.kill()
+        dressed.wait()
+        shutil.rmtree(shared)
+
+
+@pytest.mark.parametrize("case", ["tmpdir writable by all, not sticky", "tmpdir of another user",
+                                  "run directory of another user", "run directory a link"])  # fmt: skip
+def test_a_tmpdir_or_run_directory_another_user_controls_is_refused(host: dict[str, str], tmp_path: Path,
+                                                                    case: str) -> None:  # fmt: skip
+    """Issue 29.9 and 29.2: where another user could rename our directory away (a world-writable
+    tmpdir without the sticky bit, one they own) or hold the lock's directory, the run refuses
+    with one line, before it makes anything."""
+    base, run = Path(host["base"]), Path(host["run"])
+    if case == "tmpdir writable by all, not sticky":
+        base.chmod(0o777)
+    elif case == "tmpdir of another user":
+        os.chown(base, NOBODY, NOBODY)
+    elif case == "run directory of another user":
+        run.mkdir(mode=0o700)
+        os.chown(run, NOBODY, NOBODY)
+    else:
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        run.symlink_to(tmp_path / "elsewhere")
+    s = Session(arm_line(host), host)
+    assert s.until("@@ready") is None and s.end() == commands.EXIT_NO_DIR
+    failure = parse_sections("\n".join(s.lines)).failure
+    want = "no_tmpdir" if case.startswith("tmpdir") else "no_rundir"
+    assert failure is not None and failure.code == want, s.lines
+    assert os.listdir(base) == []
+
+
+def test_a_process_named_like_a_marker_does_not_end_the_dialogue(host: dict[str, str]) -> None:
+    """Issue 29.7: any local user can name a process "\\n@@listed" (its comm) and hold a socket of
+    the flow's port; ss prints the name as it is, so on 87a3ac3 the finish's snapshot said
+    @@listed half way and the controller took the rest of it for the next step. Data lines that
+    start with @@ are sent with a space before them now."""
+    port = free_port()
+    code = ("import socket,sys;s=socket.socket();s.bind(('127.0.0.1',int(sys.argv[1])));s.listen();"
+            "open('/proc/self/comm','w').write('\\n@@listed');print('up',flush=True);sys.stdin.read()")  # fmt: skip
+    # (as root here: the name is the user's to choose whoever they are; this Python is root's alone)
+    named = subprocess.Popen([sys.executable, "-c", code, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        assert named.stdout is not None and named.stdout.readline().strip() == "up"
+        assert Path(f"/proc/{named.pid}/comm").read_text() == "\n@@listed\n"
+        arm, remote_dir = start_capture(host, "tcp port 443", port)
+        assert "\n @@listed" in arm.ss and f"pid={named.pid}," in arm.ss, arm.ss
+        arm.say("finish")
+        finish_in(arm, remote_dir)  # its "after" snapshot whole (nstat after the sockets), then rm
+    finally:
+        named.kill()
+        named.communicate()
+
+
+def test_a_log_swapped_for_a_link_or_a_fifo_is_not_read(host: dict[str, str], tmp_path: Path) -> None:
+    """Issue 29.4: a service account that owns its log directory swaps its log, while the capture
+    runs, for a link to a root-only file (87a3ac3 took it for a rotated log and read the secret
+    from byte 0 into the bundle), or for a FIFO (which held the finish until its one-hour
+    timeout); a log that is a link or a FIFO from the start is refused at once. Each is a note in
+    its meta file; the finish goes on, quickly, and the good log still comes back."""
+    secret = tmp_path / "secret"
+    secret.write_text("root-only-SECRET-7f3a\n" * 10)
+    secret.chmod(0o600)
+    good, swapped, fifo_later = tmp_path / "good.log", tmp_path / "swapped.log", tmp_path / "fifo-later.log"
+    for f in (good, swapped, fifo_later):
+        f.write_text("before\n" * 100)
+    linked, fifo = tmp_path / "linked.log", tmp_path / "fifo.log"
+    linked.symlink_to(secret)
+    os.mkfifo(fifo)
+    logs = (str(good), str(swapped), str(fifo_later), str(linked), str(fifo))
+    arm, remote_dir = start_capture(host, "tcp port 443", free_port(), logs=logs)
+    with good.open("a") as fh:
+        fh.write("during\n")
+    swapped.unlink()
+    swapped.symlink_to(secret)
+    fifo_later.unlink()
+    os.mkfifo(fifo_later)
+    started = time.monotonic()
+    arm.say("finish")
+    assert arm.until("@@probe"), arm.lines
+    assert time.monotonic() - started < 15  # no FIFO held it
+    d = Path(remote_dir)
+    assert (d / "log.1.txt").read_text().endswith("before\nduring\n")
+    metas = {n: (d / f"log.{n}.meta").read_text() for n in range(1, 6)}
+    assert "not a regular file at the end" in metas[2] and "not a regular file at the end" in metas[3], metas
+    assert "error=a symbolic link" in metas[4] and "error=not a regular file (a FIFO" in metas[5], metas
+    for n in range(2, 6):
+        assert not (d / f"log.{n}.txt").exists(), n
+    assert not any("SECRET" in p.read_text(errors="replace") for p in d.iterdir() if p.is_file())
+    assert "SECRET" not in "\n".join(arm.lines)
+    arm.say("snap")
+    assert arm.until("@@listed") == "@@listed", arm.lines
+    arm.say("rm")
+    assert arm.end() == 0, arm.stderr
+
+
+def test_logread_reads_only_through_a_checked_descriptor(tmp_path: Path) -> None:
+    """logread itself (the finish's reader): a regular file's bytes; a link, a FIFO (no writer:
+    within its `timeout`, not forever) and a missing file give nothing and a non-zero status."""
+    from remote.scripts import _LOGS
+
+    f = tmp_path / "a.log"
+    f.write_bytes(b"0123456789")
+    link = tmp_path / "link.log"
+    link.symlink_to(f)
+    fifo = tmp_path / "fifo.log"
+    os.mkfifo(fifo)
+
+    def logread(path: Path, start: int, n: int) -> subprocess.CompletedProcess[bytes]:
+        script = _LOGS.replace("timeout 20 ", "timeout 2 ") + '\nlogread "$@"'
+        return subprocess.run(["sh", "-c", script, "sh", str(path), str(start), str(n)], capture_output=True,
+                              timeout=30)  # fmt: skip
+    assert logread(f, 3, 4).stdout == b"3456" and logread(f, 3, 4).returncode == 0
+    for bad in (link, fifo, tmp_path / "missing.log"):
+        done = logread(bad, 0, 10)
+        assert done.returncode != 0 and done.stdout == b"", bad
+
+
+def test_the_log_trigger_never_follows_a_link_and_follows_a_rotation(tmp_path: Path) -> None:
+    """Issue 29.4, the trigger's side: 87a3ac3 followed the log with `tail -F` as root, by name, so
+    a log swapped for a link to a root-only file had that file's matching lines sent back. Now a
+    link (from the start) is refused; swapped in later, it is never read; the regular file that
+    takes the name again (a rotation) is followed from its first line."""
+    import select
+
+    d = tmp_path / "capture-all.AbCd1234"
+    d.mkdir()
+    job = subprocess.Popen(["sleep", "60"])
+    (d / "job.pid").write_text(f"{job.pid}\n")
+    secret = tmp_path / "secret"
+    secret.write_text("reset by peer SECRET-7f3a\n")
+    secret.chmod(0o600)
+    log = tmp_path / "app.log"
+    log.symlink_to(secret)
+    refused = subprocess.run(["sh", "-c", commands.log_trigger(str(d), str(log), "reset by peer", limit_s=60,
+                                                               sudo=False).line],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert refused.returncode == commands.EXIT_NO_TOOL and "@@fail no_log" in refused.stdout, refused.stdout
+    log.unlink()
+    log.write_text("old line\n")
+    cmd = commands.log_trigger(str(d), str(log), "reset by peer", limit_s=60, sudo=False)
+    proc = subprocess.Popen(["sh", "-c", cmd.line], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "@@listening\n"
+        time.sleep(0.5)
+        log.rename(tmp_path / "app.log.1")  # rotated away, and a link to the secret in its place
+        log.symlink_to(secret)
+        with secret.open("a") as fh:
+            fh.write("reset by peer SECRET-again\n")
+        ready, _, _ = select.select([proc.stdout], [], [], 3.0)
+        assert ready == [], proc.stdout.readline()  # nothing read through the link
+        log.unlink()
+        log.write_text("first line of the new log: reset by peer\n")  # the rotation's new file
+        ready, _, _ = select.select([proc.stdout], [], [], 10.0)
+        assert ready and proc.stdout.readline() == "@@log first line of the new log: reset by peer\n"
+    finally:
+        job.kill()
+        job.wait()
+        rest, _ = proc.communicate(timeout=15)
+    assert rest.splitlines() == ["@@section trigger", "ended=1"] and proc.returncode == 0
+    assert not any(p.name.startswith("log-trigger.") for p in d.iterdir())
+    left = subprocess.run(["pgrep", "-f", f"{tmp_path}|capture-all-log"], capture_output=True, text=True)
+    assert left.stdout.split() == [], left.stdout

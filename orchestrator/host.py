@@ -63,6 +63,15 @@ from remote.parse import (
 )
 from remote.transport import Connector, Transport
 
+
+def _made_in(remote_dir: str, tmpdir: str) -> bool:
+    """``remote_dir`` is what our ``mktemp -d TMPDIR/capture-all.XXXXXXXX`` makes there."""
+    try:
+        commands.validate_remote_dir(remote_dir)
+    except commands.UnsafeValue:
+        return False
+    return remote_dir.rsplit("/", 1)[0] == (tmpdir.rstrip("/") or "")
+
 # host ("*" for the whole run), state, detail
 EventSink = Callable[[str, str, str], None]
 
@@ -193,6 +202,11 @@ class HostRun:
             raise await self.talk.failure()
         if not pre.remote_dir:
             raise CommandError(name, "the capture session did not report its temp directory")
+        if not _made_in(pre.remote_dir, self.plan.tmpdir):
+            # The one directory a root cleanup is ever sent for: the host names it, the plan bounds it.
+            self.record.remote_dir = None
+            raise CommandError(name, f"the capture session named {pre.remote_dir[:200]!r}, not a capture-all "
+                               f"directory of its tmpdir {self.plan.tmpdir}: refused")  # fmt: skip
         ssh = pre.ssh
         excl = ssh_exclusion(ssh.client_ip, ssh.client_port, ssh.server_ip, ssh.server_port) if ssh else None
         self.record.bpf_filter = self.plan.bpf(excl)

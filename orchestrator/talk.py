@@ -101,10 +101,11 @@ class Talk:
 
     async def until(self, *markers: str, what: str, extra: float = 0.0) -> str | None:
         """Read the host's lines into the transcript until one that starts with one of
-        ``markers`` (returned, not kept) or the end of its output (None)."""
+        ``markers`` (returned, not kept) or the end of its output or a ``@@fail`` (None). A
+        ``@@fail`` is final: our scripts exit after it, so no marker after it is believed."""
         try:
             with self._deadline(what, extra):
-                while True:
+                while not self._reader.ended:
                     line = await self.session.readline()
                     if line is None:
                         return None
@@ -112,6 +113,7 @@ class Talk:
                         return line
                     self.lines.append(line)
                     self._reader.feed(line)
+                return None
         finally:
             self.steps[what] = time.time_ns() - self.started
 

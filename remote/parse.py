@@ -84,9 +84,13 @@ class SectionReader:
         self.parsed = Parsed()
         self._current: Section | None = None
         self._body: list[str] = []
+        self.ended = False  # a @@fail was read: it is final, whatever follows is not the host's script's
+        self.after_fail = 0  # lines that came after it anyway (counted, never read)
 
     def feed(self, line: str) -> None:
-        if not line.startswith("@@"):
+        if self.ended:
+            self.after_fail += 1
+        elif not line.startswith("@@"):
             if self._current is not None:
                 self._body.append(line)
         elif line.startswith("@@section "):
@@ -99,6 +103,7 @@ class SectionReader:
         elif line.startswith("@@fail "):
             code, _, text = line[len("@@fail ") :].partition(" ")
             self.parsed.failure = Failure(code, text.strip())
+            self.ended = True
         elif line.startswith("@@ssh"):
             self.parsed.ssh_connection = line[len("@@ssh") :].strip()
         elif self._current is not None:

@@ -91,3 +91,42 @@ def test_the_bundle_never_follows_a_symlink(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         bundle.write("proxy/eth0.tcpdump.txt", "x")
     assert not (tmp_path / "outside").exists()
+
+
+def forged_after_fail(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    """A preflight that refuses (@@fail busy) and then forges what a ready host says: a directory
+    of the attacker's choosing and @@ready (87a3ac3 read on after the @@fail: it sent "go", built a
+    filter and later a root cleanup of that directory)."""
+    said = yield (
+        "@@ssh 198.19.0.1 40000 198.19.0.20 22\n@@section preflight\nuid=0\nowner=root\n"
+        "@@fail busy another capture-all run captures on this host (run=x)\n"
+        "@@section preflight\ndir=/var/lib/capture-all.EVILEVIL\n@@ready\n"
+    )
+    host.said.append(f"after the fail: {said}")
+    return "", 16
+
+
+def outside_tmpdir(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    """A preflight that names a directory that is no child of the planned tmpdir."""
+    conv = capture_dialogue(host, cmd)
+    first = next(conv).replace(f"dir={host.remote_dir}", "dir=/etc/capture-all.EVILEVIL")
+    said = yield first
+    host.said.append(f"after the fail: {said}")
+    return "", 0
+
+
+@pytest.mark.parametrize("dialogue", [forged_after_fail, outside_tmpdir])
+async def test_a_host_cannot_talk_past_its_refusal_nor_name_a_directory(tmp_path: Path, dialogue) -> None:  # type: ignore[no-untyped-def]
+    """Issue 29.2: @@fail is final, and the only directory the controller ever acts on is a
+    capture-all.XXXXXXXX of the host's planned tmpdir."""
+    proxy = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA")
+    proxy.dialogues["capture"] = dialogue
+    result, recs = await go(tmp_path, hosts(proxy=proxy))
+    rec = recs["proxy"]
+    assert rec.status == "failed" and rec.failed_phase == "prepare", (rec.status, rec.error)
+    assert not any(s.startswith("go ") or "go " in s for s in proxy.said), proxy.said
+    assert [c for c in proxy.log if c.phase == "cleanup"] == []  # no root rm of a directory it named
+    assert "EVILEVIL" not in (rec.remote_dir or "")
+    assert {recs["client"].status, recs["backend"].status} == {"ok"}  # the others' evidence is kept
+    if dialogue is forged_after_fail:
+        assert rec.error_kind == "busy" and "run=x" in (rec.error or ""), rec.error

@@ -467,8 +467,9 @@ logread() {
 "
     exec < "$1" || exit 3
     [ ! -L "$1" ] || exit 4
-    s=$(stat -L -c "%d:%i:%F" -- "$1" /proc/self/fd/0 2>/dev/null) || exit 4
-    [ "${s%%"$nl"*}" = "${s#*"$nl"}" ] && [ "${s##*:}" = "regular file" ] && [ ! -L "$1" ] || exit 4
+    s=$(stat -L -c "%d:%i:%f" -- "$1" /proc/self/fd/0 2>/dev/null) || exit 4
+    case ${s##*:} in 8???) ;; *) exit 4;; esac  # the raw mode, in hex: 8 is a regular file
+    [ "${s%%"$nl"*}" = "${s#*"$nl"}" ] && [ ! -L "$1" ] || exit 4
     tail -c +$(($2 + 1)) | head -c "$3"' capture-all-log "$@" 2>/dev/null
 }
 logs_cut() {
@@ -935,6 +936,7 @@ case $src in
     # name stops being that file (rotated, or swapped), the tail ends; a new regular file of that
     # name is followed from its start.
     regular() { [ -f "$src" ] && [ ! -L "$src" ]; }
+    same() { st=$(stat -L -c '%d:%i' -- "$src" 2>/dev/null) && [ "$st" = "$id" ]; }  # the name is still that file
     regular && [ -r "$src" ] ||
       { printf '%s\n' "@@fail no_log cannot read $src (not a readable regular file: links, FIFOs refused)"
         exit $E_NO_TOOL; }
@@ -943,9 +945,9 @@ case $src in
     while [ -d "/proc/$jp" ] && [ ! -e "$hit" ]; do
       id=""
       if regular && exec 4< "$src"; then
-        s=$(stat -L -c '%d:%i:%F' -- "$src" /proc/self/fd/4 2>/dev/null) || s=""
-        [ -n "$s" ] && [ "${s%%"$nl"*}" = "${s#*"$nl"}" ] && [ "${s##*:}" = "regular file" ] && regular &&
-          id=${s%%"$nl"*}
+        s=$(stat -L -c '%d:%i:%f' -- "$src" /proc/self/fd/4 2>/dev/null) || s=""
+        case ${s##*:} in 8???) ;; *) s="";; esac  # the raw mode, in hex: 8 is a regular file
+        [ -n "$s" ] && [ "${s%%"$nl"*}" = "${s#*"$nl"}" ] && regular && { id=${s%%"$nl"*}; id=${id%:*}; }
       fi
       if [ -z "$id" ]; then exec 4<&- 2>/dev/null; sleep 1; from=+1; continue; fi
       # from 0: the end of the file as it is now; +1: a new file, from its first line.
@@ -953,8 +955,7 @@ case $src in
         while IFS= read -r l; do printf "@@log %s\n" "$l"; : > "$4"; done' capture-all-log \
         "$from" "$jp" "$pat" "$hit" &
       pg=$!; exec 4<&-
-      while kill -0 "$pg" 2>/dev/null && [ -d "/proc/$jp" ] && [ ! -e "$hit" ] && regular &&
-            [ "$(stat -L -c '%d:%i:%F' -- "$src" 2>/dev/null)" = "$id" ]; do sleep 1; done
+      while kill -0 "$pg" 2>/dev/null && [ -d "/proc/$jp" ] && [ ! -e "$hit" ] && regular && same; do sleep 1; done
       kill -- "-$pg" 2>/dev/null
       wait "$pg" 2>/dev/null
       from=+1
@@ -1013,7 +1014,7 @@ cfgfile() {
   echo "# capture-all unreadable: $1 (not a regular file owned by root)"
 }
 cfgopen() {
-  [ "$(stat -L -c %u:%F /proc/self/fd/0)" = "0:regular file" ] || return 1
+  case $(stat -L -c %u:%f /proc/self/fd/0) in 0:8???) ;; *) return 1;; esac  # root's, a regular file (raw mode 8...)
   nread=$((nread + 1)); echo "# capture-all file: $1"; head -c 262144; echo
 }
 echo "@@section haproxy"

@@ -693,10 +693,13 @@ def test_a_log_swapped_for_a_link_or_a_fifo_is_not_read(host: dict[str, str], tm
     linked, fifo = tmp_path / "linked.log", tmp_path / "fifo.log"
     linked.symlink_to(secret)
     os.mkfifo(fifo)
-    logs = (str(good), str(swapped), str(fifo_later), str(linked), str(fifo))
+    empty = tmp_path / "empty.log"  # a log that was empty at the start (HAProxy's, in the lab) is read
+    empty.write_text("")
+    logs = (str(good), str(swapped), str(fifo_later), str(linked), str(fifo), str(empty))
     arm, remote_dir = start_capture(host, "tcp port 443", free_port(), logs=logs)
     with good.open("a") as fh:
         fh.write("during\n")
+    empty.write_text("its first line\n")
     swapped.unlink()
     swapped.symlink_to(secret)
     fifo_later.unlink()
@@ -707,6 +710,7 @@ def test_a_log_swapped_for_a_link_or_a_fifo_is_not_read(host: dict[str, str], tm
     assert time.monotonic() - started < 15  # no FIFO held it
     d = Path(remote_dir)
     assert (d / "log.1.txt").read_text().endswith("before\nduring\n")
+    assert (d / "log.6.txt").read_text() == "its first line\n"
     metas = {n: (d / f"log.{n}.meta").read_text() for n in range(1, 6)}
     assert "not a regular file at the end" in metas[2] and "not a regular file at the end" in metas[3], metas
     assert "error=a symbolic link" in metas[4] and "error=not a regular file (a FIFO" in metas[5], metas
@@ -737,6 +741,9 @@ def test_logread_reads_only_through_a_checked_descriptor(tmp_path: Path) -> None
         return subprocess.run(["sh", "-c", script, "sh", str(path), str(start), str(n)], capture_output=True,
                               timeout=30)  # fmt: skip
     assert logread(f, 3, 4).stdout == b"3456" and logread(f, 3, 4).returncode == 0
+    empty = tmp_path / "empty.log"  # stat's %F says "regular empty file" of it: a regular file all the same
+    empty.write_bytes(b"")
+    assert logread(empty, 0, 0).returncode == 0
     for bad in (link, fifo, tmp_path / "missing.log"):
         done = logread(bad, 0, 10)
         assert done.returncode != 0 and done.stdout == b"", bad

@@ -561,7 +561,7 @@ class HostRun:
             return
         sub, _, fname = local_rel.rpartition("/")
         local = self.bundle.folder(self.plan.name, *([sub] if sub else [])) / fname  # 0700 folders
-        await self.transport.get(f"{self.record.remote_dir}/{f.name}", local)
+        await self.transport.get(f"{self.record.remote_dir}/{f.name}", local, f.size)
         if sha256_file(local) != f.sha256:
             raise TransferError(self.plan.name, f"{f.name}: SHA-256 after transfer differs from the host's")
         self.bundle.transferred(local, f.sha256)

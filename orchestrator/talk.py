@@ -13,9 +13,9 @@ import anyio
 from orchestrator.bundle import Bundle
 from remote.classify import classify
 from remote.commands import RemoteCommand
-from remote.errors import CommandTimeout, RemoteError
+from remote.errors import CommandTimeout, ProtocolError, RemoteError
 from remote.parse import Parsed, ProbeResult, SectionReader, parse_probe, parse_sections
-from remote.transport import CommandResult, Session, Transport
+from remote.transport import MAX_LINE, MAX_TRANSCRIPT, CommandResult, Session, Transport
 
 PROBE_SAMPLES = 8  # clock probe round trips per host, at the start and at the end
 
@@ -82,6 +82,7 @@ class Talk:
         self.steps: dict[str, int] = {}  # each step's end, ns after the start: where a slow host's time went
         self.ended: CommandResult | None = None
         self._reader = SectionReader()
+        self._size = 0  # characters of the transcript since the last chapter (bounded: MAX_TRANSCRIPT)
 
     @classmethod
     async def open(cls, transport: Transport, command: RemoteCommand, log: Log, step_s: float, sudo: bool) -> Talk:
@@ -111,11 +112,21 @@ class Talk:
                         return None
                     if markers and line.startswith(markers):
                         return line
-                    self.lines.append(line)
-                    self._reader.feed(line)
+                    self._keep(line)
                 return None
         finally:
             self.steps[what] = time.time_ns() - self.started
+
+    def _keep(self, line: str) -> None:
+        """One line into the transcript; a host that says more than our scripts ever do (a line
+        past MAX_LINE, a chapter past MAX_TRANSCRIPT) is that host's protocol error."""
+        self._size += len(line) + 1
+        if len(line) > MAX_LINE or self._size > MAX_TRANSCRIPT:
+            what = f"a line of {MAX_LINE >> 20} MiB" if len(line) > MAX_LINE else f"{MAX_TRANSCRIPT >> 20} MiB"
+            raise ProtocolError(self.log.host, f"{self.command.phase}: more than {what} from the host in one step "
+                                "(no script of ours says that much)")  # fmt: skip
+        self.lines.append(line)
+        self._reader.feed(line)
 
     async def say(self, line: str) -> None:
         if self.said and self.said[-1].split(" (x")[0] == line == "t":
@@ -146,6 +157,7 @@ class Talk:
         self.steps["window"] = time.time_ns() - self.started
         self.lines = []
         self._reader = SectionReader()
+        self._size = 0
 
     def parsed(self) -> Parsed:
         """The transcript since the last chapter, as sections (read as it came)."""
@@ -158,9 +170,14 @@ class Talk:
         if self.ended is None:
             with anyio.CancelScope(shield=True):
                 result = await self.session.close(wait_s=min(self.step_s, 10.0) if wait_s is None else wait_s)
-            for line in result.stdout.splitlines():
-                self.lines.append(line)
-                self._reader.feed(line)
+            rest = result.stdout
+            if len(rest) + self._size > MAX_TRANSCRIPT:  # what came after the last step read: bounded too
+                rest = rest[: max(0, MAX_TRANSCRIPT - self._size)]
+                result.stderr += f"\n(its output after {MAX_TRANSCRIPT >> 20} MiB was not read)"
+            for line in rest.splitlines():
+                if len(line) <= MAX_LINE:
+                    self.lines.append(line)
+                    self._reader.feed(line)
             self.log.write(self.command, result.exit_status, self.started, result.ended_ns or time.time_ns(),
                            result.stderr, self.said, self.steps)  # fmt: skip
             self.ended = result

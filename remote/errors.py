@@ -10,6 +10,7 @@
     │   └── PreflightError      the host cannot capture (no tcpdump, no interface, no disk, ...)
     ├── CommandTimeout          a remote command outlived its deadline on the controller side
     ├── TransferError           pulling a file back failed or its digest did not match
+    ├── ProtocolError           the host said more than our scripts ever do (a line, a transcript)
     └── InternalError           a bug of ours (or output no parser foresaw) in one host's phase
 
 Every error carries the host name; command errors also carry the command, its exit status,
@@ -83,6 +84,13 @@ class CommandTimeout(RemoteError):
 
 class TransferError(RemoteError):
     kind = "transfer"
+
+
+class ProtocolError(RemoteError):
+    """A host's output beyond what our scripts ever print: a compromised host must not exhaust the
+    controller (its memory, its CPU) for the other hosts of the run."""
+
+    kind = "protocol"
 
 
 class InternalError(RemoteError):

@@ -240,9 +240,11 @@ class FakeTransport:
             self.host.sessions_open -= 1
             raise
 
-    async def get(self, remote_path: str, local_path: Path) -> None:
+    async def get(self, remote_path: str, local_path: Path, size: int) -> None:
         if not remote_path.startswith(self.host.remote_dir + "/"):
             raise TransferError(self.name, f"no such file {remote_path}")
+        if len(self.host.pcap) > size:  # as the SSH transport: never more than the listed size
+            raise TransferError(self.name, f"cannot pull {remote_path}: more than the {size} bytes the host listed")
         self.host.sessions_open += 1  # a transfer session while it lasts
         self.host.sessions_max = max(self.host.sessions_max, self.host.sessions_open)
         try:

@@ -27,11 +27,12 @@ from remote.errors import (
     ConnectError,
     ConnectionLost,
     HostKeyError,
+    ProtocolError,
     RemoteError,
     TransferError,
 )
 from remote.sshconfig import KnownHosts, config_names_ciphers, known_hosts_for
-from remote.transport import CommandResult, SshTarget
+from remote.transport import MAX_LINE, CommandResult, SshTarget
 
 _known_hosts_lock = asyncio.Lock()
 _NOTHING_TRUSTED = asyncssh.import_known_hosts("")
@@ -110,16 +111,19 @@ class SshSession:
         self._release = release
         self._started = time.time_ns()
         self._lines: list[str] = []  # complete lines read ahead, in reverse order
-        self._partial = ""
+        self._partial: list[str] = []  # the chunks of a line not ended yet (joined once, at its end)
+        self._partial_len = 0
         self._eof = False
 
     async def readline(self) -> str | None:
         # Read what has arrived and split it here: a snapshot is hundreds of lines, and asyncssh's
         # own readline costs far more per line than one read and a split.
+        # A line without its end is kept as chunks (never re-joined per chunk: a host that sends
+        # no newline cost quadratic time), and bounded (MAX_LINE: that host's protocol error).
         while not self._lines:
             if self._eof:
                 if self._partial:
-                    line, self._partial = self._partial, ""
+                    line, self._partial, self._partial_len = "".join(self._partial), [], 0
                     return line
                 return None
             try:
@@ -129,8 +133,20 @@ class SshSession:
             if not data:
                 self._eof = True
                 continue
-            *done, self._partial = (self._partial + data).split("\n")
-            self._lines = done[::-1]
+            if "\n" not in data:
+                self._partial.append(data)
+                self._partial_len += len(data)
+                if self._partial_len > MAX_LINE:
+                    raise ProtocolError(self.name, f"{self._command.phase}: a line of more than {MAX_LINE >> 20} MiB "
+                                        "(no script of ours prints one)")  # fmt: skip
+                continue
+            head, *done, tail = data.split("\n")
+            first = "".join([*self._partial, head])
+            self._partial, self._partial_len = ([tail], len(tail)) if tail else ([], 0)
+            if len(first) > MAX_LINE:
+                raise ProtocolError(self.name, f"{self._command.phase}: a line of more than {MAX_LINE >> 20} MiB "
+                                    "(no script of ours prints one)")  # fmt: skip
+            self._lines = [first, *done][::-1]
         return self._lines.pop()
 
     async def send(self, line: str) -> None:
@@ -202,7 +218,7 @@ class SshTransport:
                     self.sftp = False  # the subsystem is refused: not asked again on this connection
             return self._sftp
 
-    async def get(self, remote_path: str, local_path: Path) -> None:
+    async def get(self, remote_path: str, local_path: Path, size: int) -> None:
         """SFTP first; where the host has no SFTP subsystem (hardened hosts remove it), the file
         comes over an exec channel (``cat``, Ansible's "smart" transfer does the same). The
         caller checks the SHA-256 the host computed either way."""
@@ -213,23 +229,45 @@ class SshTransport:
             client = await self._sftp_client()
             async with self._slots:
                 if client is not None:
+                    # The file's size now, against the listed one: SFTP copies what it found then.
+                    found = (await client.stat(remote_path)).size
+                    if found is not None and found > size:
+                        raise OSError(f"it is {found} bytes, the host listed {size}")
                     await client.get(remote_path, str(tmp))
                 else:
-                    await self._cat(remote_path, tmp)
+                    await self._cat(remote_path, tmp, size)
             os.chmod(tmp, 0o600)
             os.replace(tmp, local_path)
         except (asyncssh.Error, OSError) as exc:
             tmp.unlink(missing_ok=True)
             raise TransferError(self.name, f"cannot pull {remote_path}: {exc}") from exc
 
-    async def _cat(self, remote_path: str, local: Path) -> None:
-        """The file's bytes over an exec channel, into ``local``; bounded on the host by
-        ``timeout`` and here by asyncssh's own timeout."""
+    async def _cat(self, remote_path: str, local: Path, size: int) -> None:
+        """The file's bytes over an exec channel, into ``local``, at most ``size`` of them (more is
+        refused: the host listed that size); bounded on the host by ``timeout`` and here by
+        CAT_TIMEOUT_S."""
         line = f"timeout {CAT_TIMEOUT_S} cat -- {shlex.quote(remote_path)}"
-        result = await self._conn.run(line, stdout=local, encoding=None, check=False, timeout=CAT_TIMEOUT_S + 10)
-        if result.exit_status != 0:
-            err = result.stderr.decode(errors="replace").strip() if isinstance(result.stderr, bytes) else ""
-            raise OSError(f"no SFTP subsystem, and `cat` exited {result.exit_status}: {err}")
+        proc = await self._conn.create_process(line, encoding=None)
+
+        async def copy() -> Any:
+            got = 0
+            with open(local, "wb") as fh:  # noqa: ASYNC230 - the bastion's disk, as asyncssh's own stdout=FILE
+                while data := await proc.stdout.read(1 << 18):
+                    got += len(data)
+                    if got > size:
+                        raise OSError(f"more than the {size} bytes the host listed")
+                    fh.write(data)
+            return await proc.wait(check=False)
+
+        try:
+            done = await asyncio.wait_for(copy(), CAT_TIMEOUT_S + 10)
+        except asyncio.TimeoutError:
+            raise OSError(f"`cat` did not end within {CAT_TIMEOUT_S + 10} s") from None
+        finally:
+            proc.close()
+        if done.exit_status != 0:
+            err = done.stderr.decode(errors="replace").strip() if isinstance(done.stderr, bytes) else ""
+            raise OSError(f"no SFTP subsystem, and `cat` exited {done.exit_status}: {err}")
 
     async def close(self) -> None:
         if self._sftp is not None:

@@ -46,6 +46,14 @@ class CommandResult:
     ended_ns: int = 0
 
 
+# What a host may send before that is its protocol error (remote.errors.ProtocolError): our scripts'
+# longest line is the base64 of the inline files (one line of base64's 76 columns each) or a socket of
+# ss; a transcript (one chapter of a session: up to a step of the finish) is the inline files'
+# base64 (4 MiB of files), the conntrack entries (5000 lines) and the snapshots.
+MAX_LINE = 1 << 20
+MAX_TRANSCRIPT = 64 << 20
+
+
 class Session(Protocol):
     """One remote command the controller talks to line by line over its stdin and stdout (the
     arm and finish sessions of ``remote.scripts``)."""
@@ -79,8 +87,10 @@ class Transport(Protocol):
         """Start a command to talk to (``Session``); the caller closes it. Raises ConnectionLost."""
         ...
 
-    async def get(self, remote_path: str, local_path: Path) -> None:
-        """Copy one remote file to ``local_path`` (created 0600). Raises TransferError."""
+    async def get(self, remote_path: str, local_path: Path, size: int) -> None:
+        """Copy one remote file to ``local_path`` (created 0600), at most ``size`` bytes (the size
+        the host listed: a file that turns out longer is a TransferError, not a full disk).
+        Raises TransferError."""
         ...
 
     async def close(self) -> None: ...

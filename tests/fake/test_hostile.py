@@ -130,3 +130,41 @@ async def test_a_host_cannot_talk_past_its_refusal_nor_name_a_directory(tmp_path
     assert {recs["client"].status, recs["backend"].status} == {"ok"}  # the others' evidence is kept
     if dialogue is forged_after_fail:
         assert rec.error_kind == "busy" and "run=x" in (rec.error or ""), rec.error
+
+
+def endless(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    """A preflight that never ends its line: 2 MiB of it (a real one could send gigabytes)."""
+    yield "@@ssh 198.19.0.1 40000 198.19.0.20 22\n@@section preflight\nuid=0\n" + "x" * (2 << 20) + "\n@@ready\n"
+    return "", 0
+
+
+def flood(host: FakeHost, cmd: RemoteCommand) -> Conversation:
+    """A preflight of 80 MiB in short lines, before its @@ready."""
+    lines = ("y" * 1023 + "\n") * (80 << 10)
+    yield "@@ssh 198.19.0.1 40000 198.19.0.20 22\n@@section preflight\n" + lines + "@@ready\n"
+    return "", 0
+
+
+@pytest.mark.parametrize("dialogue", [endless, flood])
+async def test_a_host_that_says_too_much_is_its_own_protocol_error(tmp_path: Path, dialogue) -> None:  # type: ignore[no-untyped-def]
+    """Issue 29.5: a line past 1 MiB, a step's transcript past 64 MiB: that host fails with kind
+    "protocol"; the others' evidence is kept."""
+    proxy = FakeHost("proxy", remote_dir="/tmp/capture-all.PROXAAAA")
+    proxy.dialogues["capture"] = dialogue
+    result, recs = await go(tmp_path, hosts(proxy=proxy))
+    rec = recs["proxy"]
+    assert (rec.status, rec.error_kind) == ("failed", "protocol"), (rec.status, rec.error)
+    assert "no script of ours says that much" in (rec.error or "")
+    assert {recs["client"].status, recs["backend"].status} == {"ok"}
+
+
+async def test_a_file_longer_than_listed_is_not_pulled(tmp_path: Path) -> None:
+    """The pull is bounded by the size the host listed (29.5): the backend's file is 24 bytes,
+    listed as 10."""
+    backend = FakeHost("backend", remote_dir="/tmp/capture-all.BACKAAAA")
+    d = backend.remote_dir
+    backend.dialogues["capture"] = tampered(lambda c: c.replace(f"size 24 {d}/", f"size 10 {d}/"))
+    result, recs = await go(tmp_path, hosts(backend=backend))
+    rec = recs["backend"]
+    assert rec.status == "failed" and "more than the 10 bytes the host listed" in (rec.error or ""), rec.error
+    assert not (tmp_path / "b" / "backend" / "eth0.pcap").exists()

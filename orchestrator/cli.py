@@ -22,7 +22,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from orchestrator import __version__
 from orchestrator.bundle import Bundle, verify
@@ -494,14 +494,39 @@ def _manifest(args: argparse.Namespace, digest: str, flow: str, plan: Plan, opts
     return Manifest(
         version=__version__,
         created_utc=now.isoformat(),
-        command=list(COMMAND),
+        command=_shown_command(COMMAND),
         inventory=str(args.inventory),
         inventory_sha256=digest,
         flow=flow,
         legs=[f"{leg.name}: {leg.bpf()}" for leg in plan.legs],
-        options=json.loads(json.dumps(vars(opts), default=vars)),  # watch mode's options nested
+        options=_shown_options(opts),
         hosts=[],
     )
+
+
+def _shown_command(argv: list[str]) -> list[str]:
+    """This process's command line, --reproduce's value as its label (``reproduce_label``)."""
+    from orchestrator.options import reproduce_label
+
+    shown, after = [], False
+    for a in argv:
+        if after:
+            shown.append(reproduce_label(a))
+        elif a.startswith("--reproduce="):
+            shown.append("--reproduce=" + reproduce_label(a.split("=", 1)[1]))
+        else:
+            shown.append(a)
+        after = a == "--reproduce"
+    return shown
+
+
+def _shown_options(opts: RunOptions) -> dict[str, Any]:
+    from orchestrator.options import reproduce_label
+
+    options: dict[str, Any] = json.loads(json.dumps(vars(opts), default=vars))  # watch mode's options nested
+    if opts.reproduce is not None:
+        options["reproduce"] = reproduce_label(opts.reproduce)
+    return options
 
 
 def _write_manifest(bundle: Bundle, manifest: Manifest, holder: list[RunResult], abandoned: bool,

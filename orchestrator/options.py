@@ -29,6 +29,16 @@ class WatchOptions:
         return files, max(1, (per_if // files - snaplen) // 1_000_000)
 
 
+def reproduce_label(command: str) -> str:
+    """``--reproduce``'s command as everything but the host's commands.jsonl shows it: a command
+    line often holds a credential (``curl -u user:secret``), and it is written once, where the
+    exact line of every remote command is (issue 29.9)."""
+    import hashlib
+
+    digest = hashlib.sha256(command.encode()).hexdigest()[:12]
+    return f"<the --reproduce command: {len(command)} characters, sha256 {digest}...; as run: in commands.jsonl>"
+
+
 @dataclass
 class RunOptions:
     duration: float = 30.0

@@ -27,7 +27,7 @@ import anyio
 from orchestrator.bundle import Bundle
 from orchestrator.host import EventSink, HostRun
 from orchestrator.manifest import HostRecord, TriggerRecord
-from orchestrator.options import RunOptions, WatchOptions
+from orchestrator.options import RunOptions, WatchOptions, reproduce_label
 from orchestrator.plan import Plan
 from orchestrator.talk import PROBE_SAMPLES, call
 from remote import commands
@@ -336,7 +336,8 @@ async def _reproduce_once(runs: list[HostRun], opts: RunOptions, bundle: Bundle,
         sink("*", "warning", f"--reproduce not run: {name} is not connected")
         return
     cmd = commands.reproduce(opts.reproduce, timeout_s=opts.reproduce_timeout)
-    sink(host.plan.name, "reproducing", opts.reproduce)
+    label = reproduce_label(opts.reproduce)
+    sink(host.plan.name, "reproducing", label)
     try:
         res, _ = await call(host.transport, cmd, host.log, slack=opts.controller_slack, sudo=False, check=False)
     except RemoteError as exc:
@@ -345,7 +346,7 @@ async def _reproduce_once(runs: list[HostRun], opts: RunOptions, bundle: Bundle,
     result.reproduce_exit = res.exit_status
     bundle.write(
         f"{host.plan.name}/reproduce.txt",
-        f"$ {opts.reproduce}\n# exit status {res.exit_status}\n# stdout\n{res.stdout}# stderr\n{res.stderr}",
+        f"$ {label}\n# exit status {res.exit_status}\n# stdout\n{res.stdout}# stderr\n{res.stderr}",
     )
     tail = (res.stderr.strip() or res.stdout.strip()).splitlines()[-1:] or [""]
     sink(host.plan.name, "reproduced", f"exit {res.exit_status}: {tail[0][:120]}")

@@ -59,7 +59,7 @@ def test_forged_reset_is_captured_where_it_happens(
     lab = clean_lab
     lab.router_forges_resets(8081)
     out = tmp_path / "bundle"
-    code, stdout, _ = run_cli(
+    code, stdout, stderr = run_cli(
         capsys,
         "-i",
         str(lab.inventory),
@@ -70,9 +70,14 @@ def test_forged_reset_is_captured_where_it_happens(
         "-o",
         str(out),
         "--reproduce",
-        f"curl -sS -m 3 -d amount=42 http://{PROXY_FRONT}:8081/pay",
+        f"curl -sS -m 3 -u ops:hunter2-29 -d amount=42 http://{PROXY_FRONT}:8081/pay",
     )
     assert code == 0, stdout
+    # The command's credential is written once, where every remote command's exact line is (issue
+    # 29.9): not in the manifest (command, options), reproduce.txt, nor the progress lines.
+    holding = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()
+                     and b"hunter2-29" in p.read_bytes())  # fmt: skip
+    assert holding == ["client/commands.jsonl"] and "hunter2-29" not in stdout + stderr, holding
     m = manifest(out)
     assert [h["status"] for h in m["hosts"]] == ["ok"] * 4
     assert verify(out) == []

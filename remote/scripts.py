@@ -458,10 +458,12 @@ logs_start() {
   done
   IFS=$oifs; set +f
 }
-# logread FILE FROM LEN: LEN bytes of FILE from byte FROM, through one descriptor checked to be
-# FILE itself and a regular file: a log's owner may swap it for a link to a file of root's, a FIFO
-# or a device at any moment (issue 29.4). In a child under `timeout`: opening a FIFO waits for a
-# writer, and the finish must never wait for one.
+# logread FILE FROM LEN: LEN bytes of FILE from byte FROM, from the first line that starts there or
+# after (read from FROM - 1 to the first newline, dropped: a cut inside a line kept its tail as a
+# record of its own, issue 30.6), through one descriptor checked to be FILE itself and a regular
+# file: a log's owner may swap it for a link to a file of root's, a FIFO or a device at any moment
+# (issue 29.4). In a child under `timeout`: opening a FIFO waits for a writer, and the finish must
+# never wait for one.
 logread() {
   timeout 20 sh -c 'nl="
 "
@@ -470,7 +472,8 @@ logread() {
     s=$(stat -L -c "%d:%i:%f" -- "$1" /proc/self/fd/0 2>/dev/null) || exit 4
     case ${s##*:} in 8???) ;; *) exit 4;; esac  # the raw mode, in hex: 8 is a regular file
     [ "${s%%"$nl"*}" = "${s#*"$nl"}" ] && [ ! -L "$1" ] || exit 4
-    tail -c +$(($2 + 1)) | head -c "$3"' capture-all-log "$@" 2>/dev/null
+    if [ "$2" = 0 ]; then head -c "$3"; else tail -c +"$2" | head -c $(($3 + 1)) | tail -n +2; fi' \
+    capture-all-log "$@" 2>/dev/null
 }
 logs_cut() {
   for m in "$dir"/log.*.meta; do
@@ -496,7 +499,7 @@ logs_cut() {
         if ! logread "$src" "$from" $((end - from)) > "$t"; then
           rm -f -- "$t"; echo "error=changed while opened (a link, a FIFO, another file): not read" >> "$m"; continue
         fi
-        echo "from_byte=$from" >> "$m"; echo "to_byte=$end" >> "$m";;
+        echo "from_byte=$from" >> "$m"; echo "to_byte=$end" >> "$m";;  # from: the first whole line on
     esac
     [ -s "$m.err" ] && { e=""; while IFS= read -r l; do e=$l; done < "$m.err"; printf 'error=%s\n' "$e" >> "$m"; }
     rm -f -- "$m.err"

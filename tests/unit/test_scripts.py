@@ -501,11 +501,13 @@ def test_the_logs_come_back_from_the_capture_start_on_bounded_with_what_could_no
     assert names == ["log.1.meta", "log.1.txt", "log.2.meta", "log.2.txt", "log.3.meta", "log.3.txt", "log.4.meta"]
     d = Path(remote_dir)
     got = (d / "log.1.txt").read_text()
-    assert got == old[-4096:] + "new line A\nnew line B\n"
+    margin = old[-4096:]  # 4 KiB before the capture's start, from its first whole line (issue 30.6)
+    assert got == margin[margin.index("\n") + 1 :] + "new line A\nnew line B\n"
     assert f"source={grew}" in (d / "log.1.meta").read_text() and "to_byte=" in (d / "log.1.meta").read_text()
     assert (d / "log.2.txt").read_text() == "after rotation\n" and "rotated=1" in (d / "log.2.meta").read_text()
     b = (d / "log.3.txt").read_bytes()
-    assert len(b) == 524288 and b.endswith(b"\nthe last line\n") and "truncated=1" in (d / "log.3.meta").read_text()
+    # Its latest 512 KiB fall inside the 700 KB line: the line's tail is no record, the last line is.
+    assert b == b"the last line\n" and "truncated=1" in (d / "log.3.meta").read_text()
     assert "error=no such file" in (d / "log.4.meta").read_text() and not (d / "log.4.txt").exists()
     arm.say("snap")
     assert arm.until("@@listed") == "@@listed", arm.lines
@@ -740,7 +742,11 @@ def test_logread_reads_only_through_a_checked_descriptor(tmp_path: Path) -> None
         script = _LOGS.replace("timeout 20 ", "timeout 2 ") + '\nlogread "$@"'
         return subprocess.run(["sh", "-c", script, "sh", str(path), str(start), str(n)], capture_output=True,
                               timeout=30)  # fmt: skip
-    assert logread(f, 3, 4).stdout == b"3456" and logread(f, 3, 4).returncode == 0
+    assert logread(f, 0, 4).stdout == b"0123" and logread(f, 0, 4).returncode == 0
+    lines = tmp_path / "lines.log"
+    lines.write_bytes(b"first line\nsecond\nthird\n")
+    assert logread(lines, 3, 21).stdout == b"second\nthird\n"  # a cut inside a line: from the next one
+    assert logread(lines, 11, 7).stdout == b"second\n"  # a cut at a line's start keeps that line
     empty = tmp_path / "empty.log"  # stat's %F says "regular empty file" of it: a regular file all the same
     empty.write_bytes(b"")
     assert logread(empty, 0, 0).returncode == 0

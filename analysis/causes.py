@@ -240,6 +240,22 @@ def idle_reuse(f: Facts) -> Evidence | None:
     )
 
 
+def reuse_gap(w: World, r: Reset) -> int | None:
+    """A forged reset that answers a host's first data after a silence (of IDLE_GAP_NS or more):
+    that silence, as the host the reset reached saw its connection; else None."""
+    for o in r.seen:
+        if o.direction != "in":
+            continue
+        mine = o.seg.dst  # the host it reached: the reset is addressed to it
+        before = [s for s in w.exact(o.vantage, name_of(o.seg)) if s.ts_ns < o.ts_ns and not s.seg.flags & RST]
+        data = [s for s in before if s.seg.payload_len]
+        if len(data) < 2 or data[-1].seg.src != mine or o.ts_ns - data[-1].ts_ns > ANSWER_NS:
+            continue
+        gap = data[-1].ts_ns - data[-2].ts_ns
+        return gap if gap >= IDLE_GAP_NS else None
+    return None
+
+
 def unread_data_close(f: Facts) -> Evidence | None:
     if any(s.seg.flags & FIN for s in f.mine):
         return None
@@ -379,6 +395,9 @@ def decide(w: World, r: Reset, reset_of: Mapping[int, Reset]) -> None:
     earlier ones decide ``after_reset``)."""
     if r.origin_kind == Origin.MIDDLEBOX:
         r.cause = Cause.MIDDLEBOX
+        # The reuse's silence, as the host the reset reached saw it: the idle-timeout chain may name
+        # the box's expiry as the cause (analysis.idlechain: with the box's own timeout, read there).
+        r.idle_ns = reuse_gap(w, r)
         return
     f = facts(w, r)
     aftermath = after_reset(f, reset_of) if f is not None else None

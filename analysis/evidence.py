@@ -34,6 +34,7 @@ class Cause(StrEnum):
     PROXY_POLICY = "proxy_policy"
     CAPACITY = "capacity"
     MIDDLEBOX = "middlebox"
+    IDLE_EXPIRY = "idle_expiry"  # a middlebox forgot the idle connection (its timeout) and reset its reuse
     APP_ABORT = "app_abort"
     KEEPALIVE_TIMEOUT = "keepalive_timeout"
     NO_SOCKET = "no_socket"

@@ -8,7 +8,7 @@ from typing import Any
 
 from analysis.causes import fmt_s
 from analysis.correlate import Reset
-from analysis.evidence import Fact, ev
+from analysis.evidence import Cause, Fact, ev
 from analysis.timeouts import Chain, Pair, Timeout, explains
 
 
@@ -16,15 +16,22 @@ def _t(t: Timeout) -> dict[str, Any]:
     return {"host": t.host, "what": t.what, "ms": t.ms, "source": t.source}
 
 
+CONNTRACK = "conntrack established timeout"
+
+
 def _gap(r: Reset) -> int | None:
-    """An idle reuse's silence: the reset's cause is idle_reuse (the packets' or its kernel's)."""
-    return r.idle_ns if str(r.cause) == "idle_reuse" else None
+    """An idle reuse's silence: the reset's cause is idle_reuse (the packets' or its kernel's), or a
+    middlebox forged it in answer to the first data after a silence (analysis.causes.reuse_gap)."""
+    return r.idle_ns if str(r.cause) in (Cause.IDLE_REUSE, Cause.MIDDLEBOX) else None
 
 
 def _closes(p: Pair, r: Reset) -> bool:
     """The pair's closer is the box that gave up on the connection: the reset's sender, or a
-    NAT/firewall on the path that forgot it (its conntrack)."""
-    return p.closer.host == r.origin_host or p.closer.what == "conntrack established timeout"
+    NAT/firewall on the path that forgot it (its conntrack). A forged reset is the expiry only of
+    the box that forged it, by its own timeout: never of another box, never of an unknown one."""
+    if r.cause == Cause.MIDDLEBOX:
+        return r.origin_host is not None and p.closer.host == r.origin_host and p.closer.what == CONNTRACK
+    return p.closer.host == r.origin_host or p.closer.what == CONNTRACK
 
 
 def link(resets: list[Reset], c: Chain) -> dict[str, Any]:
@@ -46,6 +53,16 @@ def link(resets: list[Reset], c: Chain) -> dict[str, Any]:
                 f"{rr.host} still kept it. It will happen again until {rr.host}'s is the shorter.",
                 pair=i, idle_ns=gap, reuser=_t(rr), closer=_t(cc),
             ))  # fmt: skip
+            if r.cause == Cause.MIDDLEBOX:
+                # The box forged it because it had forgotten the connection: that is the cause.
+                r.cause = Cause.IDLE_EXPIRY
+                r.evidence.append(ev(
+                    Fact.CAUSE,
+                    f"{cc.host} forgot this connection after {cc.ms / 1000:g} s idle ({cc.what}, {cc.source}) and "
+                    f"reset its reuse, {fmt_s(gap)} after its last data, in the peer's name; {rr.host} still "
+                    f"kept it ({rr.what} {rr.ms / 1000:g} s, {rr.source}).",
+                    cause=str(Cause.IDLE_EXPIRY), idle_ns=gap, closer=_t(cc), reuser=_t(rr),
+                ))  # fmt: skip
             found.append({"reset_id": r.id, "pair": i, "idle_ns": gap})
             break
     return {

@@ -213,6 +213,7 @@ CAUSE_TEXT: dict[Cause, str] = {
     Cause.PROXY_POLICY: "the proxy's own policy or timeout, its upstream leg being healthy",
     Cause.CAPACITY: "it was out of capacity (listen queue overflow, conntrack table full, or socket memory)",
     Cause.MIDDLEBOX: "a middlebox",
+    Cause.IDLE_EXPIRY: "a middlebox had forgotten the idle connection (its idle timeout) and reset its reuse",
     Cause.APP_ABORT: "the application aborted the connection (close with SO_LINGER 0)",
     Cause.KEEPALIVE_TIMEOUT: "its keepalive probes went unanswered",
     Cause.NO_SOCKET: "a segment arrived for a connection it no longer had",

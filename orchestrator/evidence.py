@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from analysis import html, schema
+from analysis.evidence import Cause
 from analysis.extract import extract_all
 from analysis.logs import LogLine
 from analysis.logs import parse as parse_log
@@ -261,6 +262,10 @@ def analyze_bundle(root: Path, analyzed_by: list[str] | None = None) -> tuple[An
             )
         result = analyze(_extract(inputs))
     result.idle_chain = idle_chain(root, manifest, result)
+    if result.first is not None and result.first.cause == Cause.IDLE_EXPIRY:
+        # The chain named the forger's expiry: the ticket's sentence says it too, with both values.
+        said = next(e.text for e in result.first.evidence if e.data.get("cause") == str(Cause.IDLE_EXPIRY))
+        result.verdict += f" {said}"
     caps = [(h["name"], c["interface"], root / c["path"]) for h in manifest["hosts"] for c in h.get("captures", [])]
     result.sources = [(name, iface, str(path.resolve())) for name, iface, path in caps if path.is_file()]
     about = _about(analyzed_by, command=list(manifest.get("command") or []), bundle=str(root.resolve()),

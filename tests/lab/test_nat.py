@@ -136,3 +136,58 @@ def test_the_nat_forging_a_reset_itself(clean_lab: Lab, tmp_path: Path) -> None:
     assert fact(r, "injected")["host"] == "proxy"
     assert any(NAT_OUTSIDE in n["dst"] for n in r["names"]), r["names"]
     assert "injected by a box between client and proxy" in undeclared["verdict"]
+
+
+ESTABLISHED = "net.netfilter.nf_conntrack_tcp_timeout_established"
+LOOSE = "net.netfilter.nf_conntrack_tcp_loose"
+
+
+def test_the_nat_forgetting_an_idle_connection_resets_its_reuse(clean_lab: Lab, tmp_path: Path) -> None:
+    """Issue 30.5: a NAT with strict tracking (nf_conntrack_tcp_loose=0, a 3 s established timeout,
+    invalid packets rejected with a reset: what AWS and Azure NAT gateways, Juniper's tcp-rst and
+    Palo Alto's reset actions do after their idle timeouts). The client's pool keeps idle
+    connections 10 s (inventory); it reuses one after 4.5 s of silence: the NAT no longer knows it
+    and resets the reuse in the proxy's name. The cause is the NAT's idle expiry, with both values
+    and their sources (the NAT's own sysctl, read during the capture); the proxy and the backend,
+    which still held the connection, are named by nothing."""
+    from tests.lab.labnet import sh
+    from tests.lab.test_audit import with_client_idle
+    from tests.lab.test_scenarios import capture_restarting_backend as capture_run
+
+    lab = clean_lab
+    saved = {k: sh("sysctl", "-n", k, ns="nat").strip() for k in (ESTABLISHED, LOOSE)}
+    sh("sysctl", "-qw", f"{ESTABLISHED}=3", f"{LOOSE}=0", ns="nat")
+    sh("nft", "-f", "-", ns="nat", input=(
+        "table inet capture_all_lab {\n  chain forward {\n"
+        "    type filter hook forward priority 0; policy accept;\n"
+        "    ct state invalid meta l4proto tcp reject with tcp reset\n"
+        "  }\n}\n"
+    ))  # fmt: skip
+    lab.via_nat()
+    try:
+        assert sh("sysctl", "-n", ESTABLISHED, ns="nat").strip() == "3"
+        reports = {}
+        for declared in (True, False):
+            inv = with_client_idle(lab, tmp_path, "10s", lab.nat_inventory(declared=declared))
+            reports[declared] = capture_run(lab, inv, f"{CLIENT_NAT_SIDE}->{PROXY_FRONT}:8082",
+                                            f"{CLIENTS} reuse {PROXY_FRONT} 8082 4.5", "7", tmp_path / str(declared),
+                                            restart=False)  # fmt: skip
+    finally:
+        lab.direct()
+        lab.nat_clear()
+        sh("sysctl", "-qw", *(f"{k}={v}" for k, v in saved.items()), ns="nat")
+    report = reports[True]
+    r = first(report)
+    assert r["origin"]["kind"] == "middlebox" and r["origin"]["host"] == "nat", r["evidence"]
+    assert r["cause"] == "idle_expiry", r["evidence"]
+    said = next(e for e in r["evidence"] if e["kind"] == "cause")
+    assert said["closer"] == {"host": "nat", "what": "conntrack established timeout", "ms": 3000.0,
+                              "source": f"sysctl {ESTABLISHED}"}, said  # the NAT's own value, as set
+    assert said["reuser"]["ms"] == 10000.0 and 4.3e9 <= said["idle_ns"] < 5e9, said
+    chain = report["idle_chain"]
+    assert [x["reset_id"] for x in chain["explains"]] == [r["id"]], chain
+    assert "nat forgot this connection after 3 s idle" in report["verdict"], report["verdict"]
+    # Left out of the inventory, the NAT is a box between client and proxy nobody read: injected,
+    # its timeout unknown, so no expiry is claimed for it (nor for any host that was read).
+    r = first(reports[False])
+    assert (r["origin"]["kind"], r["origin"]["host"], r["cause"]) == ("middlebox", None, "middlebox"), r["evidence"]

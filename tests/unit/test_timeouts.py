@@ -101,3 +101,32 @@ def test_a_reuse_is_explained_only_inside_the_violating_window() -> None:
     assert not explains(bad, 5_000_000_000)  # the pool itself would have dropped it by then
     good = Pair(Timeout("a", "pool", 1000, "inv"), Timeout("b", "keep-alive", 2000, "cfg"), ok=True)
     assert not explains(good, 1_500_000_000)
+
+
+def test_a_forged_reset_is_the_forgers_idle_expiry_only_by_its_own_conntrack_timeout() -> None:
+    """Issue 30.5: a middlebox's reset of a reuse after a silence is that box's idle expiry where its
+    own conntrack established timeout (read on it) is shorter than the silence and the client's
+    pool longer; never another box's, never an unknown box's, never outside the window."""
+    from analysis.correlate import Reset
+    from analysis.evidence import Cause, Fact, Origin
+    from analysis.idlechain import link
+    from analysis.timeouts import Chain, Pair, Timeout
+
+    pool = Timeout("client", "connection pool idle timeout", 10_000, "inventory idle_timeout 10s")
+    ct = Timeout("nat", "conntrack established timeout", 3_000, "sysctl net.netfilter.x")
+    c = Chain([Pair(pool, ct, ok=False)], [pool, ct], [])
+
+    def forged(by: str | None, idle_s: float | None) -> Reset:
+        return Reset("R1", [], origin_kind=Origin.MIDDLEBOX, origin_host=by, cause=Cause.MIDDLEBOX,
+                     idle_ns=None if idle_s is None else int(idle_s * 1e9))  # fmt: skip
+
+    r = forged("nat", 4.0)
+    out = link([r], c)
+    assert r.cause == Cause.IDLE_EXPIRY and out["explains"] == [{"reset_id": "R1", "pair": 0, "idle_ns": 4 * 10**9}]
+    said = next(e for e in r.evidence if e.kind == Fact.CAUSE)
+    assert said.text.startswith("nat forgot this connection after 3 s idle (conntrack established timeout, sysctl")
+    assert "client still kept it (connection pool idle timeout 10 s, inventory idle_timeout 10s)" in said.text
+    for other in (forged("router", 4.0), forged(None, 4.0), forged("nat", 2.0), forged("nat", 11.0),
+                  forged("nat", None)):  # fmt: skip
+        link([other], c)
+        assert other.cause == Cause.MIDDLEBOX and other.evidence == [], (other.origin_host, other.idle_ns)

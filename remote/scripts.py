@@ -944,8 +944,8 @@ case $src in
       { printf '%s\n' "@@fail no_log cannot read $src (not a readable regular file: links, FIFOs refused)"
         exit $E_NO_TOOL; }
     echo "@@listening"
-    from=0 hit="$dir/log-trigger.$$"
-    while [ -d "/proc/$jp" ] && [ ! -e "$hit" ]; do
+    from=0
+    while [ -d "/proc/$jp" ]; do
       id=""
       if regular && exec 4< "$src"; then
         s=$(stat -L -c '%d:%i:%f' -- "$src" /proc/self/fd/4 2>/dev/null) || s=""
@@ -953,17 +953,21 @@ case $src in
         [ -n "$s" ] && [ "${s%%"$nl"*}" = "${s#*"$nl"}" ] && regular && { id=${s%%"$nl"*}; id=${id%:*}; }
       fi
       if [ -z "$id" ]; then exec 4<&- 2>/dev/null; sleep 1; from=+1; continue; fi
-      # from 0: the end of the file as it is now; +1: a new file, from its first line.
+      # from 0: the end of the file as it is now; +1: a new file, from its first line. Once it has
+      # said its line, the follower ends its own process group (USR1: its status says "matched").
       setsid sh -c 'tail -n "$1" -f --pid="$2" <&4 4<&- 2>/dev/null | grep -m 1 -E -e "$3" |
-        while IFS= read -r l; do printf "@@log %s\n" "$l"; : > "$4"; done' capture-all-log \
-        "$from" "$jp" "$pat" "$hit" &
+        while IFS= read -r l; do printf "@@log %s\n" "$l"; kill -USR1 -- "-$$"; done' capture-all-log \
+        "$from" "$jp" "$pat" &
       pg=$!; exec 4<&-
-      while kill -0 "$pg" 2>/dev/null && [ -d "/proc/$jp" ] && [ ! -e "$hit" ] && regular && same; do sleep 1; done
+      while kill -0 "$pg" 2>/dev/null && [ -d "/proc/$jp" ] && regular && same; do sleep 1; done
       kill -- "-$pg" 2>/dev/null
-      wait "$pg" 2>/dev/null
+      wait "$pg"; rc=$?
+      # It said its line (USR1), or ended of itself, or the job is gone: the trigger is over. Else
+      # the name is another file now (a rotation, or a swap): that one is followed, if regular.
+      [ "$rc" = $((128 + 10)) ] && break
+      { [ -d "/proc/$jp" ] && ! same; } || break
       from=+1
     done
-    rm -f -- "$hit"
     ;;
 esac
 echo "@@section trigger"

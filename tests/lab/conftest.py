@@ -3,13 +3,13 @@ failure, not a skip (CI must prove the real components)."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.lab.labnet import Lab, in_lab
+from tests.needs import unavailable
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -21,10 +21,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     if not in_lab():
-        message = "lab tests run inside the private namespace lab: use scripts/test"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true: the lab tier must run)")
-        pytest.skip(message)
+        unavailable("lab tests run inside the private namespace lab: use scripts/test",
+                    "CI=true: the lab tier must run")
     lab = Lab.build()
     yield lab
     lab.teardown()

@@ -23,6 +23,7 @@ import pytest
 from remote import commands
 from remote.parse import parse_files, parse_finish, parse_inline, parse_preflight, parse_sections
 from remote.scripts import SNAPSHOT_READS
+from tests.needs import root, unavailable
 
 PCAP = bytes.fromhex("4d3cb2a10200040000000000000000000000040001000000")
 FAKE_TCPDUMP = f"""#!{sys.executable}
@@ -64,10 +65,7 @@ def without_bash(tmp_path: Path) -> str:
 def host(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     """A host as root: with bash (its waits and probes in one bash each), with sh (dash) alone, or
     with busybox's ash as its sh and no bash (Alpine's, a distroless node's)."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the host scripts run as root (CI runs as root)")
-        pytest.skip("the host scripts refuse to capture unless root")
+    root("the host scripts refuse to capture unless root")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "tcpdump"
@@ -84,9 +82,7 @@ def host(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     if request.param == "busybox ash":
         busybox = shutil.which("busybox")
         if busybox is None:
-            if os.environ.get("CI") == "true":
-                pytest.fail("busybox is not installed (scripts/bootstrap --test installs it)")
-            pytest.skip("busybox is not installed")
+            unavailable("busybox is not installed", "scripts/bootstrap --test installs it")
         (bin_dir / "sh").symlink_to(busybox)
     env = {**os.environ, "PATH": f"{bin_dir}:{path}", "FAKE_ARGS": str(tmp_path / "argv"),
            "HOME": str(home), "SSH_CLIENT": "198.19.0.1 40000 22", "SHLVL": "0",
@@ -547,10 +543,7 @@ def test_a_journal_source_returns_its_units_lines_of_the_window(host: dict[str, 
 def test_the_audit_reads_a_running_haproxys_files_and_directories_and_nothing_unsafe(tmp_path: Path) -> None:
     """A root-owned binary named haproxy, run as root, with `-f DIR -f FILE`: the directory's *.cfg
     files in order, the file; not a symlinked cfg, a FIFO, nor more than 16 files (under sh)."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the audit test runs as root (CI runs as root)")
-        pytest.skip("the audit trusts root's processes only")
+    root("the audit trusts root's processes only")
     conf = tmp_path / "conf.d"
     conf.mkdir()
     for i in range(3):
